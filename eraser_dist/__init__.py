@@ -1,0 +1,1 @@
+"""eraser_dist: influence-function unlearning for LoRA adapters."""

@@ -1,0 +1,154 @@
+"""Adapters on disk: plain peft directories, published atomically, with our metadata beside.
+
+A directory holds ``adapter_config.json`` + ``adapter_model.safetensors`` (loadable by
+``PeftModel.from_pretrained`` as is) and ``eraser_adapter.json``: the base it belongs to, the
+objective it was trained on (weight decay λ, max_length) and its lineage. Erase results add
+``erase_report.json``. A directory appears complete or not at all: it is written under a
+temporary name next to its target and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from .errors import EraserError
+from .models import Base, LoraCausalLM
+
+META_FILE = "eraser_adapter.json"
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass
+class AdapterMeta:
+    """What erase needs to know about the objective an adapter minimises."""
+
+    base: str
+    base_fingerprint: str
+    weight_decay: float
+    max_length: int
+    lineage: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "base_fingerprint": self.base_fingerprint,
+            "weight_decay": self.weight_decay,
+            "max_length": self.max_length,
+            "lineage": self.lineage,
+        }
+
+
+def check_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an existing output unless ``overwrite``; called before any work is done."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise EraserError(f"output {out} already exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise EraserError(f"output {out} exists and is not a directory")
+    return out
+
+
+def publish_dir(out: str | os.PathLike, write: Callable[[Path], None], overwrite: bool) -> Path:
+    """Run ``write(tmp)`` into a fresh temporary folder, then move it to ``out`` atomically.
+
+    On any failure the temporary folder is removed and ``out`` is untouched. With
+    ``overwrite`` an old ``out`` is swapped aside first and removed only after the rename.
+    """
+    out = check_output_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        write(tmp)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / "dir")
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def save_adapter(
+    model: LoraCausalLM,
+    out: str | os.PathLike,
+    meta: AdapterMeta,
+    extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Publish the model's current LoRA weights as a peft directory, with metadata files."""
+
+    def write(tmp: Path) -> None:
+        # No embedding layers are adapted; "auto" would look the base up on a model hub.
+        model.peft_model.save_pretrained(tmp, save_embedding_layers=False)
+        write_json(tmp / META_FILE, meta.to_json())
+        for name, obj in (extra or {}).items():
+            write_json(tmp / name, obj)
+
+    return publish_dir(out, write, overwrite)
+
+
+def read_meta(adapter_dir: str | os.PathLike) -> AdapterMeta:
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise EraserError(f"adapter directory {adapter_dir} does not exist")
+    for name in (*PEFT_FILES, META_FILE):
+        if not (adapter_dir / name).is_file():
+            raise EraserError(f"{adapter_dir} is not an eraser adapter: {name} is missing")
+    try:
+        raw = json.loads((adapter_dir / META_FILE).read_text(encoding="utf-8"))
+        return AdapterMeta(
+            base=str(raw["base"]),
+            base_fingerprint=str(raw["base_fingerprint"]),
+            weight_decay=float(raw["weight_decay"]),
+            max_length=int(raw["max_length"]),
+            lineage=dict(raw.get("lineage", {})),
+        )
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise EraserError(f"{adapter_dir / META_FILE} is malformed: {err}") from err
+
+
+def load_adapter(base: Base, adapter_dir: str | os.PathLike) -> tuple[LoraCausalLM, AdapterMeta]:
+    """Attach a saved adapter to ``base`` (trainable, eval mode); refuse a foreign adapter."""
+    from peft import PeftModel
+
+    meta = read_meta(adapter_dir)
+    if meta.base_fingerprint != base.fingerprint:
+        raise EraserError(
+            f"adapter {adapter_dir} was trained on base {meta.base!r}, not on {base.name!r} "
+            "(the base weights differ)"
+        )
+    try:
+        peft_model = PeftModel.from_pretrained(base.model, str(adapter_dir), is_trainable=True)
+    except (ValueError, RuntimeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EraserError(
+            f"adapter {adapter_dir} does not fit base {base.name!r} "
+            f"(other target modules or shapes): {first}"
+        ) from err
+    model = LoraCausalLM(peft_model, base.tokenizer, meta.max_length)
+    with safe_open(str(Path(adapter_dir) / PEFT_FILES[1]), framework="pt") as f:
+        saved = set(f.keys())
+    created = {n.replace(".default.", ".") for n in model.names}
+    if saved != created:
+        raise EraserError(
+            f"adapter {adapter_dir}: its adapter_config.json and its weights disagree on the "
+            f"target modules ({len(saved ^ created)} tensors differ)"
+        )
+    return model, meta

@@ -1,0 +1,172 @@
+"""The Python API behind every CLI command: train, erase and evaluate adapters on files.
+
+Each function validates its inputs before doing any work, never modifies its inputs, and
+publishes its output directory atomically. Call them from a notebook or a Ray job; the CLI
+in :mod:`eraser_dist.cli` only parses arguments and prints.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from .adapters import AdapterMeta, check_output_dir, load_adapter, save_adapter
+from .arguments import HVP_KINDS, EraseArguments, LoraArguments, TrainArguments
+from .data import examples_digest, read_examples
+from .errors import EraserError
+from .influence import newton_step
+from .models import LoraCausalLM, attach_lora, load_base
+from .objective import loss_values
+from .requests import EraseRequest, apply_request, load_request
+from .train import train_adam
+
+REPORT_FILE = "erase_report.json"
+PathLike = str | os.PathLike
+
+
+def train(
+    base: str,
+    data: PathLike,
+    out: PathLike,
+    lora: LoraArguments | None = None,
+    training: TrainArguments | None = None,
+    init_adapter: PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune a LoRA adapter on a Parquet training set and publish it to ``out``.
+
+    With ``init_adapter`` the adapter is warm-started from that one (same rank and targets;
+    ``lora`` must then be None or equal to its shape).
+    """
+    training = training or TrainArguments()
+    check_output_dir(out, overwrite)
+    examples = read_examples(data)
+    base_model = load_base(base)
+    if init_adapter is not None:
+        model, init_meta = load_adapter(base_model, init_adapter)
+        if lora is not None:
+            shape = _lora_shape(model)
+            if (lora.rank, tuple(sorted(lora.targets))) != shape:
+                raise EraserError(
+                    f"--init-adapter {init_adapter} has rank {shape[0]} on "
+                    f"{','.join(shape[1])}; it cannot be trained as rank {lora.rank} on "
+                    f"{','.join(lora.targets)}"
+                )
+        if init_meta.max_length != training.max_length:
+            training = replace(training, max_length=init_meta.max_length)
+    else:
+        peft_model = attach_lora(base_model, lora or LoraArguments(), seed=training.seed)
+        model = LoraCausalLM(peft_model, base_model.tokenizer, training.max_length)
+    start = time.perf_counter()
+    history = train_adam(model, examples, training, progress=progress)
+    seconds = time.perf_counter() - start
+    meta = AdapterMeta(
+        base=base,
+        base_fingerprint=base_model.fingerprint,
+        weight_decay=training.weight_decay,
+        max_length=training.max_length,
+        lineage={
+            "made_by": "train",
+            "init_adapter": None if init_adapter is None else str(init_adapter),
+            "data_sha256": examples_digest(examples),
+            "n_train": len(examples),
+            "training": asdict(training),
+        },
+    )
+    save_adapter(model, out, meta, overwrite=overwrite)
+    return {"out": str(out), "n_train": len(examples), "epoch_objective": history,
+            "seconds": seconds}
+
+
+def _lora_shape(model: LoraCausalLM) -> tuple[int, tuple[str, ...]]:
+    config = model.peft_model.peft_config["default"]
+    return int(config.r), tuple(sorted(config.target_modules))
+
+
+def erase(
+    base: str,
+    adapter: PathLike,
+    data: PathLike,
+    request: PathLike | EraseRequest,
+    out: PathLike,
+    args: EraseArguments | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Apply an erase request to an adapter by one influence step; publish the new adapter.
+
+    ``data`` is the training set the adapter was fitted on. Returns the report that is also
+    written to ``out/erase_report.json``.
+    """
+    args = args or EraseArguments()
+    _check_erase_arguments(args)
+    check_output_dir(out, overwrite)
+    if Path(out).resolve() == Path(adapter).resolve():
+        raise EraserError("the output directory must differ from the input adapter")
+    parsed = request if isinstance(request, EraseRequest) else load_request(request)
+    examples = read_examples(data)
+    edited = apply_request(parsed, examples)
+    base_model = load_base(base)
+    model, meta = load_adapter(base_model, adapter)
+    start = time.perf_counter()
+    result = newton_step(model, edited, meta.weight_decay, args, progress=progress)
+    seconds = time.perf_counter() - start
+    theta = model.get_flat().double()
+    model.set_flat(theta + result.delta)
+    cg = result.cg
+    report = {
+        "kind": parsed.kind,
+        "n_train": len(examples),
+        "n_affected": len(parsed.ids),
+        "hvp": args.hvp,
+        "damping": result.damping,
+        "weight_decay": meta.weight_decay,
+        "cg_iterations": cg.iterations,
+        "cg_converged": cg.converged,
+        "relative_residual": cg.relative_residual,
+        "negative_curvature": cg.negative_curvature,
+        "tol": args.tol,
+        "hessian_rows": result.hessian_rows,
+        "rhs_norm": result.rhs_norm,
+        "delta_norm": float(result.delta.norm()),
+        "adapter_norm": float(theta.norm()),
+        "seconds": seconds,
+    }
+    new_meta = replace(
+        meta,
+        lineage={
+            "made_by": "erase",
+            "parent_adapter": str(adapter),
+            "request": parsed.to_json(),
+            "data_sha256": examples_digest(edited.rows_after),
+            "n_train": len(edited.rows_after),
+        },
+    )
+    save_adapter(model, out, new_meta, extra={REPORT_FILE: report}, overwrite=overwrite)
+    return report
+
+
+def _check_erase_arguments(args: EraseArguments) -> None:
+    if args.hvp not in HVP_KINDS:
+        raise EraserError(f"unknown --hvp {args.hvp!r}; choose one of {', '.join(HVP_KINDS)}")
+    if not args.tol > 0:
+        raise EraserError(f"--tol must be positive, got {args.tol}")
+    if args.max_iter < 1:
+        raise EraserError(f"--max-iter must be at least 1, got {args.max_iter}")
+    if args.batch_size < 1:
+        raise EraserError(f"--batch-size must be at least 1, got {args.batch_size}")
+
+
+def evaluate(
+    base: str, adapter: PathLike, data: PathLike, batch_size: int = 8
+) -> dict[str, Any]:
+    """Mean response loss and per-id losses of an adapter on a Parquet set."""
+    examples = read_examples(data)
+    model, _ = load_adapter(load_base(base), adapter)
+    losses = loss_values(model, examples, batch_size)
+    return {"mean_loss": float(losses.mean()), "n": len(examples),
+            "losses": {e.id: float(v) for e, v in zip(examples, losses, strict=True)}}

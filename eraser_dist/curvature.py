@@ -1,0 +1,137 @@
+"""Hessian-vector products of the data term Σ_i w_i ∇²L_i(Θ) · v, three back-ends.
+
+- ``exact``: double backward (Pearlmutter). Exact, but needs every op to have a
+  double-backward formula (eager attention, not SDPA) and fails under ZeRO-3, where the
+  partitioned base weights are released before the second backward.
+- ``fd``: central difference of gradients, (g(Θ+hv) − g(Θ−hv)) / 2h. Two first-order passes,
+  so it runs wherever gradients run (ZeRO-3 included); error O(h²) + rounding/h.
+- ``ggn``: Gauss-Newton Jᵀ H_z J v, positive semi-definite. Jv by a central difference of
+  the outputs (forward passes only), H_z analytic, Jᵀ(·) by one backward; also ZeRO-3-safe.
+
+Each returns Σ_i w_i (∇²L_i) v as a vector [d] in the model's dtype, unnormalised; the
+caller divides by W and adds damping. Θ is always restored, also when a pass raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from .arguments import HVP_KINDS
+from .errors import EraserError
+from .objective import LossModel, batches, check_finite, gradient_sum
+
+HessianVectorProduct = Callable[[torch.Tensor], torch.Tensor]
+
+
+def default_fd_step(model: LossModel, v: torch.Tensor) -> float:
+    """h such that the shift hv has length ε^(1/3).
+
+    ε^(1/3) balances the O(h²) truncation of a central difference against the O(ε/h)
+    rounding of the two gradients it subtracts. ε is the dtype's, but never below float32's:
+    transformers runs attention softmax and rotary embeddings in float32 even in a float64
+    model, so a float64 model is only float32-smooth.
+    """
+    eps = max(torch.finfo(model.dtype).eps, torch.finfo(torch.float32).eps)
+    return eps ** (1.0 / 3.0) / max(float(v.double().norm()), 1e-30)
+
+
+@contextmanager
+def shifted(model: LossModel, theta: torch.Tensor, direction: torch.Tensor, step: float):
+    """Temporarily set Θ ← theta + step·direction; restores theta on exit."""
+    model.set_flat(theta + step * direction)
+    try:
+        yield
+    finally:
+        model.set_flat(theta)
+
+
+def exact_hvp(
+    model: LossModel, rows: Sequence[Any], weights: torch.Tensor, v: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    total = torch.zeros(model.dim, dtype=model.dtype)
+    for chunk, w in batches(rows, weights, batch_size):
+        loss = model.loss_sum(model.collate(chunk), w)
+        grads = torch.autograd.grad(loss, model.params, create_graph=True, allow_unused=True)
+        grad = model.flatten(grads)
+        try:
+            hv = torch.autograd.grad(grad @ v, model.params, allow_unused=True)
+        except RuntimeError as err:
+            raise EraserError(
+                f"exact HVP failed ({err}); the model has an op without a double-backward "
+                "formula (use eager attention) or its base is partitioned: use --hvp fd or ggn"
+            ) from err
+        total += model.flatten(hv).detach()
+    return total
+
+
+def fd_hvp(
+    model: LossModel,
+    rows: Sequence[Any],
+    weights: torch.Tensor,
+    v: torch.Tensor,
+    batch_size: int,
+    step: float | None = None,
+) -> torch.Tensor:
+    h = step if step is not None else default_fd_step(model, v)
+    theta = model.get_flat()
+    with shifted(model, theta, v, h):
+        plus = gradient_sum(model, rows, weights, batch_size)
+    with shifted(model, theta, v, -h):
+        minus = gradient_sum(model, rows, weights, batch_size)
+    return (plus - minus) / (2 * h)
+
+
+def ggn_hvp(
+    model: LossModel,
+    rows: Sequence[Any],
+    weights: torch.Tensor,
+    v: torch.Tensor,
+    batch_size: int,
+    step: float | None = None,
+) -> torch.Tensor:
+    h = step if step is not None else default_fd_step(model, v)
+    theta = model.get_flat()
+    total = torch.zeros(model.dim, dtype=model.dtype)
+    for chunk, w in batches(rows, weights, batch_size):
+        batch = model.collate(chunk)
+        with torch.no_grad():
+            with shifted(model, theta, v, h):
+                plus = model.outputs(batch)
+            with shifted(model, theta, v, -h):
+                minus = model.outputs(batch)
+            jv = (plus - minus) / (2 * h)
+        outputs = model.outputs(batch)
+        w_shape = (-1,) + (1,) * (outputs.dim() - 1)
+        hjv = model.output_hvp(outputs.detach(), batch, jv) * w.to(outputs.dtype).view(w_shape)
+        grads = torch.autograd.grad((outputs * hjv).sum(), model.params, allow_unused=True)
+        total += model.flatten(grads).detach()
+    return total
+
+
+def hessian_vector_product(
+    kind: str,
+    model: LossModel,
+    rows: Sequence[Any],
+    weights: torch.Tensor,
+    batch_size: int,
+    fd_step: float | None = None,
+) -> HessianVectorProduct:
+    """v ↦ Σ_i w_i ∇²L_i v (or its Gauss-Newton form) over the given rows, by ``kind``."""
+    if kind not in HVP_KINDS:
+        raise EraserError(f"unknown HVP back-end {kind!r}; choose one of {', '.join(HVP_KINDS)}")
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        v = v.to(model.dtype)
+        if kind == "exact":
+            out = exact_hvp(model, rows, weights, v, batch_size)
+        elif kind == "fd":
+            out = fd_hvp(model, rows, weights, v, batch_size, fd_step)
+        else:
+            out = ggn_hvp(model, rows, weights, v, batch_size, fd_step)
+        return check_finite(out, "a Hessian-vector product")
+
+    return product

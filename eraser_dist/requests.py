@@ -1,0 +1,155 @@
+"""Erase requests (what to delete or correct) and the edited objective they define.
+
+A request is JSON, one of::
+
+    {"kind": "remove", "ids": ["a", "b"]}
+    {"kind": "modify_query", "edits": [{"id": "a", "query": "new prompt"}]}
+    {"kind": "correct_response", "edits": [{"id": "a", "response": "new answer"}]}
+
+Applying it to a training set D gives the edited objective f_new over D': the same rows with
+some weights changed (removed: 1 → 0; edited: the old row 1 → 0 and the new row 0 → 1).
+:class:`EditedObjective` records D' and the changes, which is all the influence step needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import Example
+from .errors import EraserError
+
+REQUEST_KINDS = ("remove", "modify_query", "correct_response")
+EDITED_FIELD = {"modify_query": "query", "correct_response": "response"}
+
+
+@dataclass(frozen=True)
+class EraseRequest:
+    """A validated request. ``new_texts[i]`` is the new query/response of ``ids[i]`` (edits)."""
+
+    kind: str
+    ids: tuple[str, ...]
+    new_texts: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        if self.kind == "remove":
+            return {"kind": "remove", "ids": list(self.ids)}
+        field = EDITED_FIELD[self.kind]
+        return {
+            "kind": self.kind,
+            "edits": [{"id": i, field: t} for i, t in zip(self.ids, self.new_texts, strict=True)],
+        }
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise EraserError(f"bad request: {message}")
+
+
+def _check_keys(obj: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(obj) - allowed)
+    _require(not unknown, f"unknown field(s) {', '.join(map(repr, unknown))} in {where}")
+
+
+def parse_request(obj: Any) -> EraseRequest:
+    """Validate the JSON form of a request (not yet against data)."""
+    _require(isinstance(obj, dict), "a request must be a JSON object")
+    kind = obj.get("kind")
+    _require(
+        kind in REQUEST_KINDS,
+        f"unknown kind {kind!r}; expected one of {', '.join(REQUEST_KINDS)}",
+    )
+    if kind == "remove":
+        _check_keys(obj, {"kind", "ids"}, "a remove request")
+        ids = obj.get("ids")
+        _require(isinstance(ids, list), "'ids' must be a list of row ids")
+        _require(len(ids) > 0, "'ids' is empty: nothing to remove")
+        _require(all(isinstance(i, str) for i in ids), "every id must be a string")
+        texts: list[str] = []
+    else:
+        field = EDITED_FIELD[kind]
+        _check_keys(obj, {"kind", "edits"}, f"a {kind} request")
+        edits = obj.get("edits")
+        _require(isinstance(edits, list), f"'edits' must be a list of {{id, {field}}} objects")
+        _require(len(edits) > 0, "'edits' is empty: nothing to change")
+        ids, texts = [], []
+        for edit in edits:
+            _require(isinstance(edit, dict), f"each edit must be an object with 'id' and '{field}'")
+            _check_keys(edit, {"id", field}, "an edit")
+            _require(isinstance(edit.get("id"), str), "every edit needs a string 'id'")
+            text = edit.get(field)
+            _require(isinstance(text, str) and text != "", f"edit of {edit['id']!r} needs a "
+                     f"non-empty string '{field}'")
+            ids.append(edit["id"])
+            texts.append(text)
+    seen: set[str] = set()
+    dups = sorted({i for i in ids if i in seen or seen.add(i)})
+    _require(not dups, f"duplicate id(s) {', '.join(dups[:5])}")
+    return EraseRequest(kind, tuple(ids), tuple(texts))
+
+
+def load_request(path: str | os.PathLike) -> EraseRequest:
+    path = Path(path)
+    if not path.is_file():
+        raise EraserError(f"request file {path} does not exist")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise EraserError(f"request file {path} is not valid JSON: {err}") from err
+    return parse_request(obj)
+
+
+@dataclass
+class EditedObjective:
+    """f_new relative to f: D' with weights, and the rows whose weight changed.
+
+    ``rows_after``/``weights_after`` [n'] are D' (the objective after the request);
+    ``changed_rows``/``weight_changes`` are the rows whose weight moved and by how much
+    (−1 for a removed row or the old version of an edited row, +1 for the new version).
+    ``weight_before`` is W = Σ w of the old objective.
+    """
+
+    rows_after: list[Example]
+    weights_after: torch.Tensor
+    changed_rows: list[Example]
+    weight_changes: torch.Tensor
+    weight_before: float
+
+    @property
+    def weight_after(self) -> float:
+        return float(self.weights_after.sum())
+
+
+def apply_request(request: EraseRequest, examples: Sequence[Example]) -> EditedObjective:
+    """Check the request against the training set and build f_new; the input is not changed."""
+    by_id = {e.id: e for e in examples}
+    unknown = [i for i in request.ids if i not in by_id]
+    _require(not unknown, f"unknown id(s) {', '.join(unknown[:5])} not in the training set")
+    affected = set(request.ids)
+    changed: list[Example] = [by_id[i] for i in request.ids]
+    changes = [-1.0] * len(changed)
+    if request.kind == "remove":
+        _require(len(affected) < len(examples), "it would remove every row of the training set")
+        after = [e for e in examples if e.id not in affected]
+    else:
+        field = EDITED_FIELD[request.kind]
+        new_rows = {}
+        for i, text in zip(request.ids, request.new_texts, strict=True):
+            _require(getattr(by_id[i], field) != text, f"edit of {i!r} equals the current {field}")
+            new_rows[i] = replace(by_id[i], **{field: text})
+        after = [new_rows.get(e.id, e) for e in examples]
+        changed += [new_rows[i] for i in request.ids]
+        changes += [1.0] * len(request.ids)
+    return EditedObjective(
+        rows_after=after,
+        weights_after=torch.ones(len(after), dtype=torch.float64),
+        changed_rows=changed,
+        weight_changes=torch.tensor(changes, dtype=torch.float64),
+        weight_before=float(len(examples)),
+    )
