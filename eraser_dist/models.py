@@ -167,8 +167,19 @@ def load_base(name_or_path: str, dtype: torch.dtype = torch.float32) -> Base:
                 f"base model {name_or_path!r} is neither a built-in name "
                 f"({', '.join(BUILTIN_BASES)}) nor a Hugging Face model directory"
             )
+        from transformers.utils import logging as hf_logging
+
         # Eager attention: SDPA has no double-backward formula on CPU (exact HVPs need one).
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+        # No "Loading weights" bar: it would show under --quiet and around one-line errors.
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, attn_implementation="eager"
+            )
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(path))
     model.eval()
     model.requires_grad_(False)

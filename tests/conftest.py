@@ -1,0 +1,106 @@
+"""Shared test helpers: tiny LoRA models, explicit Hessians, and a quadratic LossModel."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from eraser_dist.arguments import LoraArguments
+from eraser_dist.data import Example
+from eraser_dist.models import LoraCausalLM, attach_lora, load_base
+from eraser_dist.objective import LossModel
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def tiny_lora(dtype=torch.float64, rank=2, targets=("q_proj", "v_proj"), max_length=64):
+    base = load_base("tiny-llama", dtype)
+    peft_model = attach_lora(base, LoraArguments(rank=rank, targets=targets), seed=0)
+    return LoraCausalLM(peft_model, base.tokenizer, max_length)
+
+
+def word_rows(n: int, prefix: str = "r") -> list[Example]:
+    """Short rows with a learnable pattern: the response is the query's word reversed."""
+    words = ["cat", "dog", "owl", "elk", "bee", "ant", "cow", "pig", "rat", "emu",
+             "yak", "fox", "bat", "hen", "ram", "eel", "gnu", "jay", "koi", "doe"]
+    return [Example(f"{prefix}{i}", f"rev {words[i % len(words)]}{i // len(words) or ''}",
+                    words[i % len(words)][::-1]) for i in range(n)]
+
+
+def flat_loss_fn(model: LoraCausalLM, rows, weights):
+    """θ [d] ↦ Σ w_i L_i(θ) as a pure function (torch.func), independent of the engine's HVPs."""
+    shapes = [p.shape for p in model.params]
+    batch = model.collate(rows)
+
+    def f(theta):
+        params, offset = {}, 0
+        for name, shape in zip(model.names, shapes, strict=True):
+            params[name] = theta[offset : offset + shape.numel()].view(shape)
+            offset += shape.numel()
+        logits = torch.func.functional_call(
+            model.peft_model, params, (),
+            {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
+        ).logits
+        return (weights.to(logits.dtype) * model.losses(logits, batch)).sum()
+
+    return f
+
+
+def explicit_hessian(model: LoraCausalLM, rows, weights) -> torch.Tensor:
+    """∇²_θ Σ w_i L_i [d, d] by torch.func.hessian on the flattened LoRA vector."""
+    return torch.func.hessian(flat_loss_fn(model, rows, weights))(model.get_flat())
+
+
+class QuadraticModel(LossModel):
+    """Least squares L_i = ½(x_iᵀθ − y_i)², rows as Examples: query "x1,x2,…", response "y".
+
+    The loss is quadratic in θ, so one Newton step is exact and influence must equal the
+    closed-form retrained optimum.
+    """
+
+    def __init__(self, dim: int):
+        self.theta = torch.nn.Parameter(torch.zeros(dim, dtype=torch.float64))
+        self.params = [self.theta]
+
+    def collate(self, rows):
+        x = torch.tensor([[float(v) for v in r.query.split(",")] for r in rows],
+                         dtype=torch.float64)
+        y = torch.tensor([float(r.response) for r in rows], dtype=torch.float64)
+        return x, y
+
+    def outputs(self, batch):
+        return batch[0] @ self.theta
+
+    def losses(self, outputs, batch):
+        return 0.5 * (outputs - batch[1]) ** 2
+
+    def output_hvp(self, outputs, batch, tangent):
+        return tangent
+
+
+def regression_rows(n: int, dim: int, seed: int = 0) -> list[Example]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    y = x @ torch.randn(dim, generator=g, dtype=torch.float64) + 0.3 * torch.randn(
+        n, generator=g, dtype=torch.float64)
+    return [Example(f"q{i}", ",".join(repr(float(v)) for v in x[i]), repr(float(y[i])))
+            for i in range(n)]
+
+
+def ridge_solution(model: QuadraticModel, rows, weight_decay: float) -> torch.Tensor:
+    """argmin (1/n) Σ ½(xθ − y)² + (λ/2)‖θ‖², closed form."""
+    x, y = model.collate(rows)
+    n = len(rows)
+    a = x.T @ x / n + weight_decay * torch.eye(x.shape[1], dtype=torch.float64)
+    return torch.linalg.solve(a, x.T @ y / n)
+
+
+@pytest.fixture
+def tiny_float32():
+    torch.manual_seed(1)
+    model = tiny_lora(torch.float32)
+    # Move off the LoRA initialisation (B = 0), where half the Hessian blocks vanish.
+    model.set_flat(model.get_flat() + 0.3 * torch.randn(model.dim))
+    return model

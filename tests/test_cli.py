@@ -1,0 +1,515 @@
+"""The ``eraser`` command line, driven in-process through :func:`eraser_dist.cli.main`.
+
+One small adapter is trained per module on the built-in ``tiny-llama`` base; every erase
+reuses it. User mistakes must give exit status 2, exactly one ``eraser: error:`` line on
+stderr, no output directory and untouched inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from eraser_dist import adapters, api
+from eraser_dist.cli import main
+from eraser_dist.data import Example, write_examples
+from eraser_dist.models import load_base
+
+N_ROWS = 16
+WEIGHT_DECAY = 0.1
+WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+ADAPTER_FILES = {CONFIG, WEIGHTS, "eraser_adapter.json"}
+REPORT_KEYS = {"kind", "n_train", "n_affected", "hvp", "damping", "cg_iterations",
+               "relative_residual", "negative_curvature", "delta_norm", "seconds"}
+
+
+def make_rows(n: int = N_ROWS) -> list[Example]:
+    return [Example(f"r{i}", f"What is {i} plus {i}?", str(2 * i)) for i in range(n)]
+
+
+def tree_state(path: Path) -> dict[str, str]:
+    """Every entry under ``path`` (hidden ones too) → sha256 of its bytes ('dir' for folders)."""
+    def digest(p: Path) -> str:
+        return "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+
+    if path.is_file():
+        return {".": digest(path)}
+    return {str(p.relative_to(path)): digest(p) for p in sorted(path.rglob("*"))}
+
+
+def write_request(folder: Path, obj, name: str = "request.json") -> Path:
+    path = folder / name
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj), encoding="utf-8")
+    return path
+
+
+def erase_argv(base, adapter, data, request, out, *extra) -> list[str]:
+    return ["erase", "--base", str(base), "--adapter", str(adapter), "--data", str(data),
+            "--request", str(request), "--out", str(out), *extra]
+
+
+def lora_delta_norm(before: Path, after: Path) -> float:
+    a, b = load_file(str(before / WEIGHTS)), load_file(str(after / WEIGHTS))
+    assert set(a) == set(b)
+    return float(torch.cat([(b[k].double() - a[k].double()).flatten() for k in a]).norm())
+
+
+def make_other_base(path: Path) -> None:
+    """A Llama of tiny-llama's shape (vocab 258) with other weights and a byte-level
+    Hugging Face tokenizer, saved as an ordinary model directory; built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab.update({"</s>": 256, "<pad>": 257})
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    config = LlamaConfig(vocab_size=258, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>",
+                            pad_token="<pad>").save_pretrained(path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The models here are tiny: one intra-op thread is fastest, and it does not thrash when
+    other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("cli")
+    data = root / "train.parquet"
+    write_examples(data, make_rows())
+    adapter = root / "adapter"
+    code = main(["train", "--base", "tiny-llama", "--data", str(data), "--out", str(adapter),
+                 "--epochs", "2", "--lr", "1e-2", "--weight-decay", str(WEIGHT_DECAY),
+                 "--quiet"])
+    assert code == 0
+    return SimpleNamespace(root=root, data=data, adapter=adapter)
+
+
+@pytest.fixture(scope="module")
+def other(work) -> SimpleNamespace:
+    """A second base (a local Hugging Face directory) and an adapter trained on it."""
+    base = work.root / "other-base"
+    make_other_base(base)
+    adapter = work.root / "other-adapter"
+    code = main(["train", "--base", str(base), "--data", str(work.data), "--out", str(adapter),
+                 "--epochs", "1", "--quiet"])
+    assert code == 0
+    return SimpleNamespace(base=base, adapter=adapter)
+
+
+def run_ok(capsys, argv: list[str]):
+    capsys.readouterr()
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured
+
+
+def expect_user_error(capsys, argv: list[str], pattern: str, out: Path | None,
+                      protect: list[Path]) -> str:
+    """Run the CLI on a mistake and check the whole contract; returns the message."""
+    protect = [p for p in protect if p is not None]
+    before = {str(p): tree_state(p) for p in protect}
+    parent = out.parent if out is not None else None
+    listing = sorted(p.name for p in parent.iterdir()) if parent is not None else None
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as shown:
+        # Whatever the CLI's own filters let through would reach a user's terminal.
+        warnings.simplefilter("always")
+        code = main(argv)
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert code == 2, captured.err
+    assert len(lines) == 1, f"stderr is not one line:\n{captured.err}"
+    assert lines[0].startswith("eraser: error: ")
+    assert "Traceback" not in captured.err
+    assert re.search(pattern, lines[0]), lines[0]
+    assert captured.out == ""
+    assert [str(w.message) for w in shown] == []
+    if out is not None:
+        assert not out.exists()
+        assert sorted(p.name for p in parent.iterdir()) == listing  # no temp folder left
+    for p in protect:
+        assert tree_state(p) == before[str(p)], f"{p} was modified"
+    return lines[0]
+
+
+# -- happy paths ----------------------------------------------------------------------------
+
+REQUESTS = {
+    "remove": {"kind": "remove", "ids": ["r1", "r5", "r9"]},
+    "modify_query": {"kind": "modify_query",
+                     "edits": [{"id": "r2", "query": "What is two plus two?"}]},
+    "correct_response": {"kind": "correct_response",
+                         "edits": [{"id": "r3", "response": "7"}, {"id": "r4", "response": "9"}]},
+}
+
+
+@pytest.mark.parametrize("kind", list(REQUESTS))
+def test_erase_publishes_adapter_and_report(kind, work, tmp_path, capsys):
+    from peft import PeftModel
+
+    request = write_request(tmp_path, REQUESTS[kind])
+    out = tmp_path / "out"
+    adapter_before = tree_state(work.adapter)
+    captured = run_ok(capsys, erase_argv("tiny-llama", work.adapter, work.data, request, out,
+                                         "--hvp", "ggn", "--max-iter", "30", "--json",
+                                         "--quiet"))
+
+    assert ADAPTER_FILES | {"erase_report.json"} <= {p.name for p in out.iterdir()}
+    report = json.loads(captured.out)  # stdout is nothing but the report
+    assert report == json.loads((out / "erase_report.json").read_text())
+    assert REPORT_KEYS <= set(report)
+    n_affected = len(REQUESTS[kind].get("ids", REQUESTS[kind].get("edits", [])))
+    assert (report["kind"], report["n_train"], report["n_affected"]) == (kind, N_ROWS,
+                                                                          n_affected)
+    assert report["hvp"] == "ggn"
+    assert report["damping"] == pytest.approx(WEIGHT_DECAY)  # default: the training λ
+    # GGN + λI is positive definite: CG converges to the default tolerance.
+    assert report["negative_curvature"] is False
+    assert report["cg_converged"] is True
+    assert 1 <= report["cg_iterations"] <= 30
+    assert 0 <= report["relative_residual"] <= report["tol"] == 1e-4
+    assert report["delta_norm"] > 0 and report["seconds"] >= 0
+
+    meta = json.loads((out / "eraser_adapter.json").read_text())
+    assert meta["weight_decay"] == pytest.approx(WEIGHT_DECAY)
+    assert meta["lineage"]["made_by"] == "erase"
+    assert meta["lineage"]["request"] == REQUESTS[kind]
+    assert meta["lineage"]["n_train"] == N_ROWS - (n_affected if kind == "remove" else 0)
+
+    # The new weights are the old ones moved by exactly the reported step.
+    assert lora_delta_norm(work.adapter, out) == pytest.approx(report["delta_norm"], rel=1e-5)
+    # A plain peft load gives those weights.
+    saved = load_file(str(out / WEIGHTS))
+    peft_model = PeftModel.from_pretrained(load_base("tiny-llama").model, str(out))
+    loaded = {n.replace(".default", ""): p for n, p in peft_model.named_parameters()
+              if "lora_" in n}
+    assert set(loaded) == set(saved)
+    for name, tensor in saved.items():
+        assert torch.equal(loaded[name].detach(), tensor), name
+    assert tree_state(work.adapter) == adapter_before
+
+
+def test_erase_damping_flag_and_text_output(work, tmp_path, capsys):
+    request = write_request(tmp_path, {"kind": "remove", "ids": ["r0", "r7"]})
+    out = tmp_path / "out"
+    captured = run_ok(capsys, erase_argv("tiny-llama", work.adapter, work.data, request, out,
+                                         "--damping", "0.5", "--max-iter", "6", "--quiet"))
+    report = json.loads((out / "erase_report.json").read_text())
+    assert report["damping"] == 0.5
+    assert report["weight_decay"] == pytest.approx(WEIGHT_DECAY)
+    assert report["hvp"] == "exact"
+    assert (report["n_affected"], report["n_train"]) == (2, N_ROWS)
+    assert captured.out.startswith("remove of 2 of 16 rows: CG ")
+    assert str(out) in captured.out
+    assert lora_delta_norm(work.adapter, out) == pytest.approx(report["delta_norm"], rel=1e-5)
+
+
+def test_eval_json_matches_api(work, capsys):
+    captured = run_ok(capsys, ["eval", "--base", "tiny-llama", "--adapter", str(work.adapter),
+                               "--data", str(work.data), "--json", "--quiet"])
+    shown = json.loads(captured.out)
+    expected = api.evaluate("tiny-llama", work.adapter, work.data)
+    assert shown["n"] == N_ROWS
+    assert set(shown["losses"]) == {f"r{i}" for i in range(N_ROWS)}
+    assert shown["losses"] == pytest.approx(expected["losses"], rel=1e-9)
+    assert shown["mean_loss"] == pytest.approx(expected["mean_loss"], rel=1e-9)
+    assert shown["mean_loss"] == pytest.approx(sum(shown["losses"].values()) / N_ROWS)
+    assert 0 < shown["mean_loss"] < 20
+
+
+def test_eval_text_output(work, capsys):
+    captured = run_ok(capsys, ["eval", "--base", "tiny-llama", "--adapter", str(work.adapter),
+                               "--data", str(work.data), "--batch-size", "5", "--quiet"])
+    lines = captured.out.splitlines()
+    expected = api.evaluate("tiny-llama", work.adapter, work.data, batch_size=5)
+    assert lines[0] == f"mean response loss {expected['mean_loss']:.4f} over 16 rows"
+    assert lines[1:] == [f"{k}\t{v:.4f}" for k, v in expected["losses"].items()]
+
+
+def test_existing_output_is_refused_then_replaced_with_overwrite(work, tmp_path, capsys,
+                                                                monkeypatch):
+    request = write_request(tmp_path, {"kind": "remove", "ids": ["r3"]})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("keep me unless --overwrite")
+    argv = erase_argv("tiny-llama", work.adapter, work.data, request, out, "--max-iter", "3",
+                      "--hvp", "ggn", "--quiet")
+    train_argv = ["train", "--base", "tiny-llama", "--data", str(work.data), "--out", str(out),
+                  "--quiet"]
+    before = tree_state(out)
+    with monkeypatch.context() as patch:
+        forbid_model_loading(patch)  # refused before any work
+        for command in (argv, train_argv):
+            expect_user_error(capsys, command, r"output .*out already exists; pass --overwrite",
+                              None, [work.adapter, work.data, request, out])
+    assert tree_state(out) == before
+
+    run_ok(capsys, [*argv, "--overwrite"])
+    assert {p.name for p in out.iterdir()} >= ADAPTER_FILES | {"erase_report.json"}
+    assert not (out / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("failure", ["error", "interrupt", "error-overwrite"])
+def test_failed_save_publishes_nothing(failure, work, tmp_path, capsys, monkeypatch):
+    request = write_request(tmp_path, {"kind": "remove", "ids": ["r2"]})
+    parent = tmp_path / "outs"
+    parent.mkdir()
+    out = parent / "new"
+    if failure == "error-overwrite":
+        out.mkdir()
+        (out / "old.txt").write_text("the previous result")
+    listing = tree_state(parent)
+    reached = []
+
+    def broken_write_json(path: Path, obj) -> None:
+        # Called after peft has written its files into the temporary folder.
+        reached.append({p.name for p in path.parent.iterdir()})
+        if failure == "interrupt":
+            raise KeyboardInterrupt
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(adapters, "write_json", broken_write_json)
+    argv = erase_argv("tiny-llama", work.adapter, work.data, request, out, "--max-iter", "2",
+                      "--hvp", "ggn", "--quiet", "--overwrite")
+    capsys.readouterr()
+    if failure == "interrupt":
+        assert main(argv) == 130
+        assert "nothing was published" in capsys.readouterr().err
+    else:
+        with pytest.raises(OSError, match="No space left"):
+            main(argv)
+    assert reached and {CONFIG, WEIGHTS} <= reached[0]
+    assert tree_state(parent) == listing  # no new dir, no temp dir, old result intact
+
+
+def test_train_warm_start_from_init_adapter(work, tmp_path, capsys):
+    init = load_file(str(work.adapter / WEIGHTS))
+    assert any(float(t.norm()) > 0 for k, t in init.items() if "lora_B" in k)
+    for name, extra in (("warm", []), ("warm-same-shape", ["--rank", "8", "--targets",
+                                                           "v_proj,q_proj"])):
+        out = tmp_path / name
+        run_ok(capsys, ["train", "--base", "tiny-llama", "--data", str(work.data), "--out",
+                        str(out), "--init-adapter", str(work.adapter), "--epochs", "1",
+                        "--lr", "1e-9", "--quiet", *extra])
+        warm = load_file(str(out / WEIGHTS))
+        assert set(warm) == set(init)
+        for key, tensor in init.items():
+            assert torch.allclose(warm[key], tensor, rtol=0, atol=1e-6), key
+        meta = json.loads((out / "eraser_adapter.json").read_text())
+        assert meta["lineage"]["init_adapter"] == str(work.adapter)
+        config = json.loads((out / CONFIG).read_text())
+        assert config["r"] == 8 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+
+
+# -- user mistakes --------------------------------------------------------------------------
+
+
+def _request_case(obj):
+    def build(ctx):
+        request = write_request(ctx.tmp, obj)
+        argv = erase_argv("tiny-llama", ctx.work.adapter, ctx.work.data, request, ctx.out,
+                          "--quiet")
+        return argv, [ctx.work.adapter, ctx.work.data, request]
+    return build
+
+
+def _data_case(columns):
+    def build(ctx):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        data = ctx.tmp / "bad.parquet"
+        if isinstance(columns, bytes):
+            data.write_bytes(columns)
+        else:
+            pq.write_table(pa.table(columns), data)
+        request = write_request(ctx.tmp, {"kind": "remove", "ids": ["r1"]})
+        argv = erase_argv("tiny-llama", ctx.work.adapter, data, request, ctx.out, "--quiet")
+        return argv, [ctx.work.adapter, data, request]
+    return build
+
+
+def _copied_adapter(ctx) -> Path:
+    copy = ctx.tmp / "adapter-copy"
+    shutil.copytree(ctx.work.adapter, copy)
+    return copy
+
+
+def _edited_config_case(edit):
+    def build(ctx):
+        adapter = _copied_adapter(ctx)
+        config = json.loads((adapter / CONFIG).read_text())
+        edit(config)
+        (adapter / CONFIG).write_text(json.dumps(config))
+        request = write_request(ctx.tmp, {"kind": "remove", "ids": ["r1"]})
+        argv = erase_argv("tiny-llama", adapter, ctx.work.data, request, ctx.out, "--quiet")
+        return argv, [adapter, ctx.work.data]
+    return build
+
+
+def _nan_case(ctx):
+    adapter = _copied_adapter(ctx)
+    tensors = load_file(str(adapter / WEIGHTS))
+    tensors = {k: torch.full_like(v, float("nan")) if "lora_B" in k else v
+               for k, v in tensors.items()}
+    save_file(tensors, str(adapter / WEIGHTS))
+    request = write_request(ctx.tmp, {"kind": "remove", "ids": ["r1"]})
+    argv = erase_argv("tiny-llama", adapter, ctx.work.data, request, ctx.out, "--quiet")
+    return argv, [adapter, ctx.work.data]
+
+
+def _foreign_adapter_case(direction):
+    def build(ctx):
+        other = ctx.other()
+        if direction == "other-adapter-on-tiny":
+            base, adapter = "tiny-llama", other.adapter
+        else:
+            base, adapter = other.base, ctx.work.adapter
+        request = write_request(ctx.tmp, {"kind": "remove", "ids": ["r1"]})
+        argv = erase_argv(base, adapter, ctx.work.data, request, ctx.out, "--quiet")
+        return argv, [adapter, other.base, ctx.work.data]
+    return build
+
+
+def _init_adapter_case(extra):
+    def build(ctx):
+        argv = ["train", "--base", "tiny-llama", "--data", str(ctx.work.data), "--out",
+                str(ctx.out), "--init-adapter", str(ctx.work.adapter), "--quiet", *extra]
+        return argv, [ctx.work.adapter, ctx.work.data]
+    return build
+
+
+def _add_k_proj(config):
+    config["target_modules"] = [*config["target_modules"], "k_proj"]
+
+
+def _drop_v_proj(config):
+    config["target_modules"] = [t for t in config["target_modules"] if t != "v_proj"]
+
+
+MISTAKES = {
+    "unknown-ids": (_request_case({"kind": "remove", "ids": ["r1", "r99"]}),
+                    r"unknown id\(s\) r99 not in the training set"),
+    "duplicate-ids": (_request_case({"kind": "remove", "ids": ["r2", "r2"]}),
+                      r"duplicate id\(s\) r2"),
+    "edit-equals-original": (
+        _request_case({"kind": "correct_response", "edits": [{"id": "r3", "response": "6"}]}),
+        "edit of 'r3' equals the current response"),
+    "edit-query-equals-original": (
+        _request_case({"kind": "modify_query",
+                       "edits": [{"id": "r4", "query": "What is 4 plus 4?"}]}),
+        "edit of 'r4' equals the current query"),
+    "empty-ids": (_request_case({"kind": "remove", "ids": []}), "'ids' is empty"),
+    "empty-edits": (_request_case({"kind": "modify_query", "edits": []}), "'edits' is empty"),
+    "empty-file": (_request_case(""), "is not valid JSON"),
+    "invalid-json": (_request_case('{"kind": "remove", "ids": ["r1"],}'), "is not valid JSON"),
+    "unknown-kind": (_request_case({"kind": "forget", "ids": ["r1"]}), "unknown kind 'forget'"),
+    "remove-everything": (_request_case({"kind": "remove",
+                                         "ids": [f"r{i}" for i in range(N_ROWS)]}),
+                          "remove every row"),
+    "missing-columns": (_data_case({"id": ["r1"], "prompt": ["q"], "answer": ["a"]}),
+                        r"lacks column\(s\) query, response"),
+    "duplicate-rows": (_data_case({"id": ["r1", "r2", "r1"], "query": ["a", "b", "c"],
+                                   "response": ["x", "y", "z"]}), r"duplicate id\(s\): r1"),
+    "not-parquet": (_data_case(b"id,query,response\nr1,a,b\n"), "not a readable Parquet file"),
+    "other-adapter-on-tiny": (_foreign_adapter_case("other-adapter-on-tiny"),
+                              "was trained on base '.*other-base', not on 'tiny-llama'"),
+    "tiny-adapter-on-other": (_foreign_adapter_case("tiny-adapter-on-other"),
+                              "was trained on base 'tiny-llama', not on '.*other-base'"),
+    "config-adds-target": (_edited_config_case(_add_k_proj),
+                           "adapter_config.json and its weights disagree on the target modules"),
+    "config-drops-target": (_edited_config_case(_drop_v_proj),
+                            "adapter_config.json and its weights disagree on the target modules"),
+    "nan-weights": (_nan_case, "NaN"),
+    "init-adapter-other-rank": (_init_adapter_case(["--rank", "4"]),
+                                "has rank 8 on q_proj,v_proj; it cannot be trained as rank 4"),
+    "init-adapter-other-targets": (_init_adapter_case(["--targets", "q_proj,k_proj"]),
+                                   "cannot be trained as rank 8 on q_proj,k_proj"),
+}
+
+
+# Mistakes in the request or the data are found before any model is loaded.
+FOUND_BEFORE_LOADING = {"unknown-ids", "duplicate-ids", "edit-equals-original",
+                        "edit-query-equals-original", "empty-ids", "empty-edits", "empty-file",
+                        "invalid-json", "unknown-kind", "remove-everything", "missing-columns",
+                        "duplicate-rows", "not-parquet"}
+
+
+def forbid_model_loading(monkeypatch) -> None:
+    def load_base(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were validated")
+
+    monkeypatch.setattr(api, "load_base", load_base)
+
+
+@pytest.mark.parametrize("case", list(MISTAKES))
+def test_user_mistake(case, work, tmp_path, capsys, request, monkeypatch):
+    build, pattern = MISTAKES[case]
+    ctx = SimpleNamespace(work=work, tmp=tmp_path, out=tmp_path / "out",
+                          other=lambda: request.getfixturevalue("other"))
+    argv, protect = build(ctx)
+    if case in FOUND_BEFORE_LOADING:
+        forbid_model_loading(monkeypatch)
+    expect_user_error(capsys, argv, pattern, ctx.out, protect)
+
+
+def test_output_equal_to_input_adapter_is_refused(work, tmp_path, capsys):
+    adapter = _copied_adapter(SimpleNamespace(tmp=tmp_path, work=work))
+    request = write_request(tmp_path, {"kind": "remove", "ids": ["r1"]})
+    argv = erase_argv("tiny-llama", adapter, work.data, request, adapter, "--overwrite",
+                      "--quiet")
+    expect_user_error(capsys, argv, "must differ from the input adapter", None,
+                      [adapter, tmp_path])
+
+
+@pytest.mark.parametrize("case", ["tiny-adapter-on-other", "config-adds-target"])
+def test_console_script_prints_one_line(case, work, tmp_path, request):
+    """The installed ``eraser`` in its own process: library logging, warnings and progress
+    bars would all reach this stderr."""
+    build, pattern = MISTAKES[case]
+    ctx = SimpleNamespace(work=work, tmp=tmp_path, out=tmp_path / "out",
+                          other=lambda: request.getfixturevalue("other"))
+    argv, protect = build(ctx)
+    argv = [a for a in argv if a != "--quiet"]  # the contract holds without --quiet too
+    script = Path(sys.executable).with_name("eraser")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "eraser_dist.cli"]
+    before = {str(p): tree_state(p) for p in protect}
+    done = subprocess.run([*command, *argv], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("eraser: error: "), done.stderr
+    assert re.search(pattern, lines[0])
+    assert not ctx.out.exists()
+    assert {str(p): tree_state(p) for p in protect} == before

@@ -1,0 +1,75 @@
+"""Each HVP back-end against an explicit matrix built independently with torch.func."""
+
+import torch
+from conftest import explicit_hessian, flat_loss_fn, word_rows
+
+from eraser_dist.curvature import exact_hvp, fd_hvp, ggn_hvp
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def test_exact_and_fd_hvp_match_explicit_hessian(tiny_float32):
+    model = tiny_float32
+    rows = word_rows(6)
+    weights = torch.tensor([1.0, 2.0, 0.5, 1.0, 1.0, 3.0], dtype=torch.float64)
+    hessian = explicit_hessian(model, rows, weights)
+    theta = model.get_flat()
+    for seed in range(3):
+        v = torch.randn(model.dim, generator=torch.Generator().manual_seed(seed))
+        reference = hessian @ v
+        assert rel_err(exact_hvp(model, rows, weights, v, batch_size=4), reference) <= 1e-5
+        assert rel_err(fd_hvp(model, rows, weights, v, batch_size=4), reference) <= 1e-3
+    assert torch.equal(model.get_flat(), theta)  # the shifts were undone
+
+
+def test_ggn_matches_explicit_jacobian_form(tiny_float32):
+    model = tiny_float32
+    rows = word_rows(3)
+    weights = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
+    batch = model.collate(rows)
+    shapes = [p.shape for p in model.params]
+
+    def logits_of(theta):
+        params, offset = {}, 0
+        for name, shape in zip(model.names, shapes, strict=True):
+            params[name] = theta[offset : offset + shape.numel()].view(shape)
+            offset += shape.numel()
+        return torch.func.functional_call(
+            model.peft_model, params, (),
+            {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
+        ).logits
+
+    theta = model.get_flat()
+    jacobian = torch.func.jacrev(logits_of)(theta)  # [B, T, V, d]
+    jacobian = jacobian.reshape(-1, model.dim)
+    logits = logits_of(theta).detach()
+
+    def loss_of_logits(z):
+        return (weights.float() * model.losses(z, batch)).sum()
+
+    def reference_ggn(v):
+        jv = (jacobian @ v).view_as(logits)
+        _, hjv = torch.func.jvp(torch.func.grad(loss_of_logits), (logits,), (jv,))
+        return jacobian.T @ hjv.reshape(-1)
+
+    u = torch.randn(model.dim, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(model.dim, generator=torch.Generator().manual_seed(1))
+    gv = ggn_hvp(model, rows, weights, v, batch_size=2)
+    gu = ggn_hvp(model, rows, weights, u, batch_size=2)
+    assert rel_err(gv, reference_ggn(v)) <= 1e-3
+    # Symmetric and positive semi-definite, unlike the exact Hessian here.
+    assert abs(float(u @ gv) - float(v @ gu)) <= 1e-3 * abs(float(u @ gv))
+    assert float(v @ gv) > 0 and float(u @ gu) > 0
+    hessian_v = explicit_hessian(model, rows, weights) @ v
+    assert rel_err(gv, hessian_v) > 0.05  # it is a different matrix (no residual term)
+
+
+def test_flat_reference_is_the_engine_loss(tiny_float32):
+    """Guards the helper above: its value is the engine's Σ w_i L_i."""
+    rows = word_rows(4)
+    weights = torch.ones(4, dtype=torch.float64)
+    f = flat_loss_fn(tiny_float32, rows, weights)
+    engine = tiny_float32.loss_sum(tiny_float32.collate(rows), weights)
+    assert abs(float(f(tiny_float32.get_flat())) - float(engine)) < 1e-5

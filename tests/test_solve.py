@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from eraser_dist.solve import conjugate_gradient
+
+
+def random_spd(d: int, seed: int, cond: float = 100.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    eigs = torch.logspace(0, torch.log10(torch.tensor(cond)), d, dtype=torch.float64)
+    return q @ torch.diag(eigs) @ q.T
+
+
+def test_cg_matches_direct_solve_on_spd():
+    a = random_spd(40, seed=0)
+    b = torch.randn(40, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    result = conjugate_gradient(lambda v: a @ v, b, tol=1e-12, max_iter=200)
+    direct = torch.linalg.solve(a, b)
+    assert result.converged and not result.negative_curvature
+    assert (result.x - direct).norm() / direct.norm() < 1e-9
+    assert result.relative_residual <= 1e-12
+    true_residual = (a @ result.x - b).norm() / b.norm()
+    assert true_residual < 1e-9
+
+
+def test_cg_damping_adds_lambda_identity():
+    a = random_spd(30, seed=2)
+    b = torch.randn(30, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    result = conjugate_gradient(lambda v: a @ v, b, damping=0.5, tol=1e-12, max_iter=200)
+    direct = torch.linalg.solve(a + 0.5 * torch.eye(30, dtype=torch.float64), b)
+    assert (result.x - direct).norm() / direct.norm() < 1e-9
+
+
+def test_cg_reports_negative_curvature_on_indefinite_matrix():
+    g = torch.Generator().manual_seed(4)
+    q, _ = torch.linalg.qr(torch.randn(20, 20, generator=g, dtype=torch.float64))
+    eigs = torch.linspace(-1.0, 5.0, 20, dtype=torch.float64)
+    a = q @ torch.diag(eigs) @ q.T
+    b = torch.randn(20, generator=g, dtype=torch.float64)
+    result = conjugate_gradient(lambda v: a @ v, b, tol=1e-12, max_iter=200)
+    assert result.negative_curvature
+    assert not result.converged
+    assert result.curvature is not None and result.curvature <= 0
+    assert torch.isfinite(result.x).all()
+    # Enough damping makes it positive definite: then the solve is exact again.
+    damped = conjugate_gradient(lambda v: a @ v, b, damping=2.0, tol=1e-12, max_iter=200)
+    assert damped.converged and not damped.negative_curvature
+    direct = torch.linalg.solve(a + 2.0 * torch.eye(20, dtype=torch.float64), b)
+    assert (damped.x - direct).norm() / direct.norm() < 1e-8
+
+
+def test_cg_stops_at_max_iter_and_says_so():
+    a = random_spd(50, seed=5, cond=1e4)
+    b = torch.ones(50, dtype=torch.float64)
+    calls = []
+    result = conjugate_gradient(lambda v: a @ v, b, tol=1e-14, max_iter=3,
+                                callback=lambda i, r: calls.append((i, r)))
+    assert result.iterations == 3 and not result.converged
+    assert [i for i, _ in calls] == [1, 2, 3]
+    assert result.relative_residual == pytest.approx(calls[-1][1])
+
+
+def test_cg_zero_rhs_returns_zero():
+    result = conjugate_gradient(lambda v: v, torch.zeros(5, dtype=torch.float64))
+    assert result.converged and result.iterations == 0 and float(result.x.abs().sum()) == 0.0
