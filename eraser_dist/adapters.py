@@ -67,6 +67,7 @@ def publish_dir(out: str | os.PathLike, write: Callable[[Path], None], overwrite
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a published adapter is readable like a file
         write(tmp)
         old = None
         if out.exists():

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .adapters import AdapterMeta, check_output_dir, load_adapter, save_adapter
-from .arguments import HVP_KINDS, EraseArguments, LoraArguments, TrainArguments
+from .arguments import CURVATURE_DATA, HVP_KINDS, EraseArguments, LoraArguments, TrainArguments
 from .data import examples_digest, read_examples
 from .errors import EraserError
 from .influence import newton_step
@@ -112,6 +112,11 @@ def erase(
     edited = apply_request(parsed, examples)
     base_model = load_base(base)
     model, meta = load_adapter(base_model, adapter)
+    if meta.lineage.get("data_sha256") not in (None, examples_digest(examples)):
+        raise EraserError(
+            f"{data} is not the training set adapter {adapter} was fitted on (its rows or "
+            "their order differ); influence needs exactly that set"
+        )
     start = time.perf_counter()
     result = newton_step(model, edited, meta.weight_decay, args, progress=progress)
     seconds = time.perf_counter() - start
@@ -123,6 +128,7 @@ def erase(
         "n_train": len(examples),
         "n_affected": len(parsed.ids),
         "hvp": args.hvp,
+        "curvature": args.curvature,
         "damping": result.damping,
         "weight_decay": meta.weight_decay,
         "cg_iterations": cg.iterations,
@@ -153,6 +159,9 @@ def erase(
 def _check_erase_arguments(args: EraseArguments) -> None:
     if args.hvp not in HVP_KINDS:
         raise EraserError(f"unknown --hvp {args.hvp!r}; choose one of {', '.join(HVP_KINDS)}")
+    if args.curvature not in CURVATURE_DATA:
+        raise EraserError(f"unknown --curvature {args.curvature!r}; choose one of "
+                          f"{', '.join(CURVATURE_DATA)}")
     if not args.tol > 0:
         raise EraserError(f"--tol must be positive, got {args.tol}")
     if args.max_iter < 1:

@@ -7,6 +7,8 @@ from typing import Literal
 
 HvpKind = Literal["exact", "fd", "ggn"]
 HVP_KINDS: tuple[str, ...] = ("exact", "fd", "ggn")
+CurvatureData = Literal["original", "edited"]
+CURVATURE_DATA: tuple[str, ...] = ("original", "edited")
 
 
 @dataclass
@@ -39,15 +41,23 @@ class TrainArguments:
 
 @dataclass
 class EraseArguments:
-    """How ΔΘ = (H_new + damping·I)⁻¹ b is solved.
+    """How ΔΘ = (H + damping·I)⁻¹ b is solved.
 
     ``damping`` defaults to the adapter's training weight decay λ, which is the exact λI term
     of the objective's Hessian. ``tol`` is the relative residual ‖AΔ − b‖/‖b‖ at which
     conjugate gradient stops. ``hessian_samples`` estimates H on a seeded subset of that many
     training rows (all rows when None).
+
+    ``curvature`` says whose Hessian the step uses: ``original``, that of the objective the
+    adapter was fitted on (positive definite at its converged minimiser, so the solve is well
+    posed), or ``edited``, that of the edited objective at the same point (exact for a
+    quadratic loss, but it can be indefinite: Θ̂ is not its minimiser). Both are first-order
+    exact; on tiny-llama, removing or editing 1/8 of the rows, ``original`` was closer to
+    retraining (bench/influence_vs_retrain.py).
     """
 
     hvp: HvpKind = "exact"
+    curvature: CurvatureData = "original"
     damping: float | None = None
     tol: float = 1e-4
     max_iter: int = 100

@@ -10,7 +10,7 @@ import json
 import sys
 import warnings
 
-from .arguments import HVP_KINDS, EraseArguments, LoraArguments, TrainArguments
+from .arguments import CURVATURE_DATA, HVP_KINDS, EraseArguments, LoraArguments, TrainArguments
 from .errors import EraserError
 
 
@@ -57,7 +57,7 @@ def cmd_erase(ns: argparse.Namespace) -> None:
     from . import api
 
     args = EraseArguments(
-        hvp=ns.hvp, damping=ns.damping, tol=ns.tol, max_iter=ns.max_iter,
+        hvp=ns.hvp, curvature=ns.curvature, damping=ns.damping, tol=ns.tol, max_iter=ns.max_iter,
         hessian_samples=ns.hessian_samples, batch_size=ns.batch_size, seed=ns.seed,
     )
     report = api.erase(ns.base, ns.adapter, ns.data, ns.request, ns.out, args,
@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request", required=True, help="request JSON (remove / modify_query / "
                    "correct_response)")
     p.add_argument("--hvp", choices=HVP_KINDS, default=EraseArguments.hvp)
+    p.add_argument("--curvature", choices=CURVATURE_DATA, default=EraseArguments.curvature,
+                   help="Hessian of the original objective (PD at a converged adapter) or of "
+                   "the edited one")
     p.add_argument("--damping", type=float, default=None,
                    help="λ in (H + λI); default: the adapter's training weight decay")
     p.add_argument("--tol", type=float, default=EraseArguments.tol,

@@ -6,9 +6,14 @@ after the request (weights w'_i, total W'), the step is ΔΘ = −H_new⁻¹ ∇
 
     b = −∇f_new(Θ̂) = ( −Σ_changed Δw_i G_i + (W − W') λ Θ̂ ) / W'
 
-(removing k rows: b = (Σ_S G + kλΘ̂)/(n − k); editing: b = (1/n) Σ_S [G(old) − G(new)]) and
-H_new = (1/W') Σ_{D'} w'_i ∇²L_i + λI. This is exact for a quadratic loss; see
-DESIGN.md §1 for why the paper's b = Σ_S G / n with the old H is far worse for removals.
+(removing k rows: b = (Σ_S G + kλΘ̂)/(n − k); editing: b = (1/n) Σ_S [G(old) − G(new)]).
+
+The curvature is H = (1/W) Σ_D w_i ∇²L_i + λI of the original objective by default, or
+H_new = (1/W') Σ_{D'} w'_i ∇²L_i + λI of the edited one (``EraseArguments.curvature``).
+Either is exact to first order in the size of the request, and H_new is exact for a quadratic
+loss. H is positive definite at a converged Θ̂; H_new need not be, and where it was indefinite
+CG's truncated iterate overshot retraining 20×. The paper's b = Σ_S G / n (no λ term, wrong
+normalisation) is far worse for removals (DESIGN.md §1).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .arguments import EraseArguments
+from .arguments import CURVATURE_DATA, EraseArguments
 from .curvature import hessian_vector_product
 from .errors import EraserError
 from .objective import LossModel, check_finite, gradient_sum
@@ -45,9 +50,15 @@ def newton_rhs(model: LossModel, edited: EditedObjective, weight_decay: float, b
     return check_finite((g + removed_weight * weight_decay * theta) / edited.weight_after, "b")
 
 
-def hessian_subset(edited: EditedObjective, samples: int | None, seed: int):
-    """Rows and weights of D' on which H_new is estimated: all, or a seeded uniform subset."""
-    rows, weights = edited.rows_after, edited.weights_after
+def hessian_subset(edited: EditedObjective, curvature: str, samples: int | None, seed: int):
+    """Rows and weights on which H is estimated: those of D (``original``) or of D'
+    (``edited``), all of them or a seeded uniform subset."""
+    if curvature not in CURVATURE_DATA:
+        raise EraserError(f"unknown curvature {curvature!r}; choose {', '.join(CURVATURE_DATA)}")
+    if curvature == "original":
+        rows, weights = edited.rows_before, edited.weights_before
+    else:
+        rows, weights = edited.rows_after, edited.weights_after
     if samples is None or samples >= len(rows):
         return rows, weights
     if samples < 1:
@@ -64,12 +75,12 @@ def newton_step(
     args: EraseArguments,
     progress: bool = True,
 ) -> InfluenceResult:
-    """ΔΘ = (H_new + damping·I)⁻¹ b by CG; damping defaults to the objective's λ."""
+    """ΔΘ = (H + damping·I)⁻¹ b by CG; damping defaults to the objective's λ."""
     damping = weight_decay if args.damping is None else args.damping
     if damping < 0:
         raise EraserError(f"damping must be non-negative, got {damping}")
     b = newton_rhs(model, edited, weight_decay, args.batch_size)
-    rows, weights = hessian_subset(edited, args.hessian_samples, args.seed)
+    rows, weights = hessian_subset(edited, args.curvature, args.hessian_samples, args.seed)
     hvp = hessian_vector_product(args.hvp, model, rows, weights, args.batch_size, args.fd_step)
     scale = 1.0 / float(weights.sum())
 
@@ -92,7 +103,7 @@ def newton_step(
         bar.close()
     if cg.negative_curvature and cg.iterations == 0:
         raise EraserError(
-            "H_new + damping·I has negative curvature along b itself, so CG has no usable "
+            "H + damping·I has negative curvature along b itself, so CG has no usable "
             f"iterate (curvature {cg.curvature:.3g}); raise --damping or use --hvp ggn"
         )
     return InfluenceResult(cg.x, cg, float(b.norm()), damping, len(rows))

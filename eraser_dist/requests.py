@@ -107,19 +107,24 @@ def load_request(path: str | os.PathLike) -> EraseRequest:
 
 @dataclass
 class EditedObjective:
-    """f_new relative to f: D' with weights, and the rows whose weight changed.
+    """f_new relative to f: both weighted row sets, and the rows whose weight changed.
 
+    ``rows_before``/``weights_before`` [n] are D (the objective the adapter was fitted on),
     ``rows_after``/``weights_after`` [n'] are D' (the objective after the request);
     ``changed_rows``/``weight_changes`` are the rows whose weight moved and by how much
     (−1 for a removed row or the old version of an edited row, +1 for the new version).
-    ``weight_before`` is W = Σ w of the old objective.
     """
 
+    rows_before: list[Example]
+    weights_before: torch.Tensor
     rows_after: list[Example]
     weights_after: torch.Tensor
     changed_rows: list[Example]
     weight_changes: torch.Tensor
-    weight_before: float
+
+    @property
+    def weight_before(self) -> float:
+        return float(self.weights_before.sum())
 
     @property
     def weight_after(self) -> float:
@@ -147,9 +152,10 @@ def apply_request(request: EraseRequest, examples: Sequence[Example]) -> EditedO
         changed += [new_rows[i] for i in request.ids]
         changes += [1.0] * len(request.ids)
     return EditedObjective(
+        rows_before=list(examples),
+        weights_before=torch.ones(len(examples), dtype=torch.float64),
         rows_after=after,
         weights_after=torch.ones(len(after), dtype=torch.float64),
         changed_rows=changed,
         weight_changes=torch.tensor(changes, dtype=torch.float64),
-        weight_before=float(len(examples)),
     )

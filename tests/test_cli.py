@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from eraser_dist import adapters, api
 from eraser_dist.cli import main
-from eraser_dist.data import Example, write_examples
+from eraser_dist.data import Example, read_examples, write_examples
 from eraser_dist.models import load_base
 
 N_ROWS = 16
@@ -409,6 +410,15 @@ def _init_adapter_case(extra):
     return build
 
 
+def _other_training_set(ctx):
+    rows = read_examples(ctx.work.data)
+    data = ctx.tmp / "changed.parquet"
+    write_examples(data, [replace(rows[0], response="something else"), *rows[1:]])
+    request = write_request(ctx.tmp, {"kind": "remove", "ids": ["r1"]})
+    argv = erase_argv("tiny-llama", ctx.work.adapter, data, request, ctx.out, "--quiet")
+    return argv, [ctx.work.adapter, data, request]
+
+
 def _add_k_proj(config):
     config["target_modules"] = [*config["target_modules"], "k_proj"]
 
@@ -451,6 +461,7 @@ MISTAKES = {
     "config-drops-target": (_edited_config_case(_drop_v_proj),
                             "adapter_config.json and its weights disagree on the target modules"),
     "nan-weights": (_nan_case, "NaN"),
+    "other-training-set": (_other_training_set, "is not the training set adapter .* was fitted on"),
     "init-adapter-other-rank": (_init_adapter_case(["--rank", "4"]),
                                 "has rank 8 on q_proj,v_proj; it cannot be trained as rank 4"),
     "init-adapter-other-targets": (_init_adapter_case(["--targets", "q_proj,k_proj"]),

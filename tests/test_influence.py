@@ -1,0 +1,171 @@
+"""Influence against closed forms and against retraining."""
+
+import pytest
+import torch
+from conftest import (
+    QuadraticModel,
+    explicit_hessian,
+    regression_rows,
+    ridge_solution,
+    tiny_lora,
+    word_rows,
+)
+
+from eraser_dist.arguments import EraseArguments
+from eraser_dist.data import Example
+from eraser_dist.influence import newton_step
+from eraser_dist.objective import gradient_sum, loss_values
+from eraser_dist.requests import EditedObjective, apply_request, parse_request
+from eraser_dist.train import fit_lbfgs
+
+WEIGHT_DECAY = 0.05
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(a.double() @ b.double() / (a.double().norm() * b.double().norm()))
+
+
+# -- quadratic loss: influence is exact --------------------------------------------------
+
+QUADRATIC_REQUESTS = [
+    {"kind": "remove", "ids": ["q3", "q7", "q11"]},
+    {"kind": "modify_query", "edits": [{"id": "q2", "query": "0.5,-1.0,2.0,0.25,1.5"}]},
+    {"kind": "correct_response", "edits": [{"id": "q4", "response": "3.75"},
+                                           {"id": "q9", "response": "-2.5"}]},
+]
+
+
+@pytest.mark.parametrize("hvp", ["exact", "fd", "ggn"])
+@pytest.mark.parametrize("request_json", QUADRATIC_REQUESTS, ids=lambda r: r["kind"])
+def test_erase_is_exact_for_a_quadratic_loss(request_json, hvp):
+    rows = regression_rows(20, 5)
+    model = QuadraticModel(5)
+    model.set_flat(ridge_solution(model, rows, WEIGHT_DECAY))
+    edited = apply_request(parse_request(request_json), rows)
+    # Exact for a quadratic needs H_new: the Hessian of the data the retrained optimum sees.
+    args = EraseArguments(hvp=hvp, curvature="edited", tol=1e-13, max_iter=50)
+    result = newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
+    erased = model.get_flat() + result.delta
+    retrained = ridge_solution(model, edited.rows_after, WEIGHT_DECAY)
+    assert result.cg.converged and not result.cg.negative_curvature
+    assert float((erased - retrained).norm() / retrained.norm()) <= 1e-6
+    # The paper's b = Σ_S G / n (no kλΘ̂, no 1/(n−k)) is measurably off for removals.
+    if request_json["kind"] == "remove":
+        paper_b = gradient_sum(model, edited.changed_rows, -edited.weight_changes, 8) / len(rows)
+        assert float((paper_b - _rhs(model, edited)).norm()) > 1e-3 * float(paper_b.norm())
+
+
+def _rhs(model, edited):
+    from eraser_dist.influence import newton_rhs
+
+    return newton_rhs(model, edited, WEIGHT_DECAY, 8)
+
+
+# -- tiny Llama at a converged optimum ---------------------------------------------------
+
+def newton_polish(model, rows, weights, weight_decay, steps=4):
+    """Full Newton steps with the explicit Hessian: converges to float32-smooth precision,
+    far below what a line search can resolve."""
+    total = float(weights.sum())
+    for _ in range(steps):
+        g = gradient_sum(model, rows, weights, 16).double() / total
+        g += weight_decay * model.get_flat().double()
+        h = explicit_hessian(model, rows, weights) / total
+        h += weight_decay * torch.eye(model.dim, dtype=torch.float64)
+        model.set_flat(model.get_flat() - torch.linalg.solve(h, g))
+    g = gradient_sum(model, rows, weights, 16).double() / total
+    return float((g + weight_decay * model.get_flat()).norm())
+
+
+@pytest.fixture(scope="module")
+def converged():
+    """(model, rows, Θ̂): rank-1 q/v LoRA on tiny-llama in float64, fitted to ‖∇f‖ < 1e-6."""
+    model = tiny_lora(torch.float64, rank=1)
+    rows = word_rows(16)
+    ones = torch.ones(len(rows), dtype=torch.float64)
+    fit_lbfgs(model, rows, ones, WEIGHT_DECAY, max_iter=300)
+    grad_norm = newton_polish(model, rows, ones, WEIGHT_DECAY)
+    assert grad_norm < 1e-6  # the float32 softmax/RMSNorm inside the model set the floor
+    hessian = explicit_hessian(model, rows, ones) / len(rows)
+    eigs = torch.linalg.eigvalsh(hessian + WEIGHT_DECAY * torch.eye(model.dim, dtype=torch.float64))
+    assert float(eigs[0]) > 1e-3  # positive definite: influence is well posed here
+    return model, rows, model.get_flat()
+
+
+def down_weighted(rows, request_json, eps):
+    """f_ε: the request applied with weight ε instead of 1 (rows kept, new rows at weight ε)."""
+    full = apply_request(parse_request(request_json), rows)
+    n_changed_old = int((full.weight_changes < 0).sum())
+    old_ids = {r.id for r in full.changed_rows[:n_changed_old]}
+    after = list(rows) + full.changed_rows[n_changed_old:]
+    weights = torch.tensor([1.0 - eps if r.id in old_ids else 1.0 for r in rows]
+                           + [eps] * (len(after) - len(rows)), dtype=torch.float64)
+    return EditedObjective(full.rows_before, full.weights_before, after, weights,
+                           full.changed_rows, eps * full.weight_changes)
+
+
+TINY_REQUESTS = [
+    {"kind": "remove", "ids": ["r2", "r9"]},
+    {"kind": "modify_query", "edits": [{"id": "r5", "query": "rev yak"}]},
+    {"kind": "correct_response", "edits": [{"id": "r3", "response": "wol"}]},
+]
+
+
+@pytest.mark.parametrize("curvature", ["original", "edited"])
+@pytest.mark.parametrize("request_json", TINY_REQUESTS, ids=lambda r: r["kind"])
+def test_first_order_influence_matches_retraining(converged, request_json, curvature):
+    model, rows, theta_hat = converged
+    eps = 1e-3
+    edited = down_weighted(rows, request_json, eps)
+    model.set_flat(theta_hat)
+    args = EraseArguments(hvp="exact", curvature=curvature, tol=1e-6)
+    result = newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
+    assert result.cg.converged and not result.cg.negative_curvature
+    newton_polish(model, edited.rows_after, edited.weights_after, WEIGHT_DECAY, steps=3)
+    retrained_change = model.get_flat() - theta_hat
+    model.set_flat(theta_hat)
+    assert cosine(result.delta / eps, retrained_change / eps) >= 0.99
+    ratio = float(result.delta.norm() / retrained_change.norm())
+    assert 0.95 <= ratio <= 1.05
+
+
+@pytest.fixture(scope="module")
+def retrained(converged):
+    """Per request: the edited objective and the fully retrained Θ (warm-started from Θ̂)."""
+    model, rows, theta_hat = converged
+    out = {}
+    for request_json in TINY_REQUESTS:
+        edited = apply_request(parse_request(request_json), rows)
+        model.set_flat(theta_hat)
+        fit_lbfgs(model, edited.rows_after, edited.weights_after, WEIGHT_DECAY, max_iter=200)
+        newton_polish(model, edited.rows_after, edited.weights_after, WEIGHT_DECAY, steps=2)
+        out[request_json["kind"]] = (edited, model.get_flat())
+    model.set_flat(theta_hat)
+    return out
+
+
+def affected_loss(model, theta, edited: EditedObjective) -> float:
+    """Loss on the rows the request touched: the removed rows, or the new versions of edits."""
+    rows: list[Example] = edited.changed_rows
+    new_rows = [r for r, w in zip(rows, edited.weight_changes.tolist(), strict=True) if w > 0]
+    model.set_flat(theta)
+    return float(loss_values(model, new_rows or rows, 8).mean())
+
+
+@pytest.mark.parametrize("hvp", ["exact", "fd", "ggn"])
+@pytest.mark.parametrize("kind", [r["kind"] for r in TINY_REQUESTS])
+def test_real_erase_moves_affected_loss_like_retraining(converged, retrained, kind, hvp):
+    model, _, theta_hat = converged
+    edited, theta_retrained = retrained[kind]
+    model.set_flat(theta_hat)
+    result = newton_step(model, edited, WEIGHT_DECAY, EraseArguments(hvp=hvp, tol=1e-8),
+                         progress=False)
+    before = affected_loss(model, theta_hat, edited)
+    after_retrain = affected_loss(model, theta_retrained, edited)
+    after_erase = affected_loss(model, theta_hat + result.delta, edited)
+    model.set_flat(theta_hat)
+    moved_retrain, moved_erase = after_retrain - before, after_erase - before
+    # Removal raises the loss on the removed rows, an edit lowers it on the new text.
+    assert (moved_retrain > 0) == (kind == "remove")
+    assert moved_erase * moved_retrain > 0
+    assert 0.1 <= moved_erase / moved_retrain <= 10.0
