@@ -153,3 +153,19 @@ def load_adapter(base: Base, adapter_dir: str | os.PathLike) -> tuple[LoraCausal
             f"target modules ({len(saved ^ created)} tensors differ)"
         )
     return model, meta
+
+
+def adapter_vector(model: LoraCausalLM, adapter_dir: str | os.PathLike):
+    """The LoRA weights of a saved adapter as a flat vector [d] in ``model``'s order.
+
+    The adapter must have the model's shape (same targets and rank), e.g. another version
+    of the same adapter; used to compare versions without loading a second model.
+    """
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(adapter_dir) / PEFT_FILES[1]))
+    try:
+        parts = [tensors[n.replace(".default.", ".")] for n in model.names]
+    except KeyError as err:
+        raise EraserError(f"adapter {adapter_dir} has another shape than the model: {err}") from err
+    return model.flatten(parts)
