@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from .adapters import AdapterMeta, check_output_dir, load_adapter, save_adapter
-from .arguments import CURVATURE_DATA, HVP_KINDS, EraseArguments, LoraArguments, TrainArguments
+from .arguments import (
+    CURVATURE_DATA,
+    HVP_KINDS,
+    NEGATIVE_CURVATURE_POLICIES,
+    EraseArguments,
+    LoraArguments,
+    TrainArguments,
+)
 from .data import examples_digest, read_examples
 from .errors import EraserError
 from .influence import newton_step
@@ -128,13 +135,15 @@ def erase(
         "n_train": len(examples),
         "n_affected": len(parsed.ids),
         "hvp": args.hvp,
+        "hvp_used": result.hvp,
         "curvature": args.curvature,
         "damping": result.damping,
         "weight_decay": meta.weight_decay,
         "cg_iterations": cg.iterations,
         "cg_converged": cg.converged,
         "relative_residual": cg.relative_residual,
-        "negative_curvature": cg.negative_curvature,
+        "negative_curvature": result.negative_curvature,
+        "on_negative_curvature": args.on_negative_curvature,
         "tol": args.tol,
         "hessian_rows": result.hessian_rows,
         "rhs_norm": result.rhs_norm,
@@ -162,6 +171,9 @@ def _check_erase_arguments(args: EraseArguments) -> None:
     if args.curvature not in CURVATURE_DATA:
         raise EraserError(f"unknown --curvature {args.curvature!r}; choose one of "
                           f"{', '.join(CURVATURE_DATA)}")
+    if args.on_negative_curvature not in NEGATIVE_CURVATURE_POLICIES:
+        raise EraserError(f"unknown --on-negative-curvature {args.on_negative_curvature!r}; "
+                          f"choose one of {', '.join(NEGATIVE_CURVATURE_POLICIES)}")
     if not args.tol > 0:
         raise EraserError(f"--tol must be positive, got {args.tol}")
     if args.max_iter < 1:

@@ -9,6 +9,8 @@ HvpKind = Literal["exact", "fd", "ggn"]
 HVP_KINDS: tuple[str, ...] = ("exact", "fd", "ggn")
 CurvatureData = Literal["original", "edited"]
 CURVATURE_DATA: tuple[str, ...] = ("original", "edited")
+NegativeCurvaturePolicy = Literal["ggn", "truncate", "fail"]
+NEGATIVE_CURVATURE_POLICIES: tuple[str, ...] = ("ggn", "truncate", "fail")
 
 
 @dataclass
@@ -54,10 +56,16 @@ class EraseArguments:
     quadratic loss, but it can be indefinite: Θ̂ is not its minimiser). Both are first-order
     exact; on tiny-llama, removing or editing 1/8 of the rows, ``original`` was closer to
     retraining (bench/influence_vs_retrain.py).
+
+    ``on_negative_curvature`` says what happens when CG finds H + damping·I indefinite (it
+    does at an adapter that Adam left short of a minimum): ``ggn`` solves again with the
+    Gauss-Newton matrix, positive semi-definite by construction; ``truncate`` keeps CG's
+    last iterate; ``fail`` raises. The report says which happened.
     """
 
     hvp: HvpKind = "exact"
     curvature: CurvatureData = "original"
+    on_negative_curvature: NegativeCurvaturePolicy = "ggn"
     damping: float | None = None
     tol: float = 1e-4
     max_iter: int = 100

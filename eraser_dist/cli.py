@@ -10,7 +10,14 @@ import json
 import sys
 import warnings
 
-from .arguments import CURVATURE_DATA, HVP_KINDS, EraseArguments, LoraArguments, TrainArguments
+from .arguments import (
+    CURVATURE_DATA,
+    HVP_KINDS,
+    NEGATIVE_CURVATURE_POLICIES,
+    EraseArguments,
+    LoraArguments,
+    TrainArguments,
+)
 from .errors import EraserError
 
 
@@ -57,7 +64,8 @@ def cmd_erase(ns: argparse.Namespace) -> None:
     from . import api
 
     args = EraseArguments(
-        hvp=ns.hvp, curvature=ns.curvature, damping=ns.damping, tol=ns.tol, max_iter=ns.max_iter,
+        hvp=ns.hvp, curvature=ns.curvature, on_negative_curvature=ns.on_negative_curvature,
+        damping=ns.damping, tol=ns.tol, max_iter=ns.max_iter,
         hessian_samples=ns.hessian_samples, batch_size=ns.batch_size, seed=ns.seed,
     )
     report = api.erase(ns.base, ns.adapter, ns.data, ns.request, ns.out, args,
@@ -70,7 +78,10 @@ def cmd_erase(ns: argparse.Namespace) -> None:
           f"in {report['cg_iterations']} iterations, relative residual "
           f"{report['relative_residual']:.2e}, ‖ΔΘ‖ = {report['delta_norm']:.4g}, "
           f"{report['seconds']:.1f}s → {ns.out}")
-    if report["negative_curvature"]:
+    if report["negative_curvature"] and report["hvp_used"] != report["hvp"]:
+        print(f"note: the {report['hvp']} Hessian has negative curvature at this adapter; "
+              f"solved with the {report['hvp_used']} matrix instead", file=sys.stderr)
+    elif report["negative_curvature"]:
         print("warning: the Hessian has negative curvature; CG stopped early and the result is "
               "the truncated iterate (try --hvp ggn or a larger --damping)", file=sys.stderr)
 
@@ -132,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curvature", choices=CURVATURE_DATA, default=EraseArguments.curvature,
                    help="Hessian of the original objective (PD at a converged adapter) or of "
                    "the edited one")
+    p.add_argument("--on-negative-curvature", choices=NEGATIVE_CURVATURE_POLICIES,
+                   default=EraseArguments.on_negative_curvature,
+                   help="if H is indefinite: solve with Gauss-Newton (ggn), keep CG's last "
+                   "iterate (truncate) or stop (fail)")
     p.add_argument("--damping", type=float, default=None,
                    help="λ in (H + λI); default: the adapter's training weight decay")
     p.add_argument("--tol", type=float, default=EraseArguments.tol,

@@ -33,13 +33,19 @@ from .solve import CGResult, conjugate_gradient
 
 @dataclass
 class InfluenceResult:
-    """ΔΘ [d] float64 with the solver's figures."""
+    """ΔΘ [d] float64 with the solver's figures.
+
+    ``hvp`` is the back-end whose solve produced ``delta``; ``negative_curvature`` is True
+    when the requested back-end met negative curvature (then ``hvp`` may be the fallback).
+    """
 
     delta: torch.Tensor
     cg: CGResult
     rhs_norm: float
     damping: float
     hessian_rows: int
+    hvp: str
+    negative_curvature: bool
 
 
 def newton_rhs(model: LossModel, edited: EditedObjective, weight_decay: float, batch_size: int):
@@ -81,17 +87,36 @@ def newton_step(
         raise EraserError(f"damping must be non-negative, got {damping}")
     b = newton_rhs(model, edited, weight_decay, args.batch_size)
     rows, weights = hessian_subset(edited, args.curvature, args.hessian_samples, args.seed)
-    hvp = hessian_vector_product(args.hvp, model, rows, weights, args.batch_size, args.fd_step)
-    scale = 1.0 / float(weights.sum())
+    cg = _solve(args.hvp, model, rows, weights, b, damping, args, progress)
+    hvp = args.hvp
+    if cg.negative_curvature:
+        hint = "raise --damping or use --hvp ggn"
+        if args.on_negative_curvature == "fail":
+            raise EraserError(f"H + damping·I has negative curvature (pᵀAp/pᵀp = "
+                              f"{cg.curvature:.3g} at CG iteration {cg.iterations}); {hint}")
+        if args.on_negative_curvature == "ggn" and hvp != "ggn":
+            hvp = "ggn"
+            cg = _solve(hvp, model, rows, weights, b, damping, args, progress)
+        elif cg.iterations == 0:
+            raise EraserError(
+                "H + damping·I has negative curvature along b itself, so CG has no usable "
+                f"iterate (curvature {cg.curvature:.3g}); {hint}"
+            )
+    return InfluenceResult(cg.x, cg, float(b.norm()), damping, len(rows), hvp,
+                           negative_curvature=cg.negative_curvature or hvp != args.hvp)
 
-    bar = tqdm(total=args.max_iter, desc=f"CG ({args.hvp} HVP)", disable=not progress, leave=False)
+
+def _solve(kind, model, rows, weights, b, damping, args: EraseArguments, progress) -> CGResult:
+    hvp = hessian_vector_product(kind, model, rows, weights, args.batch_size, args.fd_step)
+    scale = 1.0 / float(weights.sum())
+    bar = tqdm(total=args.max_iter, desc=f"CG ({kind} HVP)", disable=not progress, leave=False)
 
     def report(iteration: int, residual: float) -> None:
         bar.update(1)
         bar.set_postfix(residual=f"{residual:.2e}")
 
     try:
-        cg = conjugate_gradient(
+        return conjugate_gradient(
             lambda v: hvp(v).double() * scale,
             b,
             damping=damping,
@@ -101,9 +126,3 @@ def newton_step(
         )
     finally:
         bar.close()
-    if cg.negative_curvature and cg.iterations == 0:
-        raise EraserError(
-            "H + damping·I has negative curvature along b itself, so CG has no usable "
-            f"iterate (curvature {cg.curvature:.3g}); raise --damping or use --hvp ggn"
-        )
-    return InfluenceResult(cg.x, cg, float(b.norm()), damping, len(rows))

@@ -29,30 +29,6 @@ def word_rows(n: int, prefix: str = "r") -> list[Example]:
                     words[i % len(words)][::-1]) for i in range(n)]
 
 
-def flat_loss_fn(model: LoraCausalLM, rows, weights):
-    """θ [d] ↦ Σ w_i L_i(θ) as a pure function (torch.func), independent of the engine's HVPs."""
-    shapes = [p.shape for p in model.params]
-    batch = model.collate(rows)
-
-    def f(theta):
-        params, offset = {}, 0
-        for name, shape in zip(model.names, shapes, strict=True):
-            params[name] = theta[offset : offset + shape.numel()].view(shape)
-            offset += shape.numel()
-        logits = torch.func.functional_call(
-            model.peft_model, params, (),
-            {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
-        ).logits
-        return (weights.to(logits.dtype) * model.losses(logits, batch)).sum()
-
-    return f
-
-
-def explicit_hessian(model: LoraCausalLM, rows, weights) -> torch.Tensor:
-    """∇²_θ Σ w_i L_i [d, d] by torch.func.hessian on the flattened LoRA vector."""
-    return torch.func.hessian(flat_loss_fn(model, rows, weights))(model.get_flat())
-
-
 class QuadraticModel(LossModel):
     """Least squares L_i = ½(x_iᵀθ − y_i)², rows as Examples: query "x1,x2,…", response "y".
 

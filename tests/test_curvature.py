@@ -1,9 +1,10 @@
 """Each HVP back-end against an explicit matrix built independently with torch.func."""
 
 import torch
-from conftest import explicit_hessian, flat_loss_fn, word_rows
+from conftest import word_rows
 
 from eraser_dist.curvature import exact_hvp, fd_hvp, ggn_hvp
+from eraser_dist.reference import explicit_hessian, flat_loss_fn
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

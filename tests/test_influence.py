@@ -4,7 +4,6 @@ import pytest
 import torch
 from conftest import (
     QuadraticModel,
-    explicit_hessian,
     regression_rows,
     ridge_solution,
     tiny_lora,
@@ -13,8 +12,10 @@ from conftest import (
 
 from eraser_dist.arguments import EraseArguments
 from eraser_dist.data import Example
+from eraser_dist.errors import EraserError
 from eraser_dist.influence import newton_step
 from eraser_dist.objective import gradient_sum, loss_values
+from eraser_dist.reference import explicit_hessian, newton_polish
 from eraser_dist.requests import EditedObjective, apply_request, parse_request
 from eraser_dist.train import fit_lbfgs
 
@@ -62,20 +63,6 @@ def _rhs(model, edited):
 
 
 # -- tiny Llama at a converged optimum ---------------------------------------------------
-
-def newton_polish(model, rows, weights, weight_decay, steps=4):
-    """Full Newton steps with the explicit Hessian: converges to float32-smooth precision,
-    far below what a line search can resolve."""
-    total = float(weights.sum())
-    for _ in range(steps):
-        g = gradient_sum(model, rows, weights, 16).double() / total
-        g += weight_decay * model.get_flat().double()
-        h = explicit_hessian(model, rows, weights) / total
-        h += weight_decay * torch.eye(model.dim, dtype=torch.float64)
-        model.set_flat(model.get_flat() - torch.linalg.solve(h, g))
-    g = gradient_sum(model, rows, weights, 16).double() / total
-    return float((g + weight_decay * model.get_flat()).norm())
-
 
 @pytest.fixture(scope="module")
 def converged():
@@ -169,3 +156,25 @@ def test_real_erase_moves_affected_loss_like_retraining(converged, retrained, ki
     assert (moved_retrain > 0) == (kind == "remove")
     assert moved_erase * moved_retrain > 0
     assert 0.1 <= moved_erase / moved_retrain <= 10.0
+
+
+def test_negative_curvature_policies(converged):
+    """Removing 1/8 of the rows makes H_new indefinite at Θ̂ (measured: CG meets pᵀAp ≤ 0)."""
+    model, rows, theta_hat = converged
+    edited = apply_request(parse_request(TINY_REQUESTS[0]), rows)
+    model.set_flat(theta_hat)
+
+    def run(policy, hvp="exact"):
+        args = EraseArguments(hvp=hvp, curvature="edited", tol=1e-8,
+                              on_negative_curvature=policy)
+        return newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
+
+    truncated = run("truncate")
+    assert truncated.negative_curvature and truncated.cg.negative_curvature
+    assert truncated.hvp == "exact" and not truncated.cg.converged
+    with pytest.raises(EraserError, match="negative curvature"):
+        run("fail")
+    fallback = run("ggn")
+    assert fallback.negative_curvature and fallback.hvp == "ggn" and fallback.cg.converged
+    assert torch.allclose(fallback.delta, run("fail", hvp="ggn").delta)
+    assert torch.equal(model.get_flat(), theta_hat)
