@@ -1,0 +1,31 @@
+"""The demo's pipeline on tiny-llama (the real demo runs SmolLM2-135M; too slow for CI)."""
+
+import json
+
+from eraser_dist.arguments import EraseArguments, LoraArguments, TrainArguments
+from eraser_dist.demo import DemoPreset, run_demo
+
+
+def test_demo_pipeline_erases_and_compares_with_retraining(tmp_path, capsys):
+    preset = DemoPreset(
+        rows=40, corrupted=4, removed=4, kept_sample=16,
+        lora=LoraArguments(rank=2),
+        training=TrainArguments(epochs=8, lr=1e-2, batch_size=8, weight_decay=0.05),
+        retrain_epochs=2,
+        erase=EraseArguments(hvp="ggn", tol=1e-6, max_iter=200),
+    )
+    summary = run_demo(tmp_path, base="tiny-llama", preset=preset, progress=False)
+    table = summary["results"]
+    out = capsys.readouterr().out
+    assert "remove (4 rows)" in out and "correct_response (4 rows)" in out
+    assert json.loads((tmp_path / "demo_results.json").read_text())["results"] == table
+    for name in ("remove", "correct_response"):
+        erased = table[name]["erased"]
+        assert erased["relative_residual"] <= 1e-6 and not erased["negative_curvature"]
+        assert -1.0 <= erased["cosine_to_retrain"] <= 1.0 and erased["norm_ratio"] > 0
+    # The correction lowers the loss on the corrected responses; removal raises it on the
+    # removed rows — both for the influence step and for retraining.
+    correct, remove = table["correct_response"], table["remove"]
+    for label in ("erased", "retrained"):
+        assert correct[label]["affected_loss"] < correct["original"]["affected_loss"]
+        assert remove[label]["affected_loss"] > remove["original"]["affected_loss"]
