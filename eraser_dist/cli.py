@@ -19,6 +19,7 @@ from .arguments import (
     TrainArguments,
 )
 from .errors import EraserError
+from .plan import PlanArguments
 
 
 def _targets(text: str) -> tuple[str, ...]:
@@ -104,6 +105,22 @@ def cmd_demo(ns: argparse.Namespace) -> None:
     run_demo(ns.workdir, base=ns.base, rows=ns.rows, progress=not ns.quiet)
 
 
+def cmd_plan(ns: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from .plan import PlanArguments, format_plan, make_plan, parse_params
+
+    plan = make_plan(PlanArguments(
+        params=parse_params(ns.params), gpus=ns.gpus, group_size=ns.group_size,
+        lora_rank=ns.lora_rank, targets=ns.targets, batch_size=ns.batch_size,
+        seq_len=ns.seq_len, base_dtype=ns.base_dtype, gpu_memory_gb=ns.gpu_memory_gb,
+    ))
+    if ns.json:
+        _print_json(asdict(plan))
+    else:
+        print(format_plan(plan))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eraser", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +187,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=None, help="training rows (default: preset)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("plan", help="per-GPU memory and traffic of one erase on a cluster")
+    p.add_argument("--params", required=True,
+                   help="base model size, e.g. 70e9 or 70B; the closest known Llama shape is used")
+    p.add_argument("--gpus", type=int, required=True, help="GPUs in the cluster")
+    p.add_argument("--group-size", type=int, default=None,
+                   help="GPUs per ZeRO-3 group holding one base (default: smallest of 1, 2, 4, "
+                   "8 that fits)")
+    p.add_argument("--lora-rank", type=int, required=True)
+    p.add_argument("--targets", type=_targets, required=True,
+                   help="comma-separated module names (q_proj,v_proj)")
+    p.add_argument("--batch-size", type=int, default=PlanArguments.batch_size,
+                   help="sequences per GPU per forward pass")
+    p.add_argument("--seq-len", type=int, default=PlanArguments.seq_len, help="tokens")
+    p.add_argument("--base-dtype", default=PlanArguments.base_dtype,
+                   help="bf16, fp16 or fp32")
+    p.add_argument("--gpu-memory-gb", type=float, default=PlanArguments.gpu_memory_gb,
+                   help="memory of each GPU in GB (10^9 bytes); plans use at most 90%%")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=cmd_plan)
     return parser
 
 

@@ -1,0 +1,358 @@
+"""Capacity plan for one erase on a cluster: per-GPU memory and bytes moved per CG iteration.
+
+The distributed engine shards the gradient / Hessian-vector-product work over worker groups.
+Each group is ``group_size`` GPUs that together hold one copy of the frozen base, partitioned
+by DeepSpeed ZeRO-3; every rank of a group runs its own micro-batch (data parallel) and the
+LoRA adapter sits whole, in fp32, on every rank. An aggregator runs conjugate gradient: each
+iteration it publishes one adapter-sized vector v to every group and gets back one
+adapter-sized partial sum H·v per group.
+
+Everything here is arithmetic on a Llama-family shape; nothing imports torch. All sizes are
+bytes, and GB means 10⁹ bytes (MB 10⁶), including ``gpu_memory_gb``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from .errors import EraserError
+
+GB = 1e9
+MB = 1e6
+
+#: Bytes per element of the frozen base (and of its activations).
+DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4}
+#: Bytes per element of the adapter and of every adapter-sized vector (fp32).
+ADAPTER_DTYPE_BYTES = 4
+#: Fraction of GPU memory a plan may use; the rest is left for the CUDA context, NCCL buffers,
+#: allocator fragmentation and whatever the estimate below misses.
+HEADROOM = 0.9
+#: Adapter-sized fp32 vectors each worker keeps for one finite-difference HVP: v, the partial
+#: H·v, the two gradients g(Θ + hv) and g(Θ − hv), and the saved Θ to restore afterwards.
+CG_VECTORS_PER_WORKER = 5
+#: Passes over the base per gradient with activation checkpointing: one forward, one backward
+#: and one recomputation forward; ZeRO-3 all-gathers the full base for each.
+PASSES_PER_GRADIENT = 3
+#: Gradients per finite-difference HVP: g(Θ + hv) and g(Θ − hv).
+GRADIENTS_PER_HVP = 2
+#: Group sizes tried for the default, smallest first: powers of two that fit on one node.
+NODE_GROUP_SIZES: tuple[int, ...] = (1, 2, 4, 8)
+
+LORA_TARGETS: tuple[str, ...] = (
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Shape of a Llama-family decoder (grouped-query attention, SwiGLU MLP, RMSNorm).
+
+    ``tied_embeddings`` is True when the LM head shares the embedding matrix (SmolLM2).
+    """
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    vocab_size: int
+    name: str
+    tied_embeddings: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def kv_size(self) -> int:
+        """Output width of k_proj and v_proj: num_kv_heads · head_dim."""
+        return self.num_kv_heads * self.head_dim
+
+    def linear_shape(self, target: str) -> tuple[int, int]:
+        """(in_features, out_features) of one targeted linear of a decoder layer."""
+        h, i, kv = self.hidden_size, self.intermediate_size, self.kv_size
+        shapes = {
+            "q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
+        }
+        if target not in shapes:
+            raise EraserError(f"unknown LoRA target {target!r}; valid: {', '.join(LORA_TARGETS)}")
+        return shapes[target]
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a for a in (
+        Architecture(576, 30, 9, 3, 1536, 49152, "smollm2-135m", tied_embeddings=True),
+        Architecture(4096, 32, 32, 32, 11008, 32000, "llama-2-7b"),
+        Architecture(5120, 40, 40, 40, 13824, 32000, "llama-2-13b"),
+        Architecture(8192, 80, 64, 8, 28672, 32000, "llama-2-70b"),
+    )
+}
+
+
+def layer_params(arch: Architecture) -> int:
+    """Parameters of one decoder layer: q, k, v, o, gate, up, down and two RMSNorm weights."""
+    linears = sum(i * o for i, o in map(arch.linear_shape, LORA_TARGETS))
+    return linears + 2 * arch.hidden_size
+
+
+def count_params(arch: Architecture) -> int:
+    """Embeddings + LM head (unless tied) + all decoder layers + the final RMSNorm."""
+    embed = arch.vocab_size * arch.hidden_size
+    head = 0 if arch.tied_embeddings else embed
+    return embed + head + arch.num_layers * layer_params(arch) + arch.hidden_size
+
+
+def architecture_for(params: float) -> Architecture:
+    """The known shape whose parameter count is closest to ``params`` in |log ratio|."""
+    _check_params(params)
+    return min(ARCHITECTURES.values(), key=lambda a: abs(math.log(count_params(a) / params)))
+
+
+def lora_params(arch: Architecture, rank: int, targets: tuple[str, ...] | list[str]) -> int:
+    """Adapter parameters: rank · (in + out) per targeted linear, in every decoder layer."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise EraserError(f"LoRA rank must be an integer ≥ 1, got {rank!r}")
+    targets = tuple(targets)
+    if not targets:
+        raise EraserError(f"give at least one LoRA target; valid: {', '.join(LORA_TARGETS)}")
+    if len(set(targets)) != len(targets):
+        raise EraserError(f"LoRA targets repeat: {', '.join(targets)}")
+    per_layer = sum(rank * (i + o) for i, o in map(arch.linear_shape, targets))
+    return arch.num_layers * per_layer
+
+
+def parse_params(text: str) -> float:
+    """A parameter count as written on the command line: ``70e9``, ``70B``, ``135M``, ``7b``."""
+    m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([kKmMbBtT]?)\s*", text)
+    scale = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
+    try:
+        value = float(m.group(1)) * scale[m.group(2).lower()] if m else None
+    except ValueError:
+        value = None
+    if value is None:
+        raise EraserError(f"--params must be a number of parameters like 70e9 or 70B, got {text!r}")
+    _check_params(value)
+    return value
+
+
+def _check_params(params: float) -> None:
+    if not (isinstance(params, (int, float)) and math.isfinite(params) and params > 0):
+        raise EraserError(f"params must be a positive number of parameters, got {params!r}")
+
+
+@dataclass
+class PlanArguments:
+    """One erase on a cluster, as the planner sees it.
+
+    ``params`` picks the closest known architecture (:func:`architecture_for`); the plan is for
+    that shape. ``gpus`` is the whole cluster, cut into groups of ``group_size`` GPUs (default:
+    the smallest power of two ≤ 8 that fits). ``batch_size`` is sequences per GPU per forward
+    pass (each rank of a group runs its own micro-batch) and ``seq_len`` tokens per sequence.
+    ``gpu_memory_gb`` is each GPU's memory in GB (10⁹ bytes); a plan fits when it needs at most
+    ``HEADROOM`` (90 %) of it.
+    """
+
+    params: float
+    gpus: int
+    group_size: int | None = None
+    lora_rank: int = 8
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    batch_size: int = 8
+    seq_len: int = 2048
+    base_dtype: str = "bf16"
+    gpu_memory_gb: float = 80.0
+
+
+@dataclass
+class Plan:
+    """Memory per GPU and traffic per CG iteration; every ``*_bytes*`` field is bytes.
+
+    Per GPU:
+
+    - ``base_shard_bytes`` = base_params · dtype_bytes / group_size: ZeRO-3 partitions the
+      frozen base over the ranks of one group.
+    - ``lora_bytes`` = lora_params · 4: the fp32 adapter, whole on every rank.
+    - ``cg_vector_bytes`` = 5 · lora_bytes: v, the partial H·v, g(Θ + hv), g(Θ − hv) and the
+      saved Θ of a finite-difference HVP (``CG_VECTORS_PER_WORKER``).
+    - ``activation_bytes``, with activation checkpointing and dtype_bytes d, batch b, seq s:
+      num_layers · b·s·hidden·d (each layer's input, kept)
+      + b·s·(16·hidden + 3·intermediate + 2·heads·s)·d (one layer's working set while it is
+      recomputed: projections, norms and residuals; the SwiGLU activations; eager attention
+      scores and probabilities)
+      + b·s·vocab·4 (the logits, fp32).
+    - ``zero3_gather_bytes`` = 2 · max(one decoder layer, vocab·hidden) params · dtype_bytes:
+      the largest module's full weights, gathered transiently, twice for prefetch of the next;
+      0 when group_size is 1 (nothing is partitioned).
+    - ``total_per_gpu_bytes`` is their sum; ``fits`` when it is ≤ ``usable_bytes_per_gpu`` =
+      0.9 · gpu_memory.
+
+    Per CG iteration (one HVP):
+
+    - ``aggregator_bytes_per_iteration`` = 2 · num_groups · lora_bytes: every group receives v
+      and sends back one partial sum.
+    - ``intra_group_bytes_per_iteration``, received by each rank: 2 gradients × 3 passes
+      (forward, backward, recomputation forward), each all-gathering the full base:
+      6 · (k − 1)/k · base_bytes; plus a ring all-reduce of each gradient inside the group:
+      2 · 2 · (k − 1)/k · lora_bytes (k = group_size).
+    - ``ratio_to_base`` = aggregator_bytes_per_iteration / base_bytes.
+    """
+
+    architecture: str
+    requested_params: float
+    base_params: int
+    lora_params: int
+    lora_rank: int
+    targets: tuple[str, ...]
+    base_dtype: str
+    batch_size: int
+    seq_len: int
+    gpus: int
+    group_size: int
+    num_groups: int
+    gpu_memory_gb: float
+    base_bytes: int
+    base_shard_bytes: float
+    lora_bytes: int
+    cg_vector_bytes: int
+    activation_bytes: int
+    zero3_gather_bytes: int
+    total_per_gpu_bytes: float
+    usable_bytes_per_gpu: float
+    fits: bool
+    aggregator_bytes_per_iteration: int
+    intra_group_bytes_per_iteration: float
+    ratio_to_base: float
+
+
+def _check_int(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise EraserError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+
+
+def _plan(args: PlanArguments, arch: Architecture, group_size: int) -> Plan:
+    d = DTYPE_BYTES[args.base_dtype]
+    k = group_size
+    base_params = count_params(arch)
+    n_lora = lora_params(arch, args.lora_rank, args.targets)
+    base_bytes = base_params * d
+    lora_bytes = n_lora * ADAPTER_DTYPE_BYTES
+    tokens = args.batch_size * args.seq_len
+    h, i, v = arch.hidden_size, arch.intermediate_size, arch.vocab_size
+
+    base_shard = base_bytes / k
+    cg_vectors = CG_VECTORS_PER_WORKER * lora_bytes
+    activations = (
+        arch.num_layers * tokens * h * d
+        + tokens * (16 * h + 3 * i + 2 * arch.num_heads * args.seq_len) * d
+        + tokens * v * 4
+    )
+    gathered = 0 if k == 1 else 2 * max(layer_params(arch), v * h) * d
+    total = base_shard + lora_bytes + cg_vectors + activations + gathered
+    usable = HEADROOM * args.gpu_memory_gb * GB
+    num_groups = args.gpus // k
+    aggregator = 2 * num_groups * lora_bytes
+    share = (k - 1) / k
+    intra = (GRADIENTS_PER_HVP * PASSES_PER_GRADIENT * share * base_bytes
+             + GRADIENTS_PER_HVP * 2 * share * lora_bytes)
+    return Plan(
+        architecture=arch.name, requested_params=float(args.params), base_params=base_params,
+        lora_params=n_lora, lora_rank=args.lora_rank, targets=tuple(args.targets),
+        base_dtype=args.base_dtype, batch_size=args.batch_size, seq_len=args.seq_len,
+        gpus=args.gpus, group_size=k, num_groups=num_groups,
+        gpu_memory_gb=float(args.gpu_memory_gb), base_bytes=base_bytes,
+        base_shard_bytes=base_shard, lora_bytes=lora_bytes, cg_vector_bytes=cg_vectors,
+        activation_bytes=activations, zero3_gather_bytes=gathered, total_per_gpu_bytes=total,
+        usable_bytes_per_gpu=usable, fits=total <= usable,
+        aggregator_bytes_per_iteration=aggregator, intra_group_bytes_per_iteration=intra,
+        ratio_to_base=aggregator / base_bytes,
+    )
+
+
+def make_plan(args: PlanArguments) -> Plan:
+    """The capacity plan for ``args``; raises :class:`EraserError` on impossible input.
+
+    Without ``group_size`` it is the smallest of 1, 2, 4, 8 that divides ``gpus`` and fits;
+    when none fits, the largest of them that divides ``gpus`` (8 on whole 8-GPU nodes), and the
+    plan says it does not fit.
+    """
+    arch = architecture_for(args.params)
+    _check_int("gpus", args.gpus)
+    _check_int("batch size", args.batch_size)
+    _check_int("sequence length", args.seq_len)
+    if args.base_dtype not in DTYPE_BYTES:
+        raise EraserError(f"unknown base dtype {args.base_dtype!r}; valid: "
+                          f"{', '.join(DTYPE_BYTES)}")
+    if not (isinstance(args.gpu_memory_gb, (int, float)) and math.isfinite(args.gpu_memory_gb)
+            and args.gpu_memory_gb > 0):
+        raise EraserError(f"GPU memory must be a positive number of GB, got "
+                          f"{args.gpu_memory_gb!r}")
+    lora_params(arch, args.lora_rank, args.targets)  # validates rank and targets
+
+    if args.group_size is not None:
+        _check_int("group size", args.group_size)
+        if args.group_size > args.gpus:
+            raise EraserError(f"group size {args.group_size} is larger than the {args.gpus} "
+                              f"GPUs of the cluster")
+        if args.gpus % args.group_size:
+            raise EraserError(f"{args.gpus} GPUs do not divide into groups of "
+                              f"{args.group_size}")
+        return _plan(args, arch, args.group_size)
+
+    candidates = [k for k in NODE_GROUP_SIZES if k <= args.gpus and args.gpus % k == 0]
+    plans = [_plan(args, arch, k) for k in candidates]
+    return next((p for p in plans if p.fits), plans[-1])
+
+
+def _count(n: float) -> str:
+    return f"{n / 1e9:.4g}e9" if n >= 1e9 else f"{n / 1e6:.4g}e6"
+
+
+def _size(n: float) -> str:
+    return f"{n / GB:.2f} GB" if n >= GB else f"{n / MB:.1f} MB"
+
+
+def verdict(plan: Plan) -> str:
+    """One line: ``fits``, or ``does not fit: need X GB per GPU, have Y`` (Y: 90 % of memory)."""
+    if plan.fits:
+        return "fits"
+    return (f"does not fit: need {plan.total_per_gpu_bytes / GB:.1f} GB per GPU, have "
+            f"{plan.usable_bytes_per_gpu / GB:.1f} GB ({HEADROOM:.0%} of "
+            f"{plan.gpu_memory_gb:g} GB)")
+
+
+def format_plan(plan: Plan) -> str:
+    """A small human-readable table of ``plan`` and its verdict as the last line."""
+    groups = "group" if plan.num_groups == 1 else "groups"
+    rows = [
+        ("per GPU", ""),
+        (f"  base shard (ZeRO-3, 1/{plan.group_size} of {_size(plan.base_bytes)})",
+         _size(plan.base_shard_bytes)),
+        ("  ZeRO-3 gathered weights (2 × largest layer)", _size(plan.zero3_gather_bytes)),
+        (f"  activations (batch {plan.batch_size} × seq {plan.seq_len}, checkpointed)",
+         _size(plan.activation_bytes)),
+        ("  LoRA adapter (fp32)", _size(plan.lora_bytes)),
+        (f"  CG vectors ({CG_VECTORS_PER_WORKER} × adapter, fp32)", _size(plan.cg_vector_bytes)),
+        ("  total", _size(plan.total_per_gpu_bytes)),
+        (f"  usable ({HEADROOM:.0%} of {plan.gpu_memory_gb:g} GB)",
+         _size(plan.usable_bytes_per_gpu)),
+        ("per CG iteration (one finite-difference HVP)", ""),
+        (f"  aggregator <-> groups (2 × {plan.num_groups} × adapter)",
+         f"{_size(plan.aggregator_bytes_per_iteration)}  "
+         f"({plan.ratio_to_base:.3%} of the base)"),
+        ("  within a group, received per GPU (ZeRO-3 all-gathers)",
+         _size(plan.intra_group_bytes_per_iteration)),
+    ]
+    width = max(len(label) for label, _ in rows) + 2
+    header = [
+        f"{plan.architecture}: {_count(plan.base_params)} params "
+        f"(the known shape closest to {_count(plan.requested_params)}), {plan.base_dtype}",
+        f"cluster: {plan.gpus} GPU{'s' if plan.gpus > 1 else ''} = {plan.num_groups} {groups} "
+        f"× {plan.group_size}",
+        f"adapter: rank {plan.lora_rank} on {','.join(plan.targets)} = "
+        f"{plan.lora_params / 1e6:.3g}M params",
+    ]
+    body = [f"{label:<{width}}{value}".rstrip() for label, value in rows]
+    return "\n".join(header + body + [verdict(plan)])
