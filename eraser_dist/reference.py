@@ -50,12 +50,19 @@ def newton_polish(model, rows, weights, weight_decay, steps: int = 4) -> float:
     """Full Newton steps with the explicit Hessian of f; returns the final ‖∇f‖.
 
     A line search cannot resolve the objective below its float32 rounding; Newton steps
-    converge on the gradient instead, to about 1e-7 here.
+    converge on the gradient instead, to about 1e-7 here. The step is taken only in the
+    Hessian's range: a LoRA of rank r ≥ 2 has an exact symmetry (A → RA, B → BRᵀ for any
+    rotation R of the rank space leaves BA and ‖A‖² + ‖B‖² unchanged), so ∇²f is singular
+    along its generators, and inverting the rounding noise of g there would send Θ far along
+    the valley of equal solutions.
     """
     total = float(weights.sum())
     eye = torch.eye(model.dim, dtype=torch.float64)
     for _ in range(steps):
         g = objective_gradient(model, rows, weights, weight_decay)
         h = explicit_hessian(model, rows, weights) / total + weight_decay * eye
-        model.set_flat(model.get_flat().double() - torch.linalg.solve(h, g))
+        eigenvalues, vectors = torch.linalg.eigh(h)
+        keep = eigenvalues.abs() > 1e-7 * eigenvalues.abs().max()
+        inverse = torch.where(keep, 1.0 / eigenvalues, torch.zeros_like(eigenvalues))
+        model.set_flat(model.get_flat().double() - vectors @ (inverse * (vectors.T @ g)))
     return float(objective_gradient(model, rows, weights, weight_decay).norm())
