@@ -9,8 +9,10 @@ n rows "rev <word>" → "<word reversed>", fitted by full-batch L-BFGS and then 
 with the explicit Hessian (the achieved ‖∇f‖ and the extreme eigenvalues of the Hessian of f
 at Θ̂ are reported). Cases: remove / modify_query / correct_response × 1 row / 10% of rows.
 Per case, every HVP back-end (exact, fd, ggn) × curvature (original, edited) of
-``newton_step`` (CG, tol 1e-6, at most 300 iterations, damping λ), and two baselines with
-the exact HVP of the original objective:
+``newton_step`` (CG, tol 1e-6, at most 300 iterations, damping λ, and
+``on_negative_curvature="truncate"`` so that each back-end is measured as itself: under the
+default policy ``ggn`` a solve that meets negative curvature is redone with the GGN), and two
+baselines with the exact HVP of the original objective:
 
 - ``paper``: the paper's right-hand side b = (1/n) Σ_changed (−Δw) G (no kλΘ̂ term, 1/n
   instead of 1/(n−k)), solved by the same CG;
@@ -19,6 +21,13 @@ the exact HVP of the original objective:
 
 For the baselines ``relative_residual`` is ‖(H + λI)Δ − b‖/‖b‖ of their own system and
 ``cg_iterations`` the number of solver iterations (Adam steps for ``paper-adam``).
+
+A LoRA of rank r ≥ 2 has an exact symmetry: A → MᵀA, B → BM for any orthogonal M of the rank
+space leaves BA and ‖A‖² + ‖B‖² unchanged, so the optima form orbits and ∇²f is singular along
+their tangents (the report counts its near-zero eigenvalues). ΔΘ lies in the Hessian's range,
+while retraining may end anywhere on its orbit, so besides the raw ΔΘ_retrain each row also
+gives ``cosine_aligned``/``norm_ratio_aligned`` against the retrained Θ rotated, module by
+module, to the point of its orbit nearest Θ̂ (orthogonal Procrustes): same loss, same penalty.
 
 Run from the repository root (prints the JSON, writes docs/influence_vs_retrain.{json,md})::
 
@@ -41,6 +50,7 @@ import torch
 from eraser_dist.arguments import EraseArguments, LoraArguments
 from eraser_dist.curvature import hessian_vector_product
 from eraser_dist.data import Example
+from eraser_dist.errors import EraserError
 from eraser_dist.influence import newton_step
 from eraser_dist.models import LoraCausalLM, attach_lora, load_base
 from eraser_dist.objective import gradient_sum
@@ -85,24 +95,50 @@ def request_json(kind: str, picked: list[int], rows: list[Example]) -> dict:
     return {"kind": kind, "edits": edits}
 
 
+def lora_modules(model: LoraCausalLM) -> list[tuple[slice, torch.Size, slice, torch.Size]]:
+    """(slice of A, shape of A, slice of B, shape of B) in Θ for every LoRA module."""
+    where, offset = {}, 0
+    for name, p in zip(model.names, model.params, strict=True):
+        where[name] = (slice(offset, offset + p.numel()), p.shape)
+        offset += p.numel()
+    return [(*where[name], *where[name.replace("lora_A", "lora_B")])
+            for name in model.names if "lora_A" in name]
+
+
+def align_rotations(model: LoraCausalLM, theta: torch.Tensor, reference: torch.Tensor):
+    """θ moved along its symmetry orbit (A → MᵀA, B → BM, M orthogonal per module) to the
+    point nearest ``reference``: M = UVᵀ from the SVD of BᵀB₀ + AA₀ᵀ."""
+    out = theta.clone()
+    for sa, shape_a, sb, shape_b in lora_modules(model):
+        a, b = theta[sa].view(shape_a), theta[sb].view(shape_b)
+        a0, b0 = reference[sa].view(shape_a), reference[sb].view(shape_b)
+        u, _, vh = torch.linalg.svd(b.T @ b0 + a @ a0.T)
+        m = u @ vh
+        out[sa], out[sb] = (m.T @ a).reshape(-1), (b @ m).reshape(-1)
+    return out
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b / (a.norm() * b.norm()))
 
 
-def row(case: dict, method: str, hvp: str, curvature: str, delta: torch.Tensor,
-        target: torch.Tensor, iterations: int, residual: float, negative: bool,
-        seconds: float) -> dict:
-    return {
-        "kind": case["kind"], "size": case["size"], "method": method, "hvp": hvp,
-        "curvature": curvature, "cosine": cosine(delta, target),
-        "norm_ratio": float(delta.norm() / target.norm()), "cg_iterations": iterations,
-        "relative_residual": residual, "negative_curvature": negative,
-        "seconds": round(seconds, 3),
-    }
+def row(case: dict, method: str, hvp: str, curvature: str, delta: torch.Tensor | None,
+        iterations: int | None, residual: float | None, negative: bool, seconds: float,
+        hvp_used: str | None = None) -> dict:
+    """One result; ``delta`` None when the solver gave no iterate."""
+    out = {"kind": case["kind"], "size": case["size"], "method": method, "hvp": hvp,
+           "curvature": curvature, "hvp_used": hvp_used or hvp}
+    for suffix, target in (("", case["target"]), ("_aligned", case["target_aligned"])):
+        out["cosine" + suffix] = None if delta is None else cosine(delta, target)
+        out["norm_ratio" + suffix] = (None if delta is None
+                                      else float(delta.norm() / target.norm()))
+    out.update({"cg_iterations": iterations, "relative_residual": residual,
+                "negative_curvature": negative, "seconds": round(seconds, 3)})
+    return out
 
 
-def paper_baselines(model, edited: EditedObjective, weight_decay: float, case: dict,
-                    target: torch.Tensor) -> list[dict]:
+def paper_baselines(model, edited: EditedObjective, weight_decay: float,
+                    case: dict) -> list[dict]:
     """The paper's b with the original exact H, solved by CG and by its 20 Adam steps."""
     n = len(edited.rows_before)
     b = gradient_sum(model, edited.changed_rows, -edited.weight_changes, BATCH).double() / n
@@ -117,7 +153,7 @@ def paper_baselines(model, edited: EditedObjective, weight_decay: float, case: d
 
     start = time.perf_counter()
     cg = conjugate_gradient(matvec, b, damping=weight_decay, tol=TOL, max_iter=MAX_ITER)
-    out = [row(case, "paper", "exact", "original", cg.x, target, cg.iterations,
+    out = [row(case, "paper", "exact", "original", cg.x, cg.iterations,
                cg.relative_residual, cg.negative_curvature, time.perf_counter() - start)]
 
     start = time.perf_counter()
@@ -129,7 +165,7 @@ def paper_baselines(model, edited: EditedObjective, weight_decay: float, case: d
         adam.step()
     delta = delta.detach()
     seconds = time.perf_counter() - start
-    out.append(row(case, "paper-adam", "exact", "original", delta, target, ADAM_STEPS,
+    out.append(row(case, "paper-adam", "exact", "original", delta, ADAM_STEPS,
                    residual(delta), False, seconds))
     return out
 
@@ -151,10 +187,16 @@ def run(args: argparse.Namespace) -> dict:
     grad_norm, fit_seconds = fit(model, rows, ones, lam, polish_steps=4)
     theta_hat = model.get_flat().double().clone()
     hessian = explicit_hessian(model, rows, ones).double() / len(rows)
-    eigs = torch.linalg.eigvalsh(hessian + lam * torch.eye(model.dim, dtype=torch.float64))
+    eigs, vectors = torch.linalg.eigh(hessian + lam * torch.eye(model.dim, dtype=torch.float64))
+    null = eigs.abs() <= 1e-7 * eigs.abs().max()  # newton_polish's threshold
+    null_basis = vectors[:, null]
+    modules = len(lora_modules(model))
     fit_figures = {
         "dim": model.dim, "grad_norm": grad_norm, "seconds": round(fit_seconds, 1),
         "hessian_eig_min": float(eigs[0]), "hessian_eig_max": float(eigs[-1]),
+        "hessian_near_zero_eigs": int(null.sum()),
+        "rotation_generators": modules * args.rank * (args.rank - 1) // 2,
+        "hessian_eig_min_nonzero": float(eigs[~null].min()),
         "theta_norm": float(theta_hat.norm()),
     }
     print(f"fit: {fit_figures}", file=sys.stderr, flush=True)
@@ -174,26 +216,37 @@ def run(args: argparse.Namespace) -> dict:
             model.set_flat(theta_hat)
             retrain_grad, retrain_seconds = fit(model, edited.rows_after, edited.weights_after,
                                                 lam, polish_steps=args.polish_steps)
-            target = model.get_flat().double() - theta_hat
+            retrained = model.get_flat().double()
+            target = retrained - theta_hat
+            target_aligned = align_rotations(model, retrained, theta_hat) - theta_hat
             case = {"kind": kind, "size": size, "request": request,
                     "retrain_grad_norm": retrain_grad, "retrain_norm": float(target.norm()),
+                    "retrain_norm_aligned": float(target_aligned.norm()),
+                    "retrain_null_fraction": float((null_basis.T @ target).norm()
+                                                   / target.norm()),
                     "retrain_seconds": round(retrain_seconds, 1)}
             cases.append(case)
             print(f"retrained: {case}", file=sys.stderr, flush=True)
+            case = {**case, "target": target, "target_aligned": target_aligned}
             for hvp in HVPS:
                 for curvature in CURVATURES:
                     model.set_flat(theta_hat)
                     erase_args = EraseArguments(hvp=hvp, curvature=curvature, tol=TOL,
-                                                max_iter=MAX_ITER, batch_size=BATCH)
+                                                max_iter=MAX_ITER, batch_size=BATCH,
+                                                on_negative_curvature="truncate")
                     start = time.perf_counter()
-                    result = newton_step(model, edited, lam, erase_args, progress=False)
-                    seconds = time.perf_counter() - start
+                    try:
+                        result = newton_step(model, edited, lam, erase_args, progress=False)
+                    except EraserError:  # negative curvature along b: no iterate at all
+                        results.append(row(case, "erase", hvp, curvature, None, 0, None, True,
+                                           time.perf_counter() - start))
+                        continue
                     results.append(row(case, "erase", hvp, curvature, result.delta.double(),
-                                       target, result.cg.iterations,
-                                       result.cg.relative_residual,
-                                       result.cg.negative_curvature, seconds))
+                                       result.cg.iterations, result.cg.relative_residual,
+                                       result.negative_curvature,
+                                       time.perf_counter() - start, result.hvp))
             model.set_flat(theta_hat)
-            results.extend(paper_baselines(model, edited, lam, case, target))
+            results.extend(paper_baselines(model, edited, lam, case))
             model.set_flat(theta_hat)
     return {"fit": fit_figures, "cases": cases, "rows": results}
 
@@ -202,39 +255,63 @@ def method_label(r: dict) -> str:
     return f"{r['hvp']}/{r['curvature']}" if r["method"] == "erase" else r["method"]
 
 
-def markdown(report: dict) -> str:
-    s, f = report["setting"], report["fit"]
+def table(report: dict, suffix: str) -> list[str]:
+    """Rows kind / size, columns method; cell "cos / ratio" (+ " nc")."""
     labels = list(dict.fromkeys(method_label(r) for r in report["rows"]))
     keys = list(dict.fromkeys((r["kind"], r["size"]) for r in report["rows"]))
     cells = {}
     for r in report["rows"]:
-        text = f"{r['cosine']:.3f} / {r['norm_ratio']:.3g}"
+        cos, ratio = r["cosine" + suffix], r["norm_ratio" + suffix]
+        text = "no iterate" if cos is None else f"{cos:.3f} / {ratio:.3g}"
         cells[(r["kind"], r["size"]), method_label(r)] = text + (" nc" if
                                                                  r["negative_curvature"] else "")
+    lines = ["| kind / size | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for key in keys:
+        lines.append(f"| {key[0]} / {key[1]} | "
+                     + " | ".join(cells.get((key, m), "") for m in labels) + " |")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    s, f = report["setting"], report["fit"]
     lines = [
         "# Erase vs warm-started retraining (tiny-llama)",
         "",
         f"tiny-llama float64, LoRA rank {s['rank']} on q_proj/v_proj (d = {f['dim']}), "
         f"λ = {s['weight_decay']}, n = {s['rows']} rows, seed {s['seed']}. "
-        f"Fit: ‖∇f‖ = {f['grad_norm']:.2e}, eigenvalues of ∇²f(Θ̂) in "
-        f"[{f['hessian_eig_min']:.4g}, {f['hessian_eig_max']:.4g}].",
+        f"Fit (L-BFGS + Newton polish): ‖∇f‖ = {f['grad_norm']:.2e}; eigenvalues of ∇²f(Θ̂) "
+        f"in [{f['hessian_eig_min']:.3g}, {f['hessian_eig_max']:.4g}], of which "
+        f"{f['hessian_near_zero_eigs']} are zero to rounding (the LoRA has "
+        f"{f['rotation_generators']} rank-space rotation generators) and the smallest other "
+        f"one is {f['hessian_eig_min_nonzero']:.4g}.",
         "",
-        "Cell: cosine(ΔΘ, ΔΘ_retrain) / ‖ΔΘ‖/‖ΔΘ_retrain‖; \"nc\": CG met negative curvature "
-        "and returned its truncated iterate. Columns hvp/curvature are `newton_step` "
+        "Cell: cosine(ΔΘ, ΔΘ_retrain) / ‖ΔΘ‖/‖ΔΘ_retrain‖. \"nc\": CG met negative curvature "
+        "and the cell is its truncated iterate (`on_negative_curvature=\"truncate\"`; under "
+        "the default `ggn` policy such a solve is redone with the GGN, i.e. the cell becomes "
+        "the ggn one of the same curvature). Columns hvp/curvature are `newton_step` "
         f"(CG tol {TOL:g}, max {MAX_ITER} iterations, damping λ); `paper` is the paper's "
         "b = (1/n) Σ_S (−Δw) G with the original exact H by the same CG; `paper-adam` is that "
-        f"b by {ADAM_STEPS} Adam steps at lr {ADAM_LR:g}.",
+        f"b by {ADAM_STEPS} Adam steps at lr {ADAM_LR:g} on ½ΔᵀHΔ − bᵀΔ.",
         "",
-        "| kind / size | " + " | ".join(labels) + " |",
-        "|---|" + "---|" * len(labels),
+        "## Against ΔΘ_retrain = Θ_retrained − Θ̂",
+        "",
+        *table(report, ""),
+        "",
+        "## Against the retrained Θ rotated to the point of its symmetry orbit nearest Θ̂",
+        "",
+        "Same loss and penalty as Θ_retrained (A → MᵀA, B → BM with M orthogonal, per "
+        "module, by orthogonal Procrustes).",
+        "",
+        *table(report, "_aligned"),
+        "",
+        "## Retraining per case",
+        "",
+        "| kind / size | ‖ΔΘ_retrain‖ | aligned | share in ∇²f's null space | retrained ‖∇f‖ |",
+        "|---|---|---|---|---|",
     ]
-    for key in keys:
-        lines.append(f"| {key[0]} / {key[1]} | "
-                     + " | ".join(cells.get((key, m), "") for m in labels) + " |")
-    lines += ["", "‖ΔΘ_retrain‖ and the retrained ‖∇f‖ per case:", "",
-              "| kind / size | ‖ΔΘ_retrain‖ | retrained ‖∇f‖ |", "|---|---|---|"]
     for c in report["cases"]:
         lines.append(f"| {c['kind']} / {c['size']} | {c['retrain_norm']:.4g} | "
+                     f"{c['retrain_norm_aligned']:.4g} | {c['retrain_null_fraction']:.3g} | "
                      f"{c['retrain_grad_norm']:.2e} |")
     if s.get("note"):
         lines += ["", s["note"]]

@@ -14,6 +14,7 @@ caller divides by W and adds damping. Θ is always restored, also when a pass ra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -28,15 +29,19 @@ HessianVectorProduct = Callable[[torch.Tensor], torch.Tensor]
 
 
 def default_fd_step(model: LossModel, v: torch.Tensor) -> float:
-    """h such that the shift hv has length ε^(1/3).
+    """h such that the shift hv moves each of the d weights by 0.15·ε^(1/3) (root mean square).
 
     ε^(1/3) balances the O(h²) truncation of a central difference against the O(ε/h)
-    rounding of the two gradients it subtracts. ε is the dtype's, but never below float32's:
-    transformers runs attention softmax and rotary embeddings in float32 even in a float64
-    model, so a float64 model is only float32-smooth.
+    rounding of the two passes it subtracts; ε is the dtype's, but never below float32's
+    (transformers runs attention softmax, RMSNorm and rotary embeddings in float32 even in a
+    float64 model). The shift is per weight, so it grows as √d: a fixed total length was
+    too small for a large adapter (SmolLM2-135M, rank 8 on q/v, d = 460,800, fp32: relative
+    error of the fd HVP 1.4e-2 at a shift of 4.9e-3, 5.2e-4 at 0.49, 1.2e-3 at 0.84;
+    tiny-llama, d = 448: best at about 0.02).
     """
     eps = max(torch.finfo(model.dtype).eps, torch.finfo(torch.float32).eps)
-    return eps ** (1.0 / 3.0) / max(float(v.double().norm()), 1e-30)
+    shift = 0.15 * eps ** (1.0 / 3.0) * math.sqrt(model.dim)
+    return shift / max(float(v.double().norm()), 1e-30)
 
 
 @contextmanager
