@@ -180,7 +180,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def format_table(table: dict[str, Any], train_seconds: float) -> str:
     lines = [
         f"fine-tuning took {train_seconds:.0f}s",
-        f"{'request':<22}{'adapter':<11}{'loss affected':>14}{'loss kept':>11}"
+        f"{'request':<27}{'adapter':<11}{'loss affected':>14}{'loss kept':>11}"
         f"{'cos ΔΘ':>8}{'‖ΔΘ‖ ratio':>11}{'seconds':>9}",
     ]
     for name, row in table.items():
@@ -190,7 +190,7 @@ def format_table(table: dict[str, Any], train_seconds: float) -> str:
             cos = f"{r['cosine_to_retrain']:.3f}" if "cosine_to_retrain" in r else ""
             ratio = f"{r['norm_ratio']:.2f}" if "norm_ratio" in r else ""
             secs = f"{r['seconds']:.1f}" if "seconds" in r else ""
-            lines.append(f"{title:<22}{label:<11}{r['affected_loss']:>14.4f}"
+            lines.append(f"{title:<27}{label:<11}{r['affected_loss']:>14.4f}"
                          f"{r['kept_loss']:>11.4f}{cos:>8}{ratio:>11}{secs:>9}")
             title = ""
     lines.append("loss affected: on the removed rows (remove) or on the corrected responses "
