@@ -54,7 +54,7 @@ from eraser_dist.errors import EraserError
 from eraser_dist.influence import newton_step
 from eraser_dist.models import LoraCausalLM, attach_lora, load_base
 from eraser_dist.objective import gradient_sum
-from eraser_dist.reference import explicit_hessian, newton_polish
+from eraser_dist.reference import cosine, explicit_hessian, newton_polish
 from eraser_dist.requests import EditedObjective, apply_request, parse_request
 from eraser_dist.solve import conjugate_gradient
 from eraser_dist.train import fit_lbfgs
@@ -116,10 +116,6 @@ def align_rotations(model: LoraCausalLM, theta: torch.Tensor, reference: torch.T
         m = u @ vh
         out[sa], out[sb] = (m.T @ a).reshape(-1), (b @ m).reshape(-1)
     return out
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(a @ b / (a.norm() * b.norm()))
 
 
 def row(case: dict, method: str, hvp: str, curvature: str, delta: torch.Tensor | None,

@@ -25,6 +25,7 @@ from .data import Example, write_examples
 from .models import load_base
 from .movielens import genre_examples
 from .objective import loss_values
+from .reference import cosine
 from .requests import apply_request, parse_request
 
 
@@ -159,9 +160,9 @@ def measure(base_name, rows, results, continued, preset) -> dict[str, Any]:
         retrain_effect = deltas["retrained"] - drift
         report = result["erase_report"]
         row["erased"].update(
-            cosine_to_retrain=_cosine(deltas["erased"], retrain_effect),
+            cosine_to_retrain=cosine(deltas["erased"], retrain_effect),
             norm_ratio=float(deltas["erased"].norm() / retrain_effect.norm()),
-            cosine_to_raw_retrain=_cosine(deltas["erased"], deltas["retrained"]),
+            cosine_to_raw_retrain=cosine(deltas["erased"], deltas["retrained"]),
             seconds=report["seconds"],
             cg_iterations=report["cg_iterations"],
             relative_residual=report["relative_residual"],
@@ -171,10 +172,6 @@ def measure(base_name, rows, results, continued, preset) -> dict[str, Any]:
         row["n_affected"] = len(request.ids)
         table[name] = row
     return table
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-30))
 
 
 def format_table(table: dict[str, Any], train_seconds: float) -> str:

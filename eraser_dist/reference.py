@@ -16,6 +16,12 @@ from .models import LoraCausalLM
 from .objective import gradient_sum
 
 
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine of two parameter changes, in float64 (0 when either is zero)."""
+    a, b = a.double(), b.double()
+    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))
+
+
 def flat_loss_fn(model: LoraCausalLM, rows: Sequence[Example], weights: torch.Tensor):
     """θ [d] ↦ Σ w_i L_i(θ) as a pure function (torch.func.functional_call)."""
     shapes = [p.shape for p in model.params]

@@ -15,15 +15,11 @@ from eraser_dist.data import Example
 from eraser_dist.errors import EraserError
 from eraser_dist.influence import newton_step
 from eraser_dist.objective import gradient_sum, loss_values
-from eraser_dist.reference import explicit_hessian, newton_polish
+from eraser_dist.reference import cosine, explicit_hessian, newton_polish
 from eraser_dist.requests import EditedObjective, apply_request, parse_request
 from eraser_dist.train import fit_lbfgs
 
 WEIGHT_DECAY = 0.05
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(a.double() @ b.double() / (a.double().norm() * b.double().norm()))
 
 
 # -- quadratic loss: influence is exact --------------------------------------------------
