@@ -18,6 +18,8 @@ normalisation) is far worse for removals (DESIGN.md §1).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -50,10 +52,20 @@ class InfluenceResult:
 
 def newton_rhs(model: LossModel, edited: EditedObjective, weight_decay: float, batch_size: int):
     """b = −∇f_new(Θ̂) [d] float64 (see the module docstring)."""
-    theta = model.get_flat().double()
-    g = gradient_sum(model, edited.changed_rows, -edited.weight_changes, batch_size).double()
+    g = gradient_sum(model, edited.changed_rows, -edited.weight_changes, batch_size)
+    return rhs_from_gradient(g, model.get_flat(), edited, weight_decay)
+
+
+def rhs_from_gradient(
+    changed_gradient: torch.Tensor,
+    theta: torch.Tensor,
+    edited: EditedObjective,
+    weight_decay: float,
+) -> torch.Tensor:
+    """b [d] float64 from −Σ_changed Δw_i G_i (however it was summed) and Θ̂."""
     removed_weight = edited.weight_before - edited.weight_after
-    return check_finite((g + removed_weight * weight_decay * theta) / edited.weight_after, "b")
+    b = (changed_gradient.double() + removed_weight * weight_decay * theta.double())
+    return check_finite(b / edited.weight_after, "b")
 
 
 def hessian_subset(edited: EditedObjective, curvature: str, samples: int | None, seed: int):
@@ -81,14 +93,38 @@ def newton_step(
     args: EraseArguments,
     progress: bool = True,
 ) -> InfluenceResult:
-    """ΔΘ = (H + damping·I)⁻¹ b by CG; damping defaults to the objective's λ."""
+    """ΔΘ = (H + damping·I)⁻¹ b by CG in this process; damping defaults to the objective's λ."""
+    damping = erase_damping(args, weight_decay)
+    b = newton_rhs(model, edited, weight_decay, args.batch_size)
+    rows, weights = hessian_subset(edited, args.curvature, args.hessian_samples, args.seed)
+    scale = 1.0 / float(weights.sum())
+
+    def solve(kind: str) -> CGResult:
+        hvp = hessian_vector_product(kind, model, rows, weights, args.batch_size, args.fd_step)
+        with cg_progress(args, kind, progress) as report:
+            return conjugate_gradient(lambda v: hvp(v).double() * scale, b, damping=damping,
+                                      tol=args.tol, max_iter=args.max_iter, callback=report)
+
+    cg, hvp = solve_with_policy(solve, args)
+    return InfluenceResult(cg.x, cg, float(b.norm()), damping, len(rows), hvp,
+                           negative_curvature=cg.negative_curvature or hvp != args.hvp)
+
+
+def erase_damping(args: EraseArguments, weight_decay: float) -> float:
     damping = weight_decay if args.damping is None else args.damping
     if damping < 0:
         raise EraserError(f"damping must be non-negative, got {damping}")
-    b = newton_rhs(model, edited, weight_decay, args.batch_size)
-    rows, weights = hessian_subset(edited, args.curvature, args.hessian_samples, args.seed)
-    cg = _solve(args.hvp, model, rows, weights, b, damping, args, progress)
+    return damping
+
+
+def solve_with_policy(solve: Callable[[str], CGResult], args: EraseArguments):
+    """Run ``solve(args.hvp)`` and apply ``args.on_negative_curvature`` to its outcome.
+
+    ``solve`` maps an HVP back-end to a CG result (in one process or distributed). Returns
+    (the CG result kept, the back-end that produced it).
+    """
     hvp = args.hvp
+    cg = solve(hvp)
     if cg.negative_curvature:
         hint = "raise --damping or use --hvp ggn"
         if args.on_negative_curvature == "fail":
@@ -96,33 +132,25 @@ def newton_step(
                               f"{cg.curvature:.3g} at CG iteration {cg.iterations}); {hint}")
         if args.on_negative_curvature == "ggn" and hvp != "ggn":
             hvp = "ggn"
-            cg = _solve(hvp, model, rows, weights, b, damping, args, progress)
+            cg = solve(hvp)
         elif cg.iterations == 0:
             raise EraserError(
                 "H + damping·I has negative curvature along b itself, so CG has no usable "
                 f"iterate (curvature {cg.curvature:.3g}); {hint}"
             )
-    return InfluenceResult(cg.x, cg, float(b.norm()), damping, len(rows), hvp,
-                           negative_curvature=cg.negative_curvature or hvp != args.hvp)
+    return cg, hvp
 
 
-def _solve(kind, model, rows, weights, b, damping, args: EraseArguments, progress) -> CGResult:
-    hvp = hessian_vector_product(kind, model, rows, weights, args.batch_size, args.fd_step)
-    scale = 1.0 / float(weights.sum())
-    bar = tqdm(total=args.max_iter, desc=f"CG ({kind} HVP)", disable=not progress, leave=False)
+@contextmanager
+def cg_progress(args: EraseArguments, kind: str, enabled: bool):
+    """A progress bar for one CG solve; yields the ``callback`` CG reports to."""
+    bar = tqdm(total=args.max_iter, desc=f"CG ({kind} HVP)", disable=not enabled, leave=False)
 
     def report(iteration: int, residual: float) -> None:
-        bar.update(1)
+        bar.update(iteration - bar.n)
         bar.set_postfix(residual=f"{residual:.2e}")
 
     try:
-        return conjugate_gradient(
-            lambda v: hvp(v).double() * scale,
-            b,
-            damping=damping,
-            tol=args.tol,
-            max_iter=args.max_iter,
-            callback=report,
-        )
+        yield report
     finally:
         bar.close()

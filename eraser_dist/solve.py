@@ -30,6 +30,19 @@ class CGResult:
     curvature: float | None = None  # pᵀAp/pᵀp at the step that met negative curvature
 
 
+@dataclass
+class CGState:
+    """Everything CG needs to continue after ``iterations`` steps: iterate ``x``, residual
+    ``r``, next search direction ``p`` (all [d] float64) and ``rr`` = rᵀr. Saving it after
+    every iteration makes a solve resumable (the distributed aggregator checkpoints it)."""
+
+    x: torch.Tensor
+    r: torch.Tensor
+    p: torch.Tensor
+    rr: float
+    iterations: int
+
+
 def conjugate_gradient(
     matvec: Callable[[torch.Tensor], torch.Tensor],
     b: torch.Tensor,
@@ -38,24 +51,27 @@ def conjugate_gradient(
     tol: float = 1e-6,
     max_iter: int = 100,
     callback: Callable[[int, float], None] | None = None,
+    start: CGState | None = None,
+    checkpoint: Callable[[CGState], None] | None = None,
 ) -> CGResult:
-    """Solve (H + damping·I) x = b from x₀ = 0.
+    """Solve (H + damping·I) x = b from x₀ = 0, or continue from ``start``.
 
     Args:
         matvec: v [d] float64 ↦ H v [d] (any dtype; cast to float64 here).
         b: right-hand side [d].
         tol: stop when ‖r‖/‖b‖ ≤ tol.
         callback: called as callback(iteration, relative_residual) after each iteration.
+        start: a state saved by ``checkpoint`` during an earlier run of the same solve; the
+            result is then the same as that of an uninterrupted run.
+        checkpoint: called with the state after each iteration that does not end the solve.
     """
     b = b.double()
-    x = torch.zeros_like(b)
     b_norm = float(b.norm())
     if b_norm == 0.0:
-        return CGResult(x, 0, 0.0, True, False)
-    r = b.clone()
-    p = r.clone()
-    rr = float(r @ r)
-    iterations = 0
+        return CGResult(torch.zeros_like(b), 0, 0.0, True, False)
+    if start is None:
+        start = CGState(torch.zeros_like(b), b.clone(), b.clone(), float(b @ b), 0)
+    x, r, p, rr, iterations = start.x, start.r, start.p, start.rr, start.iterations
     while iterations < max_iter:
         ap = matvec(p).double() + damping * p
         pap = float(p @ ap)
@@ -73,4 +89,6 @@ def conjugate_gradient(
             return CGResult(x, iterations, rel, True, False)
         p = r + (rr_new / rr) * p
         rr = rr_new
+        if checkpoint is not None:
+            checkpoint(CGState(x, r, p, rr, iterations))
     return CGResult(x, iterations, rr**0.5 / b_norm, False, False)
