@@ -9,7 +9,9 @@ temporary name next to its target and renamed.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -18,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import safe_open
 
+from .data import examples_digest
 from .errors import EraserError
 from .models import Base, LoraCausalLM
 
@@ -125,6 +129,15 @@ def read_meta(adapter_dir: str | os.PathLike) -> AdapterMeta:
         raise EraserError(f"{adapter_dir / META_FILE} is malformed: {err}") from err
 
 
+def check_fitted_on(meta: AdapterMeta, adapter, data, examples) -> None:
+    """Influence needs exactly the training set the adapter was fitted on."""
+    if meta.lineage.get("data_sha256") not in (None, examples_digest(examples)):
+        raise EraserError(
+            f"{data} is not the training set adapter {adapter} was fitted on (its rows or "
+            "their order differ); influence needs exactly that set"
+        )
+
+
 def load_adapter(base: Base, adapter_dir: str | os.PathLike) -> tuple[LoraCausalLM, AdapterMeta]:
     """Attach a saved adapter to ``base`` (trainable, eval mode); refuse a foreign adapter."""
     from peft import PeftModel
@@ -146,7 +159,7 @@ def load_adapter(base: Base, adapter_dir: str | os.PathLike) -> tuple[LoraCausal
     model = LoraCausalLM(peft_model, base.tokenizer, meta.max_length)
     with safe_open(str(Path(adapter_dir) / PEFT_FILES[1]), framework="pt") as f:
         saved = set(f.keys())
-    created = {n.replace(".default.", ".") for n in model.names}
+    created = {file_key(n) for n in model.names}
     if saved != created:
         raise EraserError(
             f"adapter {adapter_dir}: its adapter_config.json and its weights disagree on the "
@@ -165,7 +178,90 @@ def adapter_vector(model: LoraCausalLM, adapter_dir: str | os.PathLike):
 
     tensors = load_file(str(Path(adapter_dir) / PEFT_FILES[1]))
     try:
-        parts = [tensors[n.replace(".default.", ".")] for n in model.names]
+        parts = [tensors[file_key(n)] for n in model.names]
     except KeyError as err:
         raise EraserError(f"adapter {adapter_dir} has another shape than the model: {err}") from err
     return model.flatten(parts)
+
+
+DELTA_FILE = "adapter_delta.safetensors"
+
+
+def file_key(param_name: str) -> str:
+    """The safetensors key peft saves a LoRA parameter under (its name without the adapter)."""
+    return param_name.replace(".default.", ".")
+
+
+def adapter_version(adapter_dir: str | os.PathLike) -> str:
+    """Content hash of an adapter's weights; names the version a delta applies to."""
+    digest = hashlib.sha256((Path(adapter_dir) / PEFT_FILES[1]).read_bytes()).hexdigest()
+    return digest[:16]
+
+
+def split_delta(delta: torch.Tensor, keys: list[str], shapes: list[tuple[int, ...]]):
+    """A flat ΔΘ [d] (float64, the model's parameter order) as {safetensors key: tensor}."""
+    out, offset = {}, 0
+    for key, shape in zip(keys, shapes, strict=True):
+        n = math.prod(shape)
+        out[key] = delta[offset : offset + n].reshape(shape)
+        offset += n
+    if offset != delta.numel():
+        raise ValueError(f"ΔΘ has {delta.numel()} entries, the adapter {offset}")
+    return out
+
+
+def add_delta(weights: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]):
+    """Θ + ΔΘ per tensor, summed in float64 and stored in each weight's own dtype."""
+    if set(delta) != set(weights):
+        raise EraserError(f"the delta does not match the adapter ({len(set(delta) ^ set(weights))}"
+                          " tensors differ)")
+    return {k: (w.double() + delta[k].double()).to(w.dtype).contiguous()
+            for k, w in weights.items()}
+
+
+def publish_erased(
+    adapter_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    delta: dict[str, torch.Tensor],
+    meta: AdapterMeta,
+    extra: dict[str, Any],
+    overwrite: bool = False,
+) -> Path:
+    """Publish adapter + ΔΘ as a new version, and ΔΘ alone as ``adapter_delta.safetensors``.
+
+    File-level, so the publisher needs no base model (the erase may have run on a cluster).
+    The delta file records the parent and child versions, so that a replica applies it only
+    to the version it was computed from.
+    """
+    from safetensors.torch import load_file, save_file
+
+    source = Path(adapter_dir)
+    weights = load_file(str(source / PEFT_FILES[1]))
+    updated = add_delta(weights, delta)
+    parent = adapter_version(source)
+
+    def write(tmp: Path) -> None:
+        shutil.copyfile(source / PEFT_FILES[0], tmp / PEFT_FILES[0])
+        save_file(updated, str(tmp / PEFT_FILES[1]), metadata={"format": "pt"})
+        child = adapter_version(tmp)
+        save_file({k: v.double().contiguous() for k, v in delta.items()}, str(tmp / DELTA_FILE),
+                  metadata={"parent_version": parent, "child_version": child})
+        write_json(tmp / META_FILE, meta.to_json())
+        for name, obj in extra.items():
+            write_json(tmp / name, obj)
+
+    return publish_dir(out, write, overwrite)
+
+
+def read_delta(adapter_dir: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str, str]:
+    """(ΔΘ per tensor in float64, parent version, child version) of a published erase."""
+    from safetensors.torch import load_file
+
+    path = Path(adapter_dir) / DELTA_FILE
+    if not path.is_file():
+        raise EraserError(f"{adapter_dir} has no {DELTA_FILE}: it was not made by an erase")
+    with safe_open(str(path), framework="pt") as f:
+        info = f.metadata() or {}
+    if "parent_version" not in info or "child_version" not in info:
+        raise EraserError(f"{path} lacks its parent/child versions")
+    return load_file(str(path)), info["parent_version"], info["child_version"]

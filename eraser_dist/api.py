@@ -8,26 +8,39 @@ in :mod:`eraser_dist.cli` only parses arguments and prints.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from .adapters import AdapterMeta, check_output_dir, load_adapter, save_adapter
+from .adapters import (
+    AdapterMeta,
+    check_fitted_on,
+    check_output_dir,
+    file_key,
+    load_adapter,
+    publish_erased,
+    read_meta,
+    save_adapter,
+    split_delta,
+)
 from .arguments import (
     CURVATURE_DATA,
     HVP_KINDS,
     NEGATIVE_CURVATURE_POLICIES,
+    DistributedArguments,
     EraseArguments,
     LoraArguments,
     TrainArguments,
 )
 from .data import examples_digest, read_examples
 from .errors import EraserError
-from .influence import newton_step
+from .influence import InfluenceResult, newton_step
 from .models import LoraCausalLM, attach_lora, load_base
 from .objective import loss_values
 from .requests import EraseRequest, apply_request, load_request
+from .shard_worker import WorkerSpec
 from .train import train_adam
 
 REPORT_FILE = "erase_report.json"
@@ -103,11 +116,15 @@ def erase(
     args: EraseArguments | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    distributed: DistributedArguments | None = None,
 ) -> dict[str, Any]:
     """Apply an erase request to an adapter by one influence step; publish the new adapter.
 
-    ``data`` is the training set the adapter was fitted on. Returns the report that is also
-    written to ``out/erase_report.json``.
+    ``data`` is the training set the adapter was fitted on. With ``distributed`` the step
+    runs on a Ray cluster (worker groups on a ZeRO-3-partitioned base, see ``actors/``);
+    otherwise in this process. The output holds the new adapter, ΔΘ alone
+    (``adapter_delta.safetensors``, for serving replicas) and the report that this function
+    returns (``erase_report.json``).
     """
     args = args or EraseArguments()
     _check_erase_arguments(args)
@@ -117,18 +134,35 @@ def erase(
     parsed = request if isinstance(request, EraseRequest) else load_request(request)
     examples = read_examples(data)
     edited = apply_request(parsed, examples)
-    base_model = load_base(base)
-    model, meta = load_adapter(base_model, adapter)
-    if meta.lineage.get("data_sha256") not in (None, examples_digest(examples)):
-        raise EraserError(
-            f"{data} is not the training set adapter {adapter} was fitted on (its rows or "
-            "their order differ); influence needs exactly that set"
-        )
+    meta = read_meta(adapter)
+    check_fitted_on(meta, adapter, data, examples)
     start = time.perf_counter()
-    result = newton_step(model, edited, meta.weight_decay, args, progress=progress)
+    if distributed is None:
+        model, meta = load_adapter(load_base(base), adapter)
+        result = newton_step(model, edited, meta.weight_decay, args, progress=progress)
+        keys, shapes = [file_key(n) for n in model.names], [p.shape for p in model.params]
+        theta, extra = model.get_flat().double(), {}
+    else:
+        from actors.driver import check_distributed_arguments, distributed_erase
+
+        check_distributed_arguments(distributed, args)
+        checkpoints = distributed.checkpoint_dir or str(
+            Path(out).parent / f".{Path(out).name}.cg-checkpoint")
+        spec = WorkerSpec(base, str(Path(adapter).resolve()), str(Path(data).resolve()),
+                          distributed.base_dtype)
+        found = distributed_erase(spec, parsed.to_json(), args, distributed, checkpoints,
+                                  progress)
+        cg = found["cg"]
+        result = InfluenceResult(found["delta"], cg, found["rhs_norm"], found["damping"],
+                                 found["hessian_rows"], found["hvp"],
+                                 cg.negative_curvature or found["hvp"] != args.hvp)
+        keys, shapes, theta = found["keys"], found["shapes"], found["theta"]
+        extra = {"workers": distributed.workers, "group_size": distributed.group_size,
+                 "base_dtype": distributed.base_dtype,
+                 "group_restarts": found["group_restarts"],
+                 "resumed_at_iteration": found["resumed_at_iteration"],
+                 "bytes_per_iteration": found["bytes_per_iteration"]}
     seconds = time.perf_counter() - start
-    theta = model.get_flat().double()
-    model.set_flat(theta + result.delta)
     cg = result.cg
     report = {
         "kind": parsed.kind,
@@ -150,6 +184,7 @@ def erase(
         "delta_norm": float(result.delta.norm()),
         "adapter_norm": float(theta.norm()),
         "seconds": seconds,
+        **extra,
     }
     new_meta = replace(
         meta,
@@ -161,7 +196,10 @@ def erase(
             "n_train": len(edited.rows_after),
         },
     )
-    save_adapter(model, out, new_meta, extra={REPORT_FILE: report}, overwrite=overwrite)
+    delta = split_delta(result.delta, keys, [tuple(s) for s in shapes])
+    publish_erased(adapter, out, delta, new_meta, {REPORT_FILE: report}, overwrite=overwrite)
+    if distributed is not None:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # published: nothing left to resume
     return report
 
 

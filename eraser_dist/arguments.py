@@ -73,3 +73,33 @@ class EraseArguments:
     batch_size: int = 8
     seed: int = 0
     fd_step: float | None = None
+
+
+@dataclass
+class DistributedArguments:
+    """How an erase is spread over a Ray cluster (``eraser erase --workers G --group-size K``).
+
+    ``workers`` groups run side by side on disjoint shards of the rows (data parallelism);
+    each group is ``group_size`` ranks that hold one base model partitioned by ZeRO-3.
+    ``address`` is a Ray cluster to join (``auto``, ``ray://host:10001``); None starts a
+    local one when this process is not connected yet. ``backend`` ``auto`` picks NCCL when
+    the ranks have GPUs, gloo otherwise. ``base_dtype`` is the dtype the base is held in
+    (``bfloat16`` at 70B); LoRA weights, gradients and CG vectors stay fp32 or wider.
+    A group that fails (a rank died or its collective broke) is restarted up to
+    ``max_group_restarts`` times and its work retried; the aggregator itself is restarted
+    up to ``max_aggregator_restarts`` times and resumes CG from ``checkpoint_dir``
+    (default: a hidden folder beside the output).
+    """
+
+    workers: int = 1
+    group_size: int = 1
+    address: str | None = None
+    backend: str = "auto"
+    base_dtype: str = "float32"
+    cpus_per_rank: float = 1.0
+    gpus_per_rank: float | None = None  # None: 1 with NCCL, 0 with gloo
+    threads_per_rank: int = 1
+    max_group_restarts: int = 2
+    max_aggregator_restarts: int = 1
+    collective_timeout_s: float = 300.0
+    checkpoint_dir: str | None = None

@@ -34,12 +34,13 @@ def default_fd_step(model: LossModel, v: torch.Tensor) -> float:
     ε^(1/3) balances the O(h²) truncation of a central difference against the O(ε/h)
     rounding of the two passes it subtracts; ε is the dtype's, but never below float32's
     (transformers runs attention softmax, RMSNorm and rotary embeddings in float32 even in a
-    float64 model). The shift is per weight, so it grows as √d: a fixed total length was
-    too small for a large adapter (SmolLM2-135M, rank 8 on q/v, d = 460,800, fp32: relative
-    error of the fd HVP 1.4e-2 at a shift of 4.9e-3, 5.2e-4 at 0.49, 1.2e-3 at 0.84;
-    tiny-llama, d = 448: best at about 0.02).
+    float64 model), and it is the forward pass's when that is narrower (a bf16 base: the LoRA
+    output is rounded to bf16 where it joins the base layer's). The shift is per weight, so
+    it grows as √d: a fixed total length was too small for a large adapter (SmolLM2-135M,
+    rank 8 on q/v, d = 460,800, fp32: relative error of the fd HVP 1.4e-2 at a shift of
+    4.9e-3, 5.2e-4 at 0.49, 1.2e-3 at 0.84; tiny-llama, d = 448: best at about 0.02).
     """
-    eps = max(torch.finfo(model.dtype).eps, torch.finfo(torch.float32).eps)
+    eps = max(torch.finfo(d).eps for d in (model.dtype, model.compute_dtype, torch.float32))
     shift = 0.15 * eps ** (1.0 / 3.0) * math.sqrt(model.dim)
     return shift / max(float(v.double().norm()), 1e-30)
 
@@ -57,7 +58,7 @@ def shifted(model: LossModel, theta: torch.Tensor, direction: torch.Tensor, step
 def exact_hvp(
     model: LossModel, rows: Sequence[Any], weights: torch.Tensor, v: torch.Tensor, batch_size: int
 ) -> torch.Tensor:
-    total = torch.zeros(model.dim, dtype=model.dtype)
+    total = model.zeros()
     for chunk, w in batches(rows, weights, batch_size):
         loss = model.loss_sum(model.collate(chunk), w)
         grads = torch.autograd.grad(loss, model.params, create_graph=True, allow_unused=True)
@@ -100,7 +101,7 @@ def ggn_hvp(
 ) -> torch.Tensor:
     h = step if step is not None else default_fd_step(model, v)
     theta = model.get_flat()
-    total = torch.zeros(model.dim, dtype=model.dtype)
+    total = model.zeros()
     for chunk, w in batches(rows, weights, batch_size):
         batch = model.collate(chunk)
         with torch.no_grad():
@@ -130,7 +131,7 @@ def hessian_vector_product(
         raise EraserError(f"unknown HVP back-end {kind!r}; choose one of {', '.join(HVP_KINDS)}")
 
     def product(v: torch.Tensor) -> torch.Tensor:
-        v = v.to(model.dtype)
+        v = v.to(model.device, model.dtype)
         if kind == "exact":
             out = exact_hvp(model, rows, weights, v, batch_size)
         elif kind == "fd":

@@ -53,19 +53,21 @@ class InfluenceResult:
 def newton_rhs(model: LossModel, edited: EditedObjective, weight_decay: float, batch_size: int):
     """b = −∇f_new(Θ̂) [d] float64 (see the module docstring)."""
     g = gradient_sum(model, edited.changed_rows, -edited.weight_changes, batch_size)
-    return rhs_from_gradient(g, model.get_flat(), edited, weight_decay)
+    return rhs_from_gradient(g, model.get_flat(), edited.weight_before, edited.weight_after,
+                             weight_decay)
 
 
 def rhs_from_gradient(
     changed_gradient: torch.Tensor,
     theta: torch.Tensor,
-    edited: EditedObjective,
+    weight_before: float,
+    weight_after: float,
     weight_decay: float,
 ) -> torch.Tensor:
-    """b [d] float64 from −Σ_changed Δw_i G_i (however it was summed) and Θ̂."""
-    removed_weight = edited.weight_before - edited.weight_after
-    b = (changed_gradient.double() + removed_weight * weight_decay * theta.double())
-    return check_finite(b / edited.weight_after, "b")
+    """b [d] float64 from −Σ_changed Δw_i G_i (however it was summed), Θ̂ and W, W'."""
+    removed_weight = weight_before - weight_after
+    b = changed_gradient.double().cpu() + removed_weight * weight_decay * theta.double().cpu()
+    return check_finite(b / weight_after, "b")
 
 
 def hessian_subset(edited: EditedObjective, curvature: str, samples: int | None, seed: int):
@@ -102,7 +104,7 @@ def newton_step(
     def solve(kind: str) -> CGResult:
         hvp = hessian_vector_product(kind, model, rows, weights, args.batch_size, args.fd_step)
         with cg_progress(args, kind, progress) as report:
-            return conjugate_gradient(lambda v: hvp(v).double() * scale, b, damping=damping,
+            return conjugate_gradient(lambda v: hvp(v).double().cpu() * scale, b, damping=damping,
                                       tol=args.tol, max_iter=args.max_iter, callback=report)
 
     cg, hvp = solve_with_policy(solve, args)

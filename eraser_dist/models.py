@@ -28,7 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from .arguments import LoraArguments
-from .data import Example, TextTokenizer, tokenize_example
+from .data import Example, TextTokenizer, prompt_text, tokenize_example
 from .errors import EraserError
 from .objective import LossModel
 
@@ -210,6 +210,10 @@ class LoraCausalLM(LossModel):
             self._tokens[key] = tokenize_example(self.tokenizer, row, self.max_length)
         return self._tokens[key]
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return next(self.peft_model.get_base_model().parameters()).dtype
+
     def collate(self, rows: Sequence[Example]) -> dict[str, torch.Tensor]:
         encoded = [self.tokens(r) for r in rows]
         length = max(len(ids) for ids, _ in encoded)
@@ -220,7 +224,22 @@ class LoraCausalLM(LossModel):
             input_ids[i, : len(ids)] = torch.tensor(ids)
             attention[i, : len(ids)] = 1
             scored[i, n_prompt - 1 : len(ids) - 1] = True
-        return {"input_ids": input_ids, "attention_mask": attention, "scored": scored}
+        batch = {"input_ids": input_ids, "attention_mask": attention, "scored": scored}
+        return {k: t.to(self.device) for k, t in batch.items()}
+
+    @torch.no_grad()
+    def generate(self, query: str, max_new_tokens: int = 32) -> str:
+        """Greedy continuation of the training prompt for ``query``, up to EOS."""
+        ids = self.tokenizer.encode(prompt_text(query)) or [self.tokenizer.eos_id]
+        ids = ids[-self.max_length :]
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            logits = self.peft_model(input_ids=torch.tensor([ids + out], device=self.device)).logits
+            token = int(logits[0, -1].argmax())
+            if token == self.tokenizer.eos_id:
+                break
+            out.append(token)
+        return self.tokenizer.decode(out)
 
     def outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = self.peft_model(

@@ -57,6 +57,19 @@ class LossModel(ABC):
     def dtype(self) -> torch.dtype:
         return self.params[0].dtype
 
+    @property
+    def device(self) -> torch.device:
+        return self.params[0].device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """Precision of the forward pass; narrower than ``dtype`` under a bf16 base."""
+        return self.dtype
+
+    def zeros(self) -> torch.Tensor:
+        """A zero vector [d] on the parameters' device, to sum gradients into."""
+        return torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+
     def get_flat(self) -> torch.Tensor:
         """Θ as one detached vector [d] (a copy)."""
         return torch.cat([p.detach().reshape(-1) for p in self.params]).clone()
@@ -107,7 +120,7 @@ def gradient_sum(
     model: LossModel, rows: Sequence[Any], weights: torch.Tensor, batch_size: int
 ) -> torch.Tensor:
     """Σ_i w_i ∇_Θ L_i(Θ), a vector [d] in the model's dtype; streamed, never per example."""
-    total = torch.zeros(model.dim, dtype=model.dtype)
+    total = model.zeros()
     for chunk, w in batches(rows, weights, batch_size):
         loss = model.loss_sum(model.collate(chunk), w)
         grads = torch.autograd.grad(loss, model.params, allow_unused=True)

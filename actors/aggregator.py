@@ -1,0 +1,148 @@
+"""The aggregator actor: the distributed CG of one erase, checkpointed every iteration.
+
+Each CG iteration publishes the vector v once to the object store; every group returns its
+Σ_i w_i ∇²L_i v and the aggregator sums them in group order (so a rerun gives the same
+bits). Only adapter-sized vectors move between it and the workers. After every iteration
+the CG state is written atomically to ``checkpoint_dir``; a restarted aggregator (Ray
+restarts it and retries ``erase``) starts fresh worker groups, recomputes b and resumes CG
+where the checkpoint left it. The checkpoint is keyed by b and the solve's settings, so a
+different erase never resumes from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from eraser_dist.arguments import EraseArguments
+from eraser_dist.influence import erase_damping, rhs_from_gradient, solve_with_policy
+from eraser_dist.shard_worker import WorkerSpec
+from eraser_dist.solve import CGResult, CGState, conjugate_gradient
+
+from .faults import FaultPlan, check_all
+from .group import GroupLayout, GroupPool
+
+
+class CheckpointFile:
+    """One solve's CG state on disk, replaced atomically after each iteration."""
+
+    def __init__(self, folder: str, key: str):
+        self.path = Path(folder) / f"cg-{key}.pt"
+
+    def load(self) -> CGState | None:
+        if not self.path.is_file():
+            return None
+        return CGState(**torch.load(self.path, weights_only=True))
+
+    def save(self, state: CGState) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp-{os.getpid()}")
+        torch.save(asdict(state), tmp)
+        os.replace(tmp, self.path)
+
+
+def solve_key(b: torch.Tensor, kind: str, damping: float, args: EraseArguments) -> str:
+    h = hashlib.sha256(b.double().numpy().tobytes())
+    h.update(repr((kind, damping, args.tol, args.max_iter, args.curvature,
+                   args.hessian_samples, args.seed, args.fd_step, args.batch_size)).encode())
+    return h.hexdigest()[:24]
+
+
+@ray.remote
+class Aggregator:
+    def __init__(self, spec: WorkerSpec, layout: GroupLayout, checkpoint_dir: str,
+                 max_group_restarts: int, faults: tuple[FaultPlan, ...] = ()):
+        self.pool = GroupPool(layout, spec, max_group_restarts, faults)
+        self.checkpoint_dir = checkpoint_dir
+        self.faults = faults
+        self.iterations_here = 0  # CG iterations run by this incarnation (for fault plans)
+        self.lock = threading.Lock()
+        self.status: dict[str, Any] = {"phase": "starting worker groups"}
+        self.started = False
+
+    def progress(self) -> dict[str, Any]:
+        """Phase, back-end, iteration and residual of the running solve (callable while
+        ``erase`` runs: the actor has a second thread for it)."""
+        with self.lock:
+            return {**self.status, "group_restarts": list(self.pool.restarts)}
+
+    def _set(self, **status: Any) -> None:
+        with self.lock:
+            self.status = status
+
+    def erase(self, request: dict[str, Any], args: EraseArguments) -> dict[str, Any]:
+        """ΔΘ and the solver's figures for one request (a dict, as in the request file)."""
+        start = time.perf_counter()
+        if not self.started:
+            self.infos = self.pool.start()
+            self.started = True
+        info = self.infos[0][0]
+        self._set(phase="preparing the request")
+        totals = self.pool.run("prepare", request, args)[0]
+        self._set(phase="computing b")
+        changed = torch.stack([g.double() for g in self.pool.run("changed_gradient")]).sum(0)
+        b = rhs_from_gradient(changed, info["theta"], totals["weight_before"],
+                              totals["weight_after"], info["weight_decay"])
+        damping = erase_damping(args, info["weight_decay"])
+        scale = 1.0 / totals["hessian_weight"]
+        vector_dtype = info["dtype"]  # the adapter's: what the HVP computes in anyway
+        timings: list[float] = []
+        resumed_at: list[int] = []
+
+        def solve(kind: str) -> CGResult:
+            checkpoint = CheckpointFile(self.checkpoint_dir, solve_key(b, kind, damping, args))
+            state = checkpoint.load()
+            if state is not None:
+                resumed_at.append(state.iterations)
+
+            def matvec(v: torch.Tensor) -> torch.Tensor:
+                t = time.perf_counter()
+                ref = ray.put(v.to(vector_dtype))  # published once, read by every rank
+                parts = self.pool.run("hvp", kind, ref)
+                timings.append(time.perf_counter() - t)
+                return torch.stack([p.double() for p in parts]).sum(0) * scale
+
+            def report(iteration: int, residual: float) -> None:
+                self._set(phase="CG", hvp=kind, iteration=iteration, residual=residual,
+                          max_iter=args.max_iter)
+
+            def save(cg_state: CGState) -> None:
+                checkpoint.save(cg_state)
+                self.iterations_here += 1
+                check_all(self.faults, "aggregator", "iteration", self.iterations_here)
+
+            return conjugate_gradient(matvec, b, damping=damping, tol=args.tol,
+                                      max_iter=args.max_iter, callback=report, start=state,
+                                      checkpoint=save)
+
+        self._set(phase="CG", hvp=args.hvp, iteration=0, residual=1.0, max_iter=args.max_iter)
+        cg, hvp = solve_with_policy(solve, args)
+        self._set(phase="done")
+        d = b.numel()
+        return {
+            "delta": cg.x, "cg": cg, "hvp": hvp, "rhs_norm": float(b.norm()),
+            "damping": damping, "hessian_rows": totals["hessian_rows"],
+            "keys": info["keys"], "shapes": info["shapes"], "theta": info["theta"],
+            "group_restarts": list(self.pool.restarts), "resumed_at_iteration": resumed_at,
+            "seconds_per_hvp": timings, "seconds": time.perf_counter() - start,
+            # v out once, one group total back per group
+            "bytes_per_iteration": d * vector_dtype.itemsize * (1 + len(self.pool.groups)),
+            "partition": [[i["partition"] for i in group] for group in self.infos],
+        }
+
+    def losses(self, ids: list[str]) -> dict[str, float]:
+        merged: dict[str, float] = {}
+        for part in self.pool.run("losses", list(ids)):
+            merged.update(part)
+        return merged
+
+    def shutdown(self) -> None:
+        self.pool.stop()

@@ -1,0 +1,111 @@
+"""What one rank of a worker group does, as a plain class (the Ray actor only hosts it).
+
+A :class:`ShardWorker` runs inside a process that has joined its group's torch.distributed
+group. It loads the base, partitions it with ZeRO-3 over the group, attaches the adapter
+(whole on every rank), reads the training set itself, and answers sums over its share of
+the rows: gradients (for b), HVPs (for CG) and losses. Every sum is all-reduced within the
+group, so each rank returns the group's total; the caller keeps rank 0's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .adapters import check_fitted_on, file_key, load_adapter
+from .arguments import EraseArguments
+from .curvature import hessian_vector_product
+from .data import read_examples
+from .errors import EraserError
+from .influence import hessian_subset
+from .models import load_base
+from .objective import gradient_sum, loss_values
+from .requests import apply_request, parse_request
+from .sharding import RankPlace, rank_rows
+from .zero import all_gather, all_reduce_sum, base_dtype, partition_base, partition_report
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What every rank loads: the base (and its dtype), the adapter and the training set.
+
+    Paths are those of the worker's node (shared storage on a cluster).
+    """
+
+    base: str
+    adapter: str
+    data: str
+    base_dtype: str = "float32"
+
+
+class ShardWorker:
+    def __init__(self, spec: WorkerSpec, place: RankPlace):
+        self.place = place
+        base = load_base(spec.base, base_dtype(spec.base_dtype))
+        # The engine owns the partitioning hooks; it must live as long as the model.
+        self.engine = partition_base(base.model)
+        self.model, self.meta = load_adapter(base, spec.adapter)
+        self.examples = read_examples(spec.data)
+        check_fitted_on(self.meta, spec.adapter, spec.data, self.examples)
+        self.args = EraseArguments()
+        self.edited = None
+
+    def info(self) -> dict[str, Any]:
+        """The adapter's layout and Θ̂ (CPU float64), and what this rank holds of the base."""
+        return {
+            "keys": [file_key(n) for n in self.model.names],
+            "shapes": [tuple(p.shape) for p in self.model.params],
+            "theta": self.model.get_flat().double().cpu(),
+            "dtype": self.model.dtype,
+            "weight_decay": self.meta.weight_decay,
+            "n_train": len(self.examples),
+            "partition": partition_report(self.model.peft_model),
+        }
+
+    def prepare(self, request: dict[str, Any], args: EraseArguments) -> dict[str, float]:
+        """Build this rank's rows for one request: its share of the changed rows and of H's."""
+        if args.hvp == "exact":
+            raise EraserError("--hvp exact needs double backward, which does not work on a "
+                              "ZeRO-3-partitioned base; use --hvp fd or ggn")
+        self.args = args
+        self.edited = apply_request(parse_request(request), self.examples)
+        self.rhs_rows = rank_rows(self.edited.changed_rows, -self.edited.weight_changes,
+                                  self.place)
+        rows, weights = hessian_subset(self.edited, args.curvature, args.hessian_samples,
+                                       args.seed)
+        self.hessian_rows = rank_rows(rows, weights, self.place)
+        return {"weight_before": self.edited.weight_before,
+                "weight_after": self.edited.weight_after,
+                "hessian_rows": len(rows), "hessian_weight": float(weights.sum())}
+
+    def _edited(self):
+        if self.edited is None:
+            raise RuntimeError("prepare() a request first")
+        return self.edited
+
+    def changed_gradient(self) -> torch.Tensor:
+        """−Σ Δw_i G_i over the group's changed rows [d] (CPU, the adapter's dtype)."""
+        self._edited()
+        g = gradient_sum(self.model, *self.rhs_rows, self.args.batch_size)
+        return all_reduce_sum(g).cpu()
+
+    def hvp(self, kind: str, v: torch.Tensor) -> torch.Tensor:
+        """Σ_i w_i ∇²L_i v over the group's Hessian rows [d] (CPU, the adapter's dtype)."""
+        self._edited()
+        product = hessian_vector_product(kind, self.model, *self.hessian_rows,
+                                         self.args.batch_size, self.args.fd_step)
+        return all_reduce_sum(product(v)).cpu()
+
+    def losses(self, ids: list[str]) -> dict[str, float]:
+        """L_i(Θ) of the group's rows among ``ids`` (all ranks of the group must call)."""
+        wanted = set(ids)
+        rows = [e for e in self.examples if e.id in wanted]
+        mine, weights = rank_rows(rows, torch.ones(len(rows)), self.place)
+        values = loss_values(self.model, mine, self.args.batch_size)
+        local = {r.id: float(v) for r, v, w in zip(mine, values, weights, strict=True) if w > 0}
+        merged: dict[str, float] = {}
+        for part in all_gather(local):
+            merged.update(part)
+        return merged
