@@ -14,12 +14,14 @@ from .arguments import (
     CURVATURE_DATA,
     HVP_KINDS,
     NEGATIVE_CURVATURE_POLICIES,
+    DistributedArguments,
     EraseArguments,
     LoraArguments,
     TrainArguments,
 )
 from .errors import EraserError
 from .plan import PlanArguments
+from .zero import BACKENDS, BASE_DTYPES
 
 
 def _targets(text: str) -> tuple[str, ...]:
@@ -64,13 +66,22 @@ def cmd_train(ns: argparse.Namespace) -> None:
 def cmd_erase(ns: argparse.Namespace) -> None:
     from . import api
 
+    distributed = None
+    if ns.workers is not None or ns.group_size is not None or ns.address is not None:
+        distributed = DistributedArguments(
+            workers=ns.workers or 1, group_size=ns.group_size or 1, address=ns.address,
+            backend=ns.backend, base_dtype=ns.base_dtype,
+            max_group_restarts=ns.max_group_restarts,
+        )
+    # Exact HVPs need double backward, which a ZeRO-3-partitioned base does not allow.
+    hvp = ns.hvp or ("exact" if distributed is None else "fd")
     args = EraseArguments(
-        hvp=ns.hvp, curvature=ns.curvature, on_negative_curvature=ns.on_negative_curvature,
+        hvp=hvp, curvature=ns.curvature, on_negative_curvature=ns.on_negative_curvature,
         damping=ns.damping, tol=ns.tol, max_iter=ns.max_iter,
         hessian_samples=ns.hessian_samples, batch_size=ns.batch_size, seed=ns.seed,
     )
     report = api.erase(ns.base, ns.adapter, ns.data, ns.request, ns.out, args,
-                       overwrite=ns.overwrite, progress=not ns.quiet)
+                       overwrite=ns.overwrite, progress=not ns.quiet, distributed=distributed)
     if ns.json:
         _print_json(report)
         return
@@ -156,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", required=True, help="adapter trained on --data")
     p.add_argument("--request", required=True, help="request JSON (remove / modify_query / "
                    "correct_response)")
-    p.add_argument("--hvp", choices=HVP_KINDS, default=EraseArguments.hvp)
+    p.add_argument("--hvp", choices=HVP_KINDS, default=None,
+                   help="HVP back-end; default: exact in one process, fd with --workers")
     p.add_argument("--curvature", choices=CURVATURE_DATA, default=EraseArguments.curvature,
                    help="Hessian of the original objective (PD at a converged adapter) or of "
                    "the edited one")
@@ -173,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="estimate H on this many rows (seeded); default: all")
     p.add_argument("--batch-size", type=int, default=EraseArguments.batch_size)
     p.add_argument("--seed", type=int, default=0)
+    d = DistributedArguments()
+    g = p.add_argument_group("distributed engine (Ray worker groups on a ZeRO-3 base)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="worker groups side by side (data parallel); enables the engine")
+    g.add_argument("--group-size", type=int, default=None,
+                   help="ranks per group that share one partitioned base")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster to join (e.g. auto); default: start a local one")
+    g.add_argument("--backend", choices=BACKENDS, default=d.backend)
+    g.add_argument("--base-dtype", choices=tuple(BASE_DTYPES), default=d.base_dtype)
+    g.add_argument("--max-group-restarts", type=int, default=d.max_group_restarts)
     p.set_defaults(func=cmd_erase)
 
     p = sub.add_parser("eval", help="mean and per-id response loss of an adapter")

@@ -1,0 +1,201 @@
+"""The distributed engine on a local Ray cluster: 2 groups × 2 ranks, tiny-llama, gloo.
+
+One module-scoped cluster and adapter; each erase starts its own aggregator and groups.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import ray
+import torch
+from conftest import word_rows
+
+from actors import driver
+from actors.faults import FaultPlan
+from actors.replica import ServingReplica, broadcast_delta
+from eraser_dist import api
+from eraser_dist.adapters import adapter_version, load_adapter, read_delta
+from eraser_dist.arguments import (
+    DistributedArguments,
+    EraseArguments,
+    LoraArguments,
+    TrainArguments,
+)
+from eraser_dist.data import Example, write_examples
+from eraser_dist.errors import EraserError
+from eraser_dist.models import load_base
+from eraser_dist.objective import loss_values
+from eraser_dist.sharding import RankPlace, owner, rank_rows
+
+REQUESTS = {
+    "remove": {"kind": "remove", "ids": ["r1", "r5", "r6"]},
+    "modify_query": {"kind": "modify_query", "edits": [{"id": "r2", "query": "rev gnu"},
+                                                       {"id": "r9", "query": "rev koi"}]},
+    "correct_response": {"kind": "correct_response",
+                         "edits": [{"id": "r3", "response": "xyz"}]},
+}
+ARGS = EraseArguments(hvp="ggn", max_iter=8, tol=1e-8, batch_size=4)
+TWO_BY_TWO = DistributedArguments(workers=2, group_size=2, collective_timeout_s=60)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    write_examples(root / "train.parquet", word_rows(16))
+    api.train("tiny-llama", root / "train.parquet", root / "adapter", LoraArguments(rank=2),
+              TrainArguments(epochs=2, max_length=64), progress=False)
+    for kind, request in REQUESTS.items():
+        (root / f"{kind}.json").write_text(json.dumps(request))
+    return root
+
+
+def run_erase(root, kind, out, args=ARGS, distributed=TWO_BY_TWO):
+    api.erase("tiny-llama", root / "adapter", root / "train.parquet", root / f"{kind}.json",
+              root / out, args, progress=False, distributed=distributed)
+    return delta_vector(root / out)
+
+
+def delta_vector(adapter_dir) -> torch.Tensor:
+    delta = read_delta(adapter_dir)[0]
+    return torch.cat([delta[k].reshape(-1) for k in sorted(delta)])
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_rank_rows_cover_each_row_once_and_pad_to_equal_length():
+    rows = word_rows(23)
+    weights = torch.arange(1.0, 24.0, dtype=torch.float64)
+    seen: dict[str, float] = {}
+    for g in range(3):
+        parts = [rank_rows(rows, weights, RankPlace(g, 3, r, 2)) for r in range(2)]
+        assert len({len(p[0]) for p in parts}) == 1  # same batch count on every rank
+        for part_rows, part_weights in parts:
+            for row, w in zip(part_rows, part_weights, strict=True):
+                assert owner(row.id, 3) == g
+                if w > 0:
+                    assert row.id not in seen
+                    seen[row.id] = float(w)
+    assert seen == {r.id: float(w) for r, w in zip(rows, weights, strict=True)}
+
+
+@pytest.mark.parametrize("kind", sorted(REQUESTS))
+def test_distributed_delta_equals_single_process(cluster, fitted, kind):
+    single = run_erase(fitted, kind, f"single-{kind}", distributed=None)
+    distributed = run_erase(fitted, kind, f"dist-{kind}")
+    assert rel(distributed, single) <= 1e-3
+    report = json.loads((fitted / f"dist-{kind}" / "erase_report.json").read_text())
+    assert report["workers"] == 2 and report["group_size"] == 2
+    assert report["group_restarts"] == [0, 0]
+    # Only adapter-sized vectors move: v out once, one total back per group.
+    assert report["bytes_per_iteration"] == 3 * 4 * single.numel()
+
+
+def test_fd_backend_matches_single_process(cluster, fitted):
+    args = EraseArguments(hvp="fd", damping=20.0, max_iter=6, tol=1e-8, batch_size=4)
+    single = run_erase(fitted, "remove", "single-fd", args, distributed=None)
+    distributed = run_erase(fitted, "remove", "dist-fd", args)
+    assert rel(distributed, single) <= 1e-3
+
+
+def test_ranks_hold_only_their_partition_and_whole_lora(cluster, fitted, tmp_path):
+    found = driver.distributed_erase(
+        spec_for(fitted), REQUESTS["remove"], EraseArguments(hvp="ggn", max_iter=1),
+        DistributedArguments(workers=1, group_size=2), str(tmp_path / "ckpt"), progress=False)
+    ranks = found["partition"][0]
+    assert len(ranks) == 2
+    lora_numel = sum(math.prod(s) for s in found["shapes"])
+    for report in ranks:
+        base = [p for p in report if not p["trainable"]]
+        lora = [p for p in report if p["trainable"]]
+        assert base and all(p["partitioned"] for p in base)
+        assert all(p["local_numel"] == -(-p["numel"] // 2) for p in base)
+        assert sum(p["local_numel"] for p in base) < 0.51 * sum(p["numel"] for p in base)
+        assert not any(p["partitioned"] for p in lora)
+        assert sum(p["local_numel"] for p in lora) == lora_numel
+
+
+def spec_for(root):
+    from eraser_dist.shard_worker import WorkerSpec
+
+    return WorkerSpec("tiny-llama", str(root / "adapter"), str(root / "train.parquet"))
+
+
+def with_faults(monkeypatch, *plans):
+    original = driver.distributed_erase
+
+    def faulty(*args, **kwargs):
+        return original(*args, **kwargs, faults=plans)
+
+    monkeypatch.setattr(driver, "distributed_erase", faulty)
+
+
+def test_killed_worker_is_restarted_and_gives_the_fault_free_delta(
+        cluster, fitted, tmp_path, monkeypatch):
+    clean = run_erase(fitted, "remove", "clean-worker")
+    with_faults(monkeypatch, FaultPlan("worker 1.1", "hvp", 3, 1, str(tmp_path)))
+    recovered = run_erase(fitted, "remove", "killed-worker")
+    report = json.loads((fitted / "killed-worker" / "erase_report.json").read_text())
+    assert report["group_restarts"] == [0, 1]
+    assert len(list(tmp_path.glob("death-*"))) == 1
+    assert rel(recovered, clean) <= 1e-10
+
+
+def test_killed_aggregator_resumes_from_its_checkpoint(cluster, fitted, tmp_path, monkeypatch):
+    clean = run_erase(fitted, "modify_query", "clean-aggregator")
+    with_faults(monkeypatch, FaultPlan("aggregator", "iteration", 3, 1, str(tmp_path)))
+    recovered = run_erase(fitted, "modify_query", "killed-aggregator")
+    report = json.loads((fitted / "killed-aggregator" / "erase_report.json").read_text())
+    assert report["resumed_at_iteration"] == [3]
+    assert report["cg_iterations"] == ARGS.max_iter
+    assert rel(recovered, clean) <= 1e-10
+    assert not (fitted / ".killed-aggregator.cg-checkpoint").exists()
+
+
+def test_permanently_failing_worker_ends_with_a_clear_error_and_publishes_nothing(
+        cluster, fitted, tmp_path, monkeypatch):
+    with_faults(monkeypatch, FaultPlan("worker 0.0", "hvp", 2, 100, str(tmp_path)))
+    distributed = DistributedArguments(workers=2, group_size=2, max_group_restarts=1,
+                                       collective_timeout_s=60)
+    with pytest.raises(EraserError, match="worker group 0.*failed 2 times.*nothing was publ"):
+        run_erase(fitted, "remove", "never", distributed=distributed)
+    assert not (fitted / "never").exists()
+    assert not [p for p in fitted.iterdir() if p.name.startswith(".never.tmp")]
+
+
+def test_exact_hvp_is_refused_on_a_partitioned_base(cluster, fitted):
+    with pytest.raises(EraserError, match="exact.*ZeRO-3.*fd or ggn"):
+        run_erase(fitted, "remove", "exact", args=EraseArguments(hvp="exact"))
+    assert not (fitted / "exact").exists()
+
+
+def test_replica_after_broadcast_answers_as_the_published_adapter(cluster, fitted):
+    out = fitted / "served"
+    run_erase(fitted, "correct_response", "served")
+    replicas = [ServingReplica.remote("tiny-llama", str(fitted / "adapter")) for _ in range(2)]
+    rows = [{"id": "r3", "query": "rev elk", "response": "xyz"},
+            {"id": "r4", "query": "rev bee", "response": "eeb"}]
+    before = ray.get(replicas[0].losses.remote(rows))
+    assert broadcast_delta(replicas, str(out)) == [adapter_version(out)] * 2
+    after = ray.get([r.losses.remote(rows) for r in replicas])
+    local, _ = load_adapter(load_base("tiny-llama"), out)
+    published = loss_values(local, [Example(**r) for r in rows], 8).tolist()
+    for losses in after:
+        assert losses == pytest.approx(published, rel=1e-6, abs=1e-7)
+    assert after[0] != pytest.approx(before, rel=1e-4)
+    assert ray.get(replicas[0].generate.remote("rev elk", 8)) == local.generate("rev elk", 8)
+    # A replica refuses a delta that was computed from another version.
+    with pytest.raises(EraserError, match="delta is for adapter version"):
+        broadcast_delta(replicas[:1], str(out))
