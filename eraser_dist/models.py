@@ -144,12 +144,14 @@ def smollm2_dir() -> Path:
 
 
 def base_fingerprint(model: torch.nn.Module) -> str:
-    """Hash of the architecture and a sample of the input embeddings."""
+    """Hash of the architecture and a sample of the input embeddings (dtype-independent)."""
     cfg = model.config
     keys = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers",
             "num_attention_heads", "num_key_value_heads", "intermediate_size")
     arch = {k: getattr(cfg, k, None) for k in keys}
-    sample = model.get_input_embeddings().weight.detach()[:8].double().sum(dim=1)
+    # Rounded to bf16 first, so that a bf16 copy of the same weights has the same print.
+    sample = model.get_input_embeddings().weight.detach()[:8].to(torch.bfloat16)
+    sample = sample.double().sum(dim=1)
     payload = json.dumps(arch, sort_keys=True) + repr([round(float(x), 6) for x in sample])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
