@@ -124,7 +124,9 @@ class Aggregator:
                                       checkpoint=save)
 
         self._set(phase="CG", hvp=args.hvp, iteration=0, residual=1.0, max_iter=args.max_iter)
+        cg_start = time.perf_counter()
         cg, hvp = solve_with_policy(solve, args)
+        cg_seconds = time.perf_counter() - cg_start
         self._set(phase="done")
         d = b.numel()
         return {
@@ -132,11 +134,17 @@ class Aggregator:
             "damping": damping, "hessian_rows": totals["hessian_rows"],
             "keys": info["keys"], "shapes": info["shapes"], "theta": info["theta"],
             "group_restarts": list(self.pool.restarts), "resumed_at_iteration": resumed_at,
-            "seconds_per_hvp": timings, "seconds": time.perf_counter() - start,
+            "seconds_per_hvp": timings, "cg_seconds": cg_seconds,
+            "seconds": time.perf_counter() - start,
             # v out once, one group total back per group
             "bytes_per_iteration": d * vector_dtype.itemsize * (1 + len(self.pool.groups)),
             "partition": [[i["partition"] for i in group] for group in self.infos],
         }
+
+    def memory(self) -> list[list[dict[str, int]]]:
+        """Every rank's ShardWorker.memory(), per group."""
+        return [ray.get([rank.memory.remote() for rank in group.ranks])
+                for group in self.pool.groups]
 
     def losses(self, ids: list[str]) -> dict[str, float]:
         merged: dict[str, float] = {}

@@ -47,3 +47,7 @@ class WorkerRank:
                   self.calls[method])
         result = getattr(self.worker, method)(*args)
         return result if self.place.rank == 0 else None
+
+    def memory(self) -> dict[str, int]:
+        """This rank's own figures (no collective, unlike ``call``)."""
+        return self.worker.memory()

@@ -98,6 +98,21 @@ class ShardWorker:
                                          self.args.batch_size, self.args.fd_step)
         return all_reduce_sum(product(v)).cpu()
 
+    def memory(self) -> dict[str, int]:
+        """This rank's bytes: base weights it holds, its process's resident set now and peak.
+
+        The peak includes loading: the base is read whole, then partitioned.
+        """
+        import resource
+
+        import psutil
+
+        held = sum(p["local_numel"] for p in partition_report(self.model.peft_model)
+                   if not p["trainable"]) * self.model.compute_dtype.itemsize
+        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {"base_bytes_held": held, "rss_bytes": psutil.Process().memory_info().rss,
+                "peak_rss_bytes": peak_kib * 1024}
+
     def losses(self, ids: list[str]) -> dict[str, float]:
         """L_i(Θ) of the group's rows among ``ids`` (all ranks of the group must call)."""
         wanted = set(ids)
