@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from eraser_dist.arguments import DistributedArguments, EraseArguments
 from eraser_dist.errors import EraserError
 from eraser_dist.shard_worker import WorkerSpec
-from eraser_dist.zero import base_dtype, choose_backend
+from eraser_dist.zero import BACKENDS, base_dtype, choose_backend
 
 from .aggregator import Aggregator
 from .cluster import connect
@@ -35,6 +35,8 @@ def check_distributed_arguments(dist: DistributedArguments, args: EraseArguments
     if dist.max_group_restarts < 0 or dist.max_aggregator_restarts < 0:
         raise EraserError("restart limits must not be negative")
     base_dtype(dist.base_dtype)
+    if dist.backend not in BACKENDS:
+        raise EraserError(f"unknown backend {dist.backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
 def layout_for(dist: DistributedArguments) -> GroupLayout:

@@ -69,7 +69,8 @@ def cmd_erase(ns: argparse.Namespace) -> None:
     distributed = None
     if ns.workers is not None or ns.group_size is not None or ns.address is not None:
         distributed = DistributedArguments(
-            workers=ns.workers or 1, group_size=ns.group_size or 1, address=ns.address,
+            workers=1 if ns.workers is None else ns.workers,
+            group_size=1 if ns.group_size is None else ns.group_size, address=ns.address,
             backend=ns.backend, base_dtype=ns.base_dtype,
             max_group_restarts=ns.max_group_restarts,
         )

@@ -133,7 +133,8 @@ def smollm2_dir() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
     try:
-        model.save_pretrained(tmp)
+        # Shards of ≤ 100 MB: ZeRO-3 ranks load one shard at a time into their partitions.
+        model.save_pretrained(tmp, max_shard_size="100MB")
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
     except OSError:
@@ -149,9 +150,12 @@ def base_fingerprint(model: torch.nn.Module) -> str:
     keys = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers",
             "num_attention_heads", "num_key_value_heads", "intermediate_size")
     arch = {k: getattr(cfg, k, None) for k in keys}
-    # Rounded to bf16 first, so that a bf16 copy of the same weights has the same print.
-    sample = model.get_input_embeddings().weight.detach()[:8].to(torch.bfloat16)
-    sample = sample.double().sum(dim=1)
+    from .zero import gathered
+
+    weight = model.get_input_embeddings().weight
+    with gathered([weight]):  # a base loaded straight into ZeRO-3 partitions
+        # Rounded to bf16 first, so that a bf16 copy of the same weights has the same print.
+        sample = weight.detach()[:8].to(torch.bfloat16).double().sum(dim=1)
     payload = json.dumps(arch, sort_keys=True) + repr([round(float(x), 6) for x in sample])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

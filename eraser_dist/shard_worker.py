@@ -24,7 +24,14 @@ from .models import load_base
 from .objective import gradient_sum, loss_values
 from .requests import apply_request, parse_request
 from .sharding import RankPlace, rank_rows
-from .zero import all_gather, all_reduce_sum, base_dtype, partition_base, partition_report
+from .zero import (
+    all_gather,
+    all_reduce_sum,
+    base_dtype,
+    partition_base,
+    partition_report,
+    partitioned_loading,
+)
 
 
 @dataclass(frozen=True)
@@ -43,8 +50,11 @@ class WorkerSpec:
 class ShardWorker:
     def __init__(self, spec: WorkerSpec, place: RankPlace):
         self.place = place
-        base = load_base(spec.base, base_dtype(spec.base_dtype))
-        # The engine owns the partitioning hooks; it must live as long as the model.
+        dtype = base_dtype(spec.base_dtype)
+        # Both must live as long as the model: the first makes a Hugging Face checkpoint load
+        # straight into partitions, the engine owns the hooks that gather them per layer.
+        self.loading = partitioned_loading(dtype)
+        base = load_base(spec.base, dtype)
         self.engine = partition_base(base.model)
         self.model, self.meta = load_adapter(base, spec.adapter)
         self.examples = read_examples(spec.data)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -81,6 +82,30 @@ def zero3_config(dtype: torch.dtype) -> dict[str, Any]:
         },
         "bf16": {"enabled": dtype == torch.bfloat16},
     }
+
+
+def partitioned_loading(dtype: torch.dtype) -> Any:
+    """An object that, while alive, makes ``from_pretrained`` build the model inside
+    ``deepspeed.zero.Init`` and load each checkpoint shard straight into the partitions, so a
+    rank never holds the whole base (at 70B: 17 GB per rank over 8, not 138 GB each).
+
+    Keep it alive as long as the model: transformers looks it up through a weak reference.
+    """
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(zero3_config(dtype))
+
+
+@contextmanager
+def gathered(params: list[torch.nn.Parameter]):
+    """The full values of possibly partitioned parameters, for reading inside the block."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params):
+        yield
 
 
 def partition_base(model: torch.nn.Module) -> Any:

@@ -1,8 +1,12 @@
-"""Run ``eraser erase`` as a Ray job: ``ray job submit --working-dir . -- python -m
-launch.erase_job --base B --adapter A --data D --request R --out O [erase options]``.
+"""Run ``eraser erase`` as a Ray job on the cluster it is submitted to::
 
-The job's driver runs the erase on the node Ray placed it on (the single-process engine);
-paths are those of that node, e.g. shared storage mounted on every node.
+    ray job submit --address http://HEAD:8265 --working-dir . -- python -m launch.erase_job \\
+        --base B --adapter A --data D --request R --out O --workers G --group-size K \\
+        --address auto [--base-dtype bfloat16] [erase options]
+
+With ``--workers``/``--group-size`` the erase runs on the distributed engine (worker groups
+on a ZeRO-3-partitioned base, an aggregator running CG); without them, in the job's driver
+process. Paths are those of the nodes: shared storage mounted on every node.
 """
 
 import sys

@@ -344,6 +344,15 @@ def _request_case(obj):
     return build
 
 
+def _distributed_case(*options):
+    def build(ctx):
+        request = write_request(ctx.tmp, {"kind": "remove", "ids": ["r1"]})
+        argv = erase_argv("tiny-llama", ctx.work.adapter, ctx.work.data, request, ctx.out,
+                          "--quiet", *options)
+        return argv, [ctx.work.adapter, ctx.work.data, request]
+    return build
+
+
 def _data_case(columns):
     def build(ctx):
         import pyarrow as pa
@@ -466,6 +475,13 @@ MISTAKES = {
                                 "has rank 8 on q_proj,v_proj; it cannot be trained as rank 4"),
     "init-adapter-other-targets": (_init_adapter_case(["--targets", "q_proj,k_proj"]),
                                    "cannot be trained as rank 8 on q_proj,k_proj"),
+    "distributed-exact-hvp": (_distributed_case("--workers", "2", "--hvp", "exact"),
+                              "exact needs double backward.*ZeRO-3.*use --hvp fd or ggn"),
+    "distributed-zero-workers": (_distributed_case("--workers", "0"),
+                                 "--workers and --group-size must be at least 1, got 0 and 1"),
+    "distributed-negative-restarts": (
+        _distributed_case("--group-size", "2", "--max-group-restarts", "-1"),
+        "restart limits must not be negative"),
 }
 
 
@@ -473,7 +489,8 @@ MISTAKES = {
 FOUND_BEFORE_LOADING = {"unknown-ids", "duplicate-ids", "edit-equals-original",
                         "edit-query-equals-original", "empty-ids", "empty-edits", "empty-file",
                         "invalid-json", "unknown-kind", "remove-everything", "missing-columns",
-                        "duplicate-rows", "not-parquet"}
+                        "duplicate-rows", "not-parquet", "distributed-exact-hvp",
+                        "distributed-zero-workers", "distributed-negative-restarts"}
 
 
 def forbid_model_loading(monkeypatch) -> None:
