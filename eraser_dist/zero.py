@@ -79,6 +79,13 @@ def zero3_config(dtype: torch.dtype) -> dict[str, Any]:
             # Partition every base tensor, norms included: only the LoRA weights (attached
             # afterwards, outside DeepSpeed) are whole on each rank.
             "stage3_param_persistence_threshold": 0,
+            # Release each layer's gathered weights after use. DeepSpeed's defaults (1e9 live
+            # parameters, reuse distance 1e9) keep a whole small model gathered, so a rank's
+            # memory would not fall with the group size; the fd and GGN passes never reuse a
+            # layer soon enough to gain from keeping it.
+            "stage3_max_live_parameters": 1e8,
+            "stage3_max_reuse_distance": 0,
+            "stage3_prefetch_bucket_size": 1e7,
         },
         "bf16": {"enabled": dtype == torch.bfloat16},
     }

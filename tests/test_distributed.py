@@ -199,3 +199,23 @@ def test_replica_after_broadcast_answers_as_the_published_adapter(cluster, fitte
     # A replica refuses a delta that was computed from another version.
     with pytest.raises(EraserError, match="delta is for adapter version"):
         broadcast_delta(replicas[:1], str(out))
+
+
+def test_cli_runs_the_distributed_engine_in_a_fresh_process(cluster, fitted):
+    """``eraser erase --workers 1 --group-size 2`` from a shell: Ray is started (or found) by
+    the command itself, and the result equals the in-process one."""
+    import subprocess
+    import sys
+
+    in_process = run_erase(fitted, "remove", "cli-reference")
+    argv = [sys.executable, "-m", "eraser_dist.cli", "erase", "--base", "tiny-llama",
+            "--adapter", str(fitted / "adapter"), "--data", str(fitted / "train.parquet"),
+            "--request", str(fitted / "remove.json"), "--out", str(fitted / "cli-out"),
+            "--hvp", "ggn", "--max-iter", str(ARGS.max_iter), "--tol", str(ARGS.tol),
+            "--batch-size", str(ARGS.batch_size), "--workers", "1", "--group-size", "2",
+            "--quiet", "--json"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert (report["workers"], report["group_size"]) == (1, 2)
+    assert rel(delta_vector(fitted / "cli-out"), in_process) <= 1e-3
