@@ -97,6 +97,9 @@ def cmd_erase(ns: argparse.Namespace) -> None:
     elif report["negative_curvature"]:
         print("warning: the Hessian has negative curvature; CG stopped early and the result is "
               "the truncated iterate (try --hvp ggn or a larger --damping)", file=sys.stderr)
+    if report.get("base_dtype") == "bfloat16" and report["hvp_used"] == "ggn":
+        print("warning: Gauss-Newton products on a bf16 base are noisy (24% off fp32 on "
+              "SmolLM2-135M, bench/bf16_hvp.py); fd was 6.7% off", file=sys.stderr)
 
 
 def cmd_eval(ns: argparse.Namespace) -> None:
