@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from eraser_dist.arguments import DistributedArguments, EraseArguments
 from eraser_dist.errors import EraserError
 from eraser_dist.shard_worker import WorkerSpec
-from eraser_dist.zero import BACKENDS, base_dtype, choose_backend
+from eraser_dist.zero import BACKENDS, base_dtype, check_hvp_supported, local_backend
 
 from .aggregator import Aggregator
 from .cluster import connect
@@ -24,9 +24,7 @@ from .group import GroupLayout
 
 
 def check_distributed_arguments(dist: DistributedArguments, args: EraseArguments) -> None:
-    if args.hvp == "exact":
-        raise EraserError("--hvp exact needs double backward, which does not work on a "
-                          "ZeRO-3-partitioned base; use --hvp fd or ggn with --workers")
+    check_hvp_supported(args.hvp)
     if dist.workers < 1 or dist.group_size < 1:
         raise EraserError(f"--workers and --group-size must be at least 1, got "
                           f"{dist.workers} and {dist.group_size}")
@@ -42,7 +40,7 @@ def check_distributed_arguments(dist: DistributedArguments, args: EraseArguments
 def layout_for(dist: DistributedArguments) -> GroupLayout:
     # The backend is chosen where the ranks run: a GPU-less driver may drive GPU workers.
     backend = dist.backend if dist.backend != "auto" else (
-        "nccl" if (dist.gpus_per_rank or 0) > 0 else choose_backend("auto"))
+        "nccl" if (dist.gpus_per_rank or 0) > 0 else local_backend())
     gpus = dist.gpus_per_rank if dist.gpus_per_rank is not None else (
         1.0 if backend == "nccl" else 0.0)
     return GroupLayout(dist.workers, dist.group_size, backend, dist.cpus_per_rank, gpus,

@@ -143,9 +143,8 @@ def erase(
         keys, shapes = [file_key(n) for n in model.names], [p.shape for p in model.params]
         theta, extra = model.get_flat().double(), {}
     else:
-        from actors.driver import check_distributed_arguments, distributed_erase
+        from actors.driver import distributed_erase
 
-        check_distributed_arguments(distributed, args)
         checkpoints = distributed.checkpoint_dir or str(
             Path(out).parent / f".{Path(out).name}.cg-checkpoint")
         spec = WorkerSpec(base, str(Path(adapter).resolve()), str(Path(data).resolve()),

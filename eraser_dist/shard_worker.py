@@ -18,7 +18,6 @@ from .adapters import check_fitted_on, file_key, load_adapter
 from .arguments import EraseArguments
 from .curvature import hessian_vector_product
 from .data import read_examples
-from .errors import EraserError
 from .influence import hessian_subset
 from .models import load_base
 from .objective import gradient_sum, loss_values
@@ -28,6 +27,7 @@ from .zero import (
     all_gather,
     all_reduce_sum,
     base_dtype,
+    check_hvp_supported,
     partition_base,
     partition_report,
     partitioned_loading,
@@ -76,9 +76,7 @@ class ShardWorker:
 
     def prepare(self, request: dict[str, Any], args: EraseArguments) -> dict[str, float]:
         """Build this rank's rows for one request: its share of the changed rows and of H's."""
-        if args.hvp == "exact":
-            raise EraserError("--hvp exact needs double backward, which does not work on a "
-                              "ZeRO-3-partitioned base; use --hvp fd or ggn")
+        check_hvp_supported(args.hvp)
         self.args = args
         self.edited = apply_request(parse_request(request), self.examples)
         self.rhs_rows = rank_rows(self.edited.changed_rows, -self.edited.weight_changes,

@@ -25,15 +25,16 @@ BACKENDS = ("auto", "gloo", "nccl")
 BASE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
-def choose_backend(requested: str) -> str:
-    """``auto`` → NCCL when this process sees a GPU, gloo otherwise."""
-    if requested not in BACKENDS:
-        raise EraserError(f"unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
-    if requested == "auto":
-        return "nccl" if torch.cuda.is_available() else "gloo"
-    if requested == "nccl" and not torch.cuda.is_available():
-        raise EraserError("backend nccl needs a GPU on every worker; this one has none")
-    return requested
+def local_backend() -> str:
+    """What ``auto`` means in this process: NCCL when it sees a GPU, gloo otherwise."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def check_hvp_supported(kind: str) -> None:
+    """Refuse the HVP back-end that cannot run on a ZeRO-3-partitioned base."""
+    if kind == "exact":
+        raise EraserError("--hvp exact needs double backward, which does not work on a "
+                          "ZeRO-3-partitioned base; use --hvp fd or ggn")
 
 
 def base_dtype(name: str) -> torch.dtype:
