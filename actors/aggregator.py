@@ -23,11 +23,16 @@ import ray
 import torch
 
 from eraser_dist.arguments import EraseArguments
-from eraser_dist.influence import erase_damping, rhs_from_gradient, solve_with_policy
+from eraser_dist.influence import (
+    erase_damping,
+    influence_result,
+    rhs_from_gradients,
+    solve_with_policy,
+)
 from eraser_dist.shard_worker import WorkerSpec
 from eraser_dist.solve import CGResult, CGState, conjugate_gradient
 
-from .faults import FaultPlan, check_all
+from eraser_dist.faults import FaultPlan, check_all
 from .group import GroupLayout, GroupPool
 
 
@@ -49,8 +54,8 @@ class CheckpointFile:
         os.replace(tmp, self.path)
 
 
-def solve_key(b: torch.Tensor, kind: str, damping: float, args: EraseArguments) -> str:
-    h = hashlib.sha256(b.double().numpy().tobytes())
+def solve_key(rhs: torch.Tensor, kind: str, damping: float, args: EraseArguments) -> str:
+    h = hashlib.sha256(rhs.double().numpy().tobytes())
     h.update(repr((kind, damping, args.tol, args.max_iter, args.curvature,
                    args.hessian_samples, args.seed, args.fd_step, args.batch_size)).encode())
     return h.hexdigest()[:24]
@@ -78,19 +83,21 @@ class Aggregator:
         with self.lock:
             self.status = status
 
-    def erase(self, request: dict[str, Any], args: EraseArguments) -> dict[str, Any]:
-        """ΔΘ and the solver's figures for one request (a dict, as in the request file)."""
+    def erase(self, requests: list[dict[str, Any]], args: EraseArguments) -> dict[str, Any]:
+        """The InfluenceResult (ΔΘ, each request's ΔΘ_k, the solver's figures) of a batch of
+        requests (dicts, as in request files) and the adapter's layout."""
         start = time.perf_counter()
         if not self.started:
             self.infos = self.pool.start()
             self.started = True
         info = self.infos[0][0]
         self._set(phase="preparing the request")
-        totals = self.pool.run("prepare", request, args)[0]
+        totals = self.pool.run("prepare", requests, args)[0]
         self._set(phase="computing b")
         changed = torch.stack([g.double() for g in self.pool.run("changed_gradient")]).sum(0)
-        b = rhs_from_gradient(changed, info["theta"], totals["weight_before"],
-                              totals["weight_after"], info["weight_decay"])
+        parts_rhs = rhs_from_gradients(changed, info["theta"], totals["removed_weights"],
+                                       totals["weight_after"], info["weight_decay"])
+        b = parts_rhs.sum(0)
         damping = erase_damping(args, info["weight_decay"])
         scale = 1.0 / totals["hessian_weight"]
         vector_dtype = info["dtype"]  # the adapter's: what the HVP computes in anyway
@@ -98,7 +105,8 @@ class Aggregator:
         resumed_at: list[int] = []
 
         def solve(kind: str) -> CGResult:
-            checkpoint = CheckpointFile(self.checkpoint_dir, solve_key(b, kind, damping, args))
+            checkpoint = CheckpointFile(self.checkpoint_dir,
+                                        solve_key(parts_rhs, kind, damping, args))
             state = checkpoint.load()
             if state is not None:
                 resumed_at.append(state.iterations)
@@ -121,7 +129,7 @@ class Aggregator:
 
             return conjugate_gradient(matvec, b, damping=damping, tol=args.tol,
                                       max_iter=args.max_iter, callback=report, start=state,
-                                      checkpoint=save)
+                                      checkpoint=save, record=len(parts_rhs) > 1)
 
         self._set(phase="CG", hvp=args.hvp, iteration=0, residual=1.0, max_iter=args.max_iter)
         cg_start = time.perf_counter()
@@ -130,8 +138,7 @@ class Aggregator:
         self._set(phase="done")
         d = b.numel()
         return {
-            "delta": cg.x, "cg": cg, "hvp": hvp, "rhs_norm": float(b.norm()),
-            "damping": damping, "hessian_rows": totals["hessian_rows"],
+            "result": influence_result(cg, hvp, parts_rhs, damping, totals["hessian_rows"], args),
             "keys": info["keys"], "shapes": info["shapes"], "theta": info["theta"],
             "group_restarts": list(self.pool.restarts), "resumed_at_iteration": resumed_at,
             "seconds_per_hvp": timings, "cg_seconds": cg_seconds,

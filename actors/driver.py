@@ -19,7 +19,7 @@ from eraser_dist.zero import BACKENDS, base_dtype, check_hvp_supported, local_ba
 
 from .aggregator import Aggregator
 from .cluster import connect
-from .faults import FaultPlan
+from eraser_dist.faults import FaultPlan
 from .group import GroupLayout
 
 
@@ -49,14 +49,15 @@ def layout_for(dist: DistributedArguments) -> GroupLayout:
 
 def distributed_erase(
     spec: WorkerSpec,
-    request: dict[str, Any],
+    requests: list[dict[str, Any]],
     args: EraseArguments,
     dist: DistributedArguments,
     checkpoint_dir: str,
     progress: bool = True,
     faults: tuple[FaultPlan, ...] = (),
 ) -> dict[str, Any]:
-    """Run one erase on the cluster; returns the aggregator's result (ΔΘ and figures)."""
+    """Run one erase of a batch of requests on the cluster; returns the aggregator's answer
+    (``result``: the InfluenceResult, and the adapter's layout and the run's figures)."""
     check_distributed_arguments(dist, args)
     layout = layout_for(dist)
     connect(dist.address, dist.workers * dist.group_size, layout.cpus_per_rank,
@@ -66,7 +67,7 @@ def distributed_erase(
         max_task_retries=dist.max_aggregator_restarts,
     ).remote(spec, layout, checkpoint_dir, dist.max_group_restarts, faults)
     try:
-        return _follow(aggregator, aggregator.erase.remote(request, args), args, progress)
+        return _follow(aggregator, aggregator.erase.remote(requests, args), args, progress)
     finally:
         ray.kill(aggregator)  # its worker groups go with it
 

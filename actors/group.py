@@ -18,7 +18,7 @@ from eraser_dist.errors import EraserError
 from eraser_dist.shard_worker import WorkerSpec
 from eraser_dist.sharding import RankPlace
 
-from .faults import FaultPlan
+from eraser_dist.faults import FaultPlan
 from .worker import WorkerRank
 
 

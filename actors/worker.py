@@ -12,7 +12,7 @@ from eraser_dist.shard_worker import ShardWorker, WorkerSpec
 from eraser_dist.sharding import RankPlace
 from eraser_dist.zero import free_port, init_process_group, node_address
 
-from .faults import FaultPlan, check_all
+from eraser_dist.faults import FaultPlan, check_all
 
 
 @ray.remote

@@ -63,7 +63,7 @@ def erase_on(spec: WorkerSpec, request: dict, args: EraseArguments, workers: int
         spec, layout_for(dist), str(checkpoints / f"{workers}x{size}-{spec.base_dtype}"), 0)
     try:
         start = time.perf_counter()
-        found = ray.get(aggregator.erase.remote(request, args))
+        found = ray.get(aggregator.erase.remote([request], args))
         found["wall_seconds"] = time.perf_counter() - start
         found["memory"] = ray.get(aggregator.memory.remote())
         return found
@@ -87,11 +87,11 @@ def bench_base(base: str, root: Path, iterations: int) -> dict:
     out, deltas = {"base_bytes": size, "layouts": {}}, {}
     for workers, group_size in LAYOUTS:
         found = erase_on(spec, request, args, workers, group_size, root)
-        deltas[(workers, group_size)] = found["delta"]
+        deltas[(workers, group_size)] = found["result"].delta
         hvps = found["seconds_per_hvp"]
         out["layouts"][f"{workers}x{group_size}"] = {
             "groups": workers, "group_size": group_size,
-            "cg_iterations": found["cg"].iterations,
+            "cg_iterations": found["result"].cg.iterations,
             "seconds_per_hvp_median": statistics.median(hvps),
             "hvps": len(hvps),
             # one HVP per iteration; a solve that met negative curvature ends on an extra one

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,10 @@ from .arguments import (
 )
 from .data import examples_digest, read_examples
 from .errors import EraserError
-from .influence import InfluenceResult, newton_step
+from .influence import newton_step
 from .models import LoraCausalLM, attach_lora, load_base
 from .objective import loss_values
-from .requests import EraseRequest, apply_request, load_request
+from .requests import EraseRequest, apply_requests, load_request
 from .shard_worker import WorkerSpec
 from .train import train_adam
 
@@ -111,16 +112,19 @@ def erase(
     base: str,
     adapter: PathLike,
     data: PathLike,
-    request: PathLike | EraseRequest,
+    request: PathLike | EraseRequest | Sequence[EraseRequest],
     out: PathLike,
     args: EraseArguments | None = None,
     overwrite: bool = False,
     progress: bool = True,
     distributed: DistributedArguments | None = None,
 ) -> dict[str, Any]:
-    """Apply an erase request to an adapter by one influence step; publish the new adapter.
+    """Apply an erase request, or a batch of them, to an adapter by one influence step;
+    publish the new adapter.
 
-    ``data`` is the training set the adapter was fitted on. With ``distributed`` the step
+    ``data`` is the training set the adapter was fitted on. A batch (a sequence of requests
+    with disjoint rows) is one solve; the report gives each request's own ΔΘ_k figures
+    under ``requests``. With ``distributed`` the step
     runs on a Ray cluster (worker groups on a ZeRO-3-partitioned base, see ``actors/``);
     otherwise in this process. The output holds the new adapter, ΔΘ alone
     (``adapter_delta.safetensors``, for serving replicas) and the report that this function
@@ -131,9 +135,14 @@ def erase(
     check_output_dir(out, overwrite)
     if Path(out).resolve() == Path(adapter).resolve():
         raise EraserError("the output directory must differ from the input adapter")
-    parsed = request if isinstance(request, EraseRequest) else load_request(request)
+    if isinstance(request, EraseRequest):
+        batch = [request]
+    elif isinstance(request, (str, os.PathLike)):
+        batch = [load_request(request)]
+    else:
+        batch = list(request)
     examples = read_examples(data)
-    edited = apply_request(parsed, examples)
+    edited = apply_requests(batch, examples)
     meta = read_meta(adapter)
     check_fitted_on(meta, adapter, data, examples)
     start = time.perf_counter()
@@ -149,12 +158,9 @@ def erase(
             Path(out).parent / f".{Path(out).name}.cg-checkpoint")
         spec = WorkerSpec(base, str(Path(adapter).resolve()), str(Path(data).resolve()),
                           distributed.base_dtype)
-        found = distributed_erase(spec, parsed.to_json(), args, distributed, checkpoints,
-                                  progress)
-        cg = found["cg"]
-        result = InfluenceResult(found["delta"], cg, found["rhs_norm"], found["damping"],
-                                 found["hessian_rows"], found["hvp"],
-                                 cg.negative_curvature or found["hvp"] != args.hvp)
+        found = distributed_erase(spec, [r.to_json() for r in batch], args, distributed,
+                                  checkpoints, progress)
+        result = found["result"]
         keys, shapes, theta = found["keys"], found["shapes"], found["theta"]
         extra = {"workers": distributed.workers, "group_size": distributed.group_size,
                  "base_dtype": distributed.base_dtype,
@@ -163,10 +169,11 @@ def erase(
                  "bytes_per_iteration": found["bytes_per_iteration"]}
     seconds = time.perf_counter() - start
     cg = result.cg
+    kinds = {r.kind for r in batch}
     report = {
-        "kind": parsed.kind,
+        "kind": kinds.pop() if len(kinds) == 1 else "mixed",
         "n_train": len(examples),
-        "n_affected": len(parsed.ids),
+        "n_affected": sum(len(r.ids) for r in batch),
         "hvp": args.hvp,
         "hvp_used": result.hvp,
         "curvature": args.curvature,
@@ -183,6 +190,15 @@ def erase(
         "delta_norm": float(result.delta.norm()),
         "adapter_norm": float(theta.norm()),
         "seconds": seconds,
+        "requests": [
+            {"kind": r.kind, "n_affected": len(r.ids), "rhs_norm": float(rhs_norm),
+             "delta_norm": float(part.norm()), "relative_residual": float(residual)}
+            for r, part, residual, rhs_norm in zip(batch, result.parts, result.part_residuals,
+                                                   result.part_rhs_norms, strict=True)
+        ],
+        # ‖Σ_k ΔΘ_k − ΔΘ‖/‖ΔΘ‖: how exactly the per-request parts add up to the step applied
+        "parts_sum_error": float((result.parts.sum(0) - result.delta).norm()
+                                 / max(float(result.delta.norm()), 1e-300)),
         **extra,
     }
     new_meta = replace(
@@ -190,7 +206,7 @@ def erase(
         lineage={
             "made_by": "erase",
             "parent_adapter": str(adapter),
-            "request": parsed.to_json(),
+            "requests": [r.to_json() for r in batch],
             "data_sha256": examples_digest(edited.rows_after),
             "n_train": len(edited.rows_after),
         },

@@ -103,3 +103,19 @@ class DistributedArguments:
     max_aggregator_restarts: int = 1
     collective_timeout_s: float = 300.0
     checkpoint_dir: str | None = None
+
+
+@dataclass
+class ServiceArguments:
+    """How ``eraser serve`` forms batches and verifies them.
+
+    A batch is at most ``max_batch_requests`` requests and ``max_batch_rows`` rows against
+    one adapter. Each certificate measures losses on up to ``holdout_sample`` rows of the
+    dataset's held-out set (seeded). An idle worker looks for work every ``poll_seconds``.
+    """
+
+    max_batch_requests: int = 64
+    max_batch_rows: int = 4096
+    holdout_sample: int = 64
+    poll_seconds: float = 1.0
+    eval_batch_size: int = 8

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
+from pathlib import Path
 
 from .arguments import (
     CURVATURE_DATA,
@@ -17,6 +19,7 @@ from .arguments import (
     DistributedArguments,
     EraseArguments,
     LoraArguments,
+    ServiceArguments,
     TrainArguments,
 )
 from .errors import EraserError
@@ -63,24 +66,31 @@ def cmd_train(ns: argparse.Namespace) -> None:
               f"objective per epoch: {', '.join(f'{v:.4f}' for v in result['epoch_objective'])}")
 
 
-def cmd_erase(ns: argparse.Namespace) -> None:
-    from . import api
+def _distributed(ns: argparse.Namespace) -> DistributedArguments | None:
+    if ns.workers is None and ns.group_size is None and ns.address is None:
+        return None
+    return DistributedArguments(
+        workers=1 if ns.workers is None else ns.workers,
+        group_size=1 if ns.group_size is None else ns.group_size, address=ns.address,
+        backend=ns.backend, base_dtype=ns.base_dtype, max_group_restarts=ns.max_group_restarts,
+    )
 
-    distributed = None
-    if ns.workers is not None or ns.group_size is not None or ns.address is not None:
-        distributed = DistributedArguments(
-            workers=1 if ns.workers is None else ns.workers,
-            group_size=1 if ns.group_size is None else ns.group_size, address=ns.address,
-            backend=ns.backend, base_dtype=ns.base_dtype,
-            max_group_restarts=ns.max_group_restarts,
-        )
+
+def _erase_arguments(ns: argparse.Namespace, distributed: DistributedArguments | None):
     # Exact HVPs need double backward, which a ZeRO-3-partitioned base does not allow.
     hvp = ns.hvp or ("exact" if distributed is None else "fd")
-    args = EraseArguments(
+    return EraseArguments(
         hvp=hvp, curvature=ns.curvature, on_negative_curvature=ns.on_negative_curvature,
         damping=ns.damping, tol=ns.tol, max_iter=ns.max_iter,
         hessian_samples=ns.hessian_samples, batch_size=ns.batch_size, seed=ns.seed,
     )
+
+
+def cmd_erase(ns: argparse.Namespace) -> None:
+    from . import api
+
+    distributed = _distributed(ns)
+    args = _erase_arguments(ns, distributed)
     report = api.erase(ns.base, ns.adapter, ns.data, ns.request, ns.out, args,
                        overwrite=ns.overwrite, progress=not ns.quiet, distributed=distributed)
     if ns.json:
@@ -136,6 +146,39 @@ def cmd_plan(ns: argparse.Namespace) -> None:
         print(format_plan(plan))
 
 
+def solver_options(p: argparse.ArgumentParser) -> None:
+    """The options of the influence solve and of the distributed engine (erase, serve)."""
+    p.add_argument("--hvp", choices=HVP_KINDS, default=None,
+                   help="HVP back-end; default: exact in one process, fd with --workers")
+    p.add_argument("--curvature", choices=CURVATURE_DATA, default=EraseArguments.curvature,
+                   help="Hessian of the original objective (PD at a converged adapter) or of "
+                   "the edited one")
+    p.add_argument("--on-negative-curvature", choices=NEGATIVE_CURVATURE_POLICIES,
+                   default=EraseArguments.on_negative_curvature,
+                   help="if H is indefinite: solve with Gauss-Newton (ggn), keep CG's last "
+                   "iterate (truncate) or stop (fail)")
+    p.add_argument("--damping", type=float, default=None,
+                   help="λ in (H + λI); default: the adapter's training weight decay")
+    p.add_argument("--tol", type=float, default=EraseArguments.tol,
+                   help="CG stops at this relative residual")
+    p.add_argument("--max-iter", type=int, default=EraseArguments.max_iter)
+    p.add_argument("--hessian-samples", type=int, default=None,
+                   help="estimate H on this many rows (seeded); default: all")
+    p.add_argument("--batch-size", type=int, default=EraseArguments.batch_size)
+    p.add_argument("--seed", type=int, default=0)
+    d = DistributedArguments()
+    g = p.add_argument_group("distributed engine (Ray worker groups on a ZeRO-3 base)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="worker groups side by side (data parallel); enables the engine")
+    g.add_argument("--group-size", type=int, default=None,
+                   help="ranks per group that share one partitioned base")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster to join (e.g. auto); default: start a local one")
+    g.add_argument("--backend", choices=BACKENDS, default=d.backend)
+    g.add_argument("--base-dtype", choices=tuple(BASE_DTYPES), default=d.base_dtype)
+    g.add_argument("--max-group-restarts", type=int, default=d.max_group_restarts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eraser", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,35 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", required=True, help="adapter trained on --data")
     p.add_argument("--request", required=True, help="request JSON (remove / modify_query / "
                    "correct_response)")
-    p.add_argument("--hvp", choices=HVP_KINDS, default=None,
-                   help="HVP back-end; default: exact in one process, fd with --workers")
-    p.add_argument("--curvature", choices=CURVATURE_DATA, default=EraseArguments.curvature,
-                   help="Hessian of the original objective (PD at a converged adapter) or of "
-                   "the edited one")
-    p.add_argument("--on-negative-curvature", choices=NEGATIVE_CURVATURE_POLICIES,
-                   default=EraseArguments.on_negative_curvature,
-                   help="if H is indefinite: solve with Gauss-Newton (ggn), keep CG's last "
-                   "iterate (truncate) or stop (fail)")
-    p.add_argument("--damping", type=float, default=None,
-                   help="λ in (H + λI); default: the adapter's training weight decay")
-    p.add_argument("--tol", type=float, default=EraseArguments.tol,
-                   help="CG stops at this relative residual")
-    p.add_argument("--max-iter", type=int, default=EraseArguments.max_iter)
-    p.add_argument("--hessian-samples", type=int, default=None,
-                   help="estimate H on this many rows (seeded); default: all")
-    p.add_argument("--batch-size", type=int, default=EraseArguments.batch_size)
-    p.add_argument("--seed", type=int, default=0)
-    d = DistributedArguments()
-    g = p.add_argument_group("distributed engine (Ray worker groups on a ZeRO-3 base)")
-    g.add_argument("--workers", type=int, default=None,
-                   help="worker groups side by side (data parallel); enables the engine")
-    g.add_argument("--group-size", type=int, default=None,
-                   help="ranks per group that share one partitioned base")
-    g.add_argument("--address", default=None,
-                   help="Ray cluster to join (e.g. auto); default: start a local one")
-    g.add_argument("--backend", choices=BACKENDS, default=d.backend)
-    g.add_argument("--base-dtype", choices=tuple(BASE_DTYPES), default=d.base_dtype)
-    g.add_argument("--max-group-restarts", type=int, default=d.max_group_restarts)
+    solver_options(p)
     p.set_defaults(func=cmd_erase)
 
     p = sub.add_parser("eval", help="mean and per-id response loss of an adapter")
@@ -234,7 +249,170 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory of each GPU in GB (10^9 bytes); plans use at most 90%%")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan)
+    service_parsers(sub)
     return parser
+
+
+# -- the erase service ---------------------------------------------------------------------
+
+def _service(ns: argparse.Namespace):
+    from .service import EraseService
+
+    return EraseService(ns.root)
+
+
+def _read_request_file(path: str):
+    from .service.errors import BadRequest, TooLarge
+    from .service.http import MAX_BODY_BYTES
+
+    file = Path(path)
+    if not file.is_file():
+        raise BadRequest(f"request file {path} does not exist")
+    if file.stat().st_size > MAX_BODY_BYTES:
+        raise TooLarge(f"request file {path} is over {MAX_BODY_BYTES} bytes; split it")
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadRequest(f"request file {path} is not valid JSON: {err}") from None
+
+
+def cmd_tenant_add(ns: argparse.Namespace) -> None:
+    token = _service(ns).add_tenant(ns.name)
+    print(token if not ns.json else json.dumps({"tenant": ns.name, "token": token}))
+    print(f"tenant {ns.name} added; keep the token above: only its hash is stored",
+          file=sys.stderr)
+
+
+def cmd_dataset_add(ns: argparse.Namespace) -> None:
+    _print_json(_service(ns).add_dataset(ns.token, ns.tenant, ns.name, ns.file, ns.holdout))
+
+
+def cmd_adapter_add(ns: argparse.Namespace) -> None:
+    _print_json(_service(ns).add_adapter(ns.token, ns.tenant, ns.name, ns.dir, ns.dataset))
+
+
+def cmd_submit(ns: argparse.Namespace) -> None:
+    result = _service(ns).submit(ns.token, ns.adapter, _read_request_file(ns.request),
+                                 ns.idempotency_key, tenant=ns.tenant)
+    if ns.json:
+        _print_json(result)
+    else:
+        print(result["id"])
+
+
+def cmd_status(ns: argparse.Namespace) -> None:
+    _print_json(_service(ns).status(ns.token, ns.id))
+
+
+def cmd_certificate(ns: argparse.Namespace) -> None:
+    service = _service(ns)
+    if ns.png:
+        Path(ns.png).write_bytes(service.certificate_png(ns.token, ns.id))
+    _print_json(service.certificate(ns.token, ns.id))
+
+
+def cmd_queue(ns: argparse.Namespace) -> None:
+    _print_json(_service(ns).queue(ns.token))
+
+
+def cmd_serve(ns: argparse.Namespace) -> None:
+    from .service.http import make_server, start_in_thread
+
+    service = _service(ns)
+    distributed = _distributed(ns)
+    settings = ServiceArguments(max_batch_requests=ns.max_batch_requests,
+                                max_batch_rows=ns.max_batch_rows,
+                                poll_seconds=ns.poll_seconds)
+    worker = service.worker(settings, _erase_arguments(ns, distributed), distributed,
+                            progress=not ns.quiet)
+    if ns.http:
+        host, _, port = ns.http.rpartition(":")
+        try:
+            server = make_server(service, host or "127.0.0.1", int(port))
+        except (ValueError, OSError) as err:
+            raise EraserError(f"cannot listen on {ns.http!r}: {err}") from None
+        start_in_thread(server)
+        print(f"HTTP API on http://{server.server_address[0]}:{server.server_address[1]}"
+              "/v1/openapi.json", file=sys.stderr)
+    committed = worker.serve(drain=ns.drain)
+    print(f"{committed} batch(es) committed", file=sys.stderr)
+
+
+def service_parsers(sub) -> None:
+    def root(p: argparse.ArgumentParser, token: bool = True) -> None:
+        p.add_argument("--root", default=os.environ.get("ERASER_ROOT", "eraser-data"),
+                       help="data root of the service (env ERASER_ROOT; default ./eraser-data)")
+        if token:
+            p.add_argument("--token", default=os.environ.get("ERASER_TOKEN"),
+                           help="the tenant's token (env ERASER_TOKEN)")
+
+    p = sub.add_parser("tenant", help="service: manage tenants")
+    tenant = p.add_subparsers(dest="action", required=True)
+    q = tenant.add_parser("add", help="register a tenant and print its token")
+    root(q, token=False)
+    q.add_argument("name")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_tenant_add)
+
+    p = sub.add_parser("dataset", help="service: register training sets")
+    q = p.add_subparsers(dest="action", required=True).add_parser(
+        "add", help="copy a Parquet training set into the registry as version 1")
+    root(q)
+    q.add_argument("name")
+    q.add_argument("file", help="Parquet with id, query, response")
+    q.add_argument("--tenant", required=True)
+    q.add_argument("--holdout", help="rows the adapter never saw (same schema), used to verify "
+                   "erasures")
+    q.set_defaults(func=cmd_dataset_add)
+
+    p = sub.add_parser("adapter", help="service: register adapters")
+    q = p.add_subparsers(dest="action", required=True).add_parser(
+        "add", help="copy an adapter (trained on the dataset's current version) as version 1")
+    root(q)
+    q.add_argument("name")
+    q.add_argument("dir", help="adapter directory made by `eraser train`")
+    q.add_argument("--tenant", required=True)
+    q.add_argument("--dataset", required=True)
+    q.set_defaults(func=cmd_adapter_add)
+
+    p = sub.add_parser("submit", help="service: journal an erase request; prints its id")
+    root(p)
+    p.add_argument("request", help="request JSON file")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--idempotency-key", default=None,
+                   help="the same key never runs twice (a replay answers the first id)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="service: state of a request")
+    root(p)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("certificate", help="service: erasure certificate of a done request")
+    root(p)
+    p.add_argument("id")
+    p.add_argument("--png", help="also write its plot here")
+    p.set_defaults(func=cmd_certificate)
+
+    p = sub.add_parser("queue", help="service: pending and running requests")
+    root(p)
+    p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("serve", help="service: run batches (and the HTTP API)")
+    root(p, token=False)
+    p.add_argument("--drain", action="store_true",
+                   help="exit when the queue is empty (default: keep polling)")
+    p.add_argument("--http", default=None, metavar="HOST:PORT",
+                   help="also serve the tenants' HTTP API here")
+    s = ServiceArguments()
+    p.add_argument("--max-batch-requests", type=int, default=s.max_batch_requests)
+    p.add_argument("--max-batch-rows", type=int, default=s.max_batch_rows)
+    p.add_argument("--poll-seconds", type=float, default=s.poll_seconds)
+    p.add_argument("--quiet", action="store_true")
+    solver_options(p)
+    p.set_defaults(func=cmd_serve)
 
 
 def quiet_library_warnings() -> None:

@@ -14,13 +14,19 @@ Either is exact to first order in the size of the request, and H_new is exact fo
 loss. H is positive definite at a converged Θ̂; H_new need not be, and where it was indefinite
 CG's truncated iterate overshot retraining 20×. The paper's b = Σ_S G / n (no λ term, wrong
 normalisation) is far worse for removals (DESIGN.md §1).
+
+A batch of K requests against one adapter is one solve: b is linear in the changed rows, so
+b = Σ_k b_k with b_k the terms of request k's rows (and its removed weight), all over the
+batch's W'. The solve of Σ_k b_k records its Krylov directions, and each request's own
+ΔΘ_k = H⁻¹ b_k is then read off in that space with no further HVP (``galerkin_split``),
+with its own exact residual.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -30,7 +36,7 @@ from .curvature import hessian_vector_product
 from .errors import EraserError
 from .objective import LossModel, check_finite, gradient_sum
 from .requests import EditedObjective
-from .solve import CGResult, conjugate_gradient
+from .solve import CGResult, conjugate_gradient, galerkin_split
 
 
 @dataclass
@@ -39,6 +45,8 @@ class InfluenceResult:
 
     ``hvp`` is the back-end whose solve produced ``delta``; ``negative_curvature`` is True
     when the requested back-end met negative curvature (then ``hvp`` may be the fallback).
+    ``parts`` [K, d] is each request's own ΔΘ_k and ``part_residuals`` [K] its relative
+    residual ‖(H + damping·I)ΔΘ_k − b_k‖/‖b_k‖ (K = 1: ``delta`` itself and CG's residual).
     """
 
     delta: torch.Tensor
@@ -48,25 +56,30 @@ class InfluenceResult:
     hessian_rows: int
     hvp: str
     negative_curvature: bool
+    parts: torch.Tensor
+    part_residuals: torch.Tensor
+    part_rhs_norms: torch.Tensor
 
 
 def newton_rhs(model: LossModel, edited: EditedObjective, weight_decay: float, batch_size: int):
-    """b = −∇f_new(Θ̂) [d] float64 (see the module docstring)."""
-    g = gradient_sum(model, edited.changed_rows, -edited.weight_changes, batch_size)
-    return rhs_from_gradient(g, model.get_flat(), edited.weight_before, edited.weight_after,
-                             weight_decay)
+    """b_k = the part of −∇f_new(Θ̂) due to request k [K, d] float64; b = Σ_k b_k."""
+    gradients = torch.stack([gradient_sum(model, rows, -changes, batch_size).double().cpu()
+                             for rows, changes in edited.request_parts()])
+    return rhs_from_gradients(gradients, model.get_flat(), edited.removed_weights(),
+                              edited.weight_after, weight_decay)
 
 
-def rhs_from_gradient(
-    changed_gradient: torch.Tensor,
+def rhs_from_gradients(
+    changed_gradients: torch.Tensor,
     theta: torch.Tensor,
-    weight_before: float,
+    removed_weights: torch.Tensor,
     weight_after: float,
     weight_decay: float,
 ) -> torch.Tensor:
-    """b [d] float64 from −Σ_changed Δw_i G_i (however it was summed), Θ̂ and W, W'."""
-    removed_weight = weight_before - weight_after
-    b = changed_gradient.double().cpu() + removed_weight * weight_decay * theta.double().cpu()
+    """b_k [K, d] float64 from each request's −Σ_{i∈k} Δw_i G_i [K, d] (however it was
+    summed), Θ̂ [d], each request's removed weight W − W' [K] and the batch's W'."""
+    b = changed_gradients.double().cpu() + (
+        removed_weights.double()[:, None] * weight_decay * theta.double().cpu()[None, :])
     return check_finite(b / weight_after, "b")
 
 
@@ -97,7 +110,8 @@ def newton_step(
 ) -> InfluenceResult:
     """ΔΘ = (H + damping·I)⁻¹ b by CG in this process; damping defaults to the objective's λ."""
     damping = erase_damping(args, weight_decay)
-    b = newton_rhs(model, edited, weight_decay, args.batch_size)
+    parts_rhs = newton_rhs(model, edited, weight_decay, args.batch_size)
+    b = parts_rhs.sum(0)
     rows, weights = hessian_subset(edited, args.curvature, args.hessian_samples, args.seed)
     scale = 1.0 / float(weights.sum())
 
@@ -105,11 +119,26 @@ def newton_step(
         hvp = hessian_vector_product(kind, model, rows, weights, args.batch_size, args.fd_step)
         with cg_progress(args, kind, progress) as report:
             return conjugate_gradient(lambda v: hvp(v).double().cpu() * scale, b, damping=damping,
-                                      tol=args.tol, max_iter=args.max_iter, callback=report)
+                                      tol=args.tol, max_iter=args.max_iter, callback=report,
+                                      record=len(parts_rhs) > 1)
 
     cg, hvp = solve_with_policy(solve, args)
-    return InfluenceResult(cg.x, cg, float(b.norm()), damping, len(rows), hvp,
-                           negative_curvature=cg.negative_curvature or hvp != args.hvp)
+    return influence_result(cg, hvp, parts_rhs, damping, len(rows), args)
+
+
+def influence_result(cg: CGResult, hvp: str, parts_rhs: torch.Tensor, damping: float,
+                     hessian_rows: int, args: EraseArguments) -> InfluenceResult:
+    """The figures of a finished solve of Σ_k b_k (``parts_rhs`` [K, d]), with each request's
+    own ΔΘ_k; the recorded directions are dropped once used."""
+    if parts_rhs.shape[0] == 1:
+        parts = cg.x[None].clone()
+        residuals = torch.tensor([cg.relative_residual], dtype=torch.float64)
+    else:
+        parts, residuals = galerkin_split(cg, parts_rhs)
+    cg = replace(cg, directions=None, products=None)
+    return InfluenceResult(cg.x, cg, float(parts_rhs.sum(0).norm()), damping, hessian_rows, hvp,
+                           cg.negative_curvature or hvp != args.hvp, parts, residuals,
+                           parts_rhs.norm(dim=1))
 
 
 def erase_damping(args: EraseArguments, weight_decay: float) -> float:

@@ -9,6 +9,9 @@ A request is JSON, one of::
 Applying it to a training set D gives the edited objective f_new over D': the same rows with
 some weights changed (removed: 1 → 0; edited: the old row 1 → 0 and the new row 0 → 1).
 :class:`EditedObjective` records D' and the changes, which is all the influence step needs.
+Several requests against one adapter apply as one batch (:func:`apply_requests`): their rows
+must be disjoint, and each changed row remembers which request it came from, so that the
+batch's one solve can still report each request's own ΔΘ.
 """
 
 from __future__ import annotations
@@ -113,6 +116,8 @@ class EditedObjective:
     ``rows_after``/``weights_after`` [n'] are D' (the objective after the request);
     ``changed_rows``/``weight_changes`` are the rows whose weight moved and by how much
     (−1 for a removed row or the old version of an edited row, +1 for the new version).
+    ``segments`` [n_changed] int64 says which request of a batch each changed row came
+    from (None: all from one request).
     """
 
     rows_before: list[Example]
@@ -121,6 +126,7 @@ class EditedObjective:
     weights_after: torch.Tensor
     changed_rows: list[Example]
     weight_changes: torch.Tensor
+    segments: torch.Tensor | None = None
 
     @property
     def weight_before(self) -> float:
@@ -130,27 +136,70 @@ class EditedObjective:
     def weight_after(self) -> float:
         return float(self.weights_after.sum())
 
+    def _segments(self) -> torch.Tensor:
+        if self.segments is None:
+            return torch.zeros(len(self.changed_rows), dtype=torch.int64)
+        return self.segments
+
+    @property
+    def n_requests(self) -> int:
+        return int(self._segments().max()) + 1 if self.changed_rows else 1
+
+    def request_parts(self) -> list[tuple[list[Example], torch.Tensor]]:
+        """Per request of the batch: its changed rows and their weight changes."""
+        segments = self._segments()
+        parts = []
+        for k in range(self.n_requests):
+            picked = (segments == k).nonzero().flatten().tolist()
+            parts.append(([self.changed_rows[i] for i in picked], self.weight_changes[picked]))
+        return parts
+
+    def removed_weights(self) -> torch.Tensor:
+        """W − W' per request [K] float64: the weight it takes out of the objective."""
+        return -torch.zeros(self.n_requests, dtype=torch.float64).index_add(
+            0, self._segments(), self.weight_changes.double())
+
 
 def apply_request(request: EraseRequest, examples: Sequence[Example]) -> EditedObjective:
-    """Check the request against the training set and build f_new; the input is not changed."""
+    """Check one request against the training set and build f_new; the input is not changed."""
+    return apply_requests([request], examples)
+
+
+def apply_requests(
+    requests: Sequence[EraseRequest], examples: Sequence[Example]
+) -> EditedObjective:
+    """f_new after a batch of requests with disjoint rows, applied together."""
+    _require(len(requests) > 0, "a batch needs at least one request")
     by_id = {e.id: e for e in examples}
-    unknown = [i for i in request.ids if i not in by_id]
+    named: dict[str, int] = {}
+    for k, request in enumerate(requests):
+        for i in request.ids:
+            _require(i not in named, f"row {i!r} is named by requests {named.get(i, 0) + 1} "
+                     f"and {k + 1} of one batch")
+            named[i] = k
+    unknown = [i for i in named if i not in by_id]
     _require(not unknown, f"unknown id(s) {', '.join(unknown[:5])} not in the training set")
-    affected = set(request.ids)
-    changed: list[Example] = [by_id[i] for i in request.ids]
-    changes = [-1.0] * len(changed)
-    if request.kind == "remove":
-        _require(len(affected) < len(examples), "it would remove every row of the training set")
-        after = [e for e in examples if e.id not in affected]
-    else:
+    removed: set[str] = set()
+    new_rows: dict[str, Example] = {}
+    changed: list[Example] = []
+    changes: list[float] = []
+    segments: list[int] = []
+    for k, request in enumerate(requests):
+        changed += [by_id[i] for i in request.ids]
+        changes += [-1.0] * len(request.ids)
+        segments += [k] * len(request.ids)
+        if request.kind == "remove":
+            removed.update(request.ids)
+            continue
         field = EDITED_FIELD[request.kind]
-        new_rows = {}
         for i, text in zip(request.ids, request.new_texts, strict=True):
             _require(getattr(by_id[i], field) != text, f"edit of {i!r} equals the current {field}")
             new_rows[i] = replace(by_id[i], **{field: text})
-        after = [new_rows.get(e.id, e) for e in examples]
         changed += [new_rows[i] for i in request.ids]
         changes += [1.0] * len(request.ids)
+        segments += [k] * len(request.ids)
+    _require(len(removed) < len(examples), "it would remove every row of the training set")
+    after = [new_rows.get(e.id, e) for e in examples if e.id not in removed]
     return EditedObjective(
         rows_before=list(examples),
         weights_before=torch.ones(len(examples), dtype=torch.float64),
@@ -158,4 +207,5 @@ def apply_request(request: EraseRequest, examples: Sequence[Example]) -> EditedO
         weights_after=torch.ones(len(after), dtype=torch.float64),
         changed_rows=changed,
         weight_changes=torch.tensor(changes, dtype=torch.float64),
+        segments=torch.tensor(segments, dtype=torch.int64),
     )

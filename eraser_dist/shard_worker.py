@@ -21,7 +21,7 @@ from .data import read_examples
 from .influence import hessian_subset
 from .models import load_base
 from .objective import gradient_sum, loss_values
-from .requests import apply_request, parse_request
+from .requests import apply_requests, parse_request
 from .sharding import RankPlace, rank_rows
 from .zero import (
     all_gather,
@@ -74,17 +74,18 @@ class ShardWorker:
             "partition": partition_report(self.model.peft_model),
         }
 
-    def prepare(self, request: dict[str, Any], args: EraseArguments) -> dict[str, float]:
-        """Build this rank's rows for one request: its share of the changed rows and of H's."""
+    def prepare(self, requests: list[dict[str, Any]], args: EraseArguments) -> dict[str, Any]:
+        """Build this rank's rows for a batch of requests (dicts, as in request files): its
+        share of each request's changed rows and of H's rows."""
         check_hvp_supported(args.hvp)
         self.args = args
-        self.edited = apply_request(parse_request(request), self.examples)
-        self.rhs_rows = rank_rows(self.edited.changed_rows, -self.edited.weight_changes,
-                                  self.place)
+        self.edited = apply_requests([parse_request(r) for r in requests], self.examples)
+        self.rhs_rows = [rank_rows(rows, -changes, self.place)
+                         for rows, changes in self.edited.request_parts()]
         rows, weights = hessian_subset(self.edited, args.curvature, args.hessian_samples,
                                        args.seed)
         self.hessian_rows = rank_rows(rows, weights, self.place)
-        return {"weight_before": self.edited.weight_before,
+        return {"removed_weights": self.edited.removed_weights(),
                 "weight_after": self.edited.weight_after,
                 "hessian_rows": len(rows), "hessian_weight": float(weights.sum())}
 
@@ -94,9 +95,11 @@ class ShardWorker:
         return self.edited
 
     def changed_gradient(self) -> torch.Tensor:
-        """−Σ Δw_i G_i over the group's changed rows [d] (CPU, the adapter's dtype)."""
+        """−Σ_{i∈k} Δw_i G_i over the group's changed rows of each request k [K, d]
+        (CPU, the adapter's dtype)."""
         self._edited()
-        g = gradient_sum(self.model, *self.rhs_rows, self.args.batch_size)
+        g = torch.stack([gradient_sum(self.model, *part, self.args.batch_size)
+                         for part in self.rhs_rows])
         return all_reduce_sum(g).cpu()
 
     def hvp(self, kind: str, v: torch.Tensor) -> torch.Tensor:

@@ -28,19 +28,24 @@ class CGResult:
     converged: bool
     negative_curvature: bool
     curvature: float | None = None  # pᵀAp/pᵀp at the step that met negative curvature
+    directions: torch.Tensor | None = None  # [m, d] the search directions p (if recorded)
+    products: torch.Tensor | None = None  # [m, d] (H + damping·I) p of each
 
 
 @dataclass
 class CGState:
     """Everything CG needs to continue after ``iterations`` steps: iterate ``x``, residual
     ``r``, next search direction ``p`` (all [d] float64) and ``rr`` = rᵀr. Saving it after
-    every iteration makes a solve resumable (the distributed aggregator checkpoints it)."""
+    every iteration makes a solve resumable (the distributed aggregator checkpoints it).
+    ``directions``/``products`` [m, d] are the steps taken so far when they are recorded."""
 
     x: torch.Tensor
     r: torch.Tensor
     p: torch.Tensor
     rr: float
     iterations: int
+    directions: torch.Tensor | None = None
+    products: torch.Tensor | None = None
 
 
 def conjugate_gradient(
@@ -53,6 +58,7 @@ def conjugate_gradient(
     callback: Callable[[int, float], None] | None = None,
     start: CGState | None = None,
     checkpoint: Callable[[CGState], None] | None = None,
+    record: bool = False,
 ) -> CGResult:
     """Solve (H + damping·I) x = b from x₀ = 0, or continue from ``start``.
 
@@ -64,19 +70,35 @@ def conjugate_gradient(
         start: a state saved by ``checkpoint`` during an earlier run of the same solve; the
             result is then the same as that of an uninterrupted run.
         checkpoint: called with the state after each iteration that does not end the solve.
+        record: keep every direction p and its product (H + damping·I)p in the result
+            (2·m·d floats), so that :func:`galerkin_split` can solve other right-hand
+            sides in the same Krylov space without more products.
     """
     b = b.double()
     b_norm = float(b.norm())
     if b_norm == 0.0:
-        return CGResult(torch.zeros_like(b), 0, 0.0, True, False)
+        empty = torch.zeros(0, b.numel(), dtype=torch.float64) if record else None
+        return CGResult(torch.zeros_like(b), 0, 0.0, True, False, None, empty, empty)
     if start is None:
         start = CGState(torch.zeros_like(b), b.clone(), b.clone(), float(b @ b), 0)
     x, r, p, rr, iterations = start.x, start.r, start.p, start.rr, start.iterations
+    directions = list(start.directions) if start.directions is not None else []
+    products = list(start.products) if start.products is not None else []
+
+    def result(converged: bool, negative: bool, curvature: float | None = None) -> CGResult:
+        kept = (torch.stack(directions), torch.stack(products)) if directions else (
+            torch.zeros(0, b.numel(), dtype=torch.float64),) * 2
+        return CGResult(x, iterations, rr**0.5 / b_norm, converged, negative, curvature,
+                        *(kept if record else (None, None)))
+
     while iterations < max_iter:
         ap = matvec(p).double() + damping * p
         pap = float(p @ ap)
         if not pap > 0.0:  # also catches NaN
-            return CGResult(x, iterations, rr**0.5 / b_norm, False, True, pap / float(p @ p))
+            return result(False, True, pap / float(p @ p))
+        if record:
+            directions.append(p)
+            products.append(ap)
         alpha = rr / pap
         x = x + alpha * p
         r = r - alpha * ap
@@ -85,10 +107,43 @@ def conjugate_gradient(
         rel = rr_new**0.5 / b_norm
         if callback is not None:
             callback(iterations, rel)
-        if rel <= tol:
-            return CGResult(x, iterations, rel, True, False)
         p = r + (rr_new / rr) * p
         rr = rr_new
+        if rel <= tol:
+            return result(True, False)
         if checkpoint is not None:
-            checkpoint(CGState(x, r, p, rr, iterations))
-    return CGResult(x, iterations, rr**0.5 / b_norm, False, False)
+            checkpoint(CGState(x, r, p, rr, iterations,
+                               *((torch.stack(directions), torch.stack(products)) if record
+                                 else (None, None))))
+    return result(False, False)
+
+
+def galerkin_split(cg: CGResult, rhs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve A x_k = b_k for each row of ``rhs`` [K, d] within the span of ``cg``'s directions.
+
+    ``cg`` must be a recorded solve (``record=True``) of A x = Σ_k b_k. Within the span P of
+    its directions, x_k = P (PᵀAP)⁻¹ Pᵀ b_k: the Galerkin solution, exact where b_k lies in
+    that Krylov space, and Σ_k x_k equals CG's own iterate up to rounding. Costs no product
+    with A; the residual A x_k − b_k is computed exactly from the recorded products.
+    Returns (x [K, d] float64, relative residuals ‖A x_k − b_k‖/‖b_k‖ [K]).
+    """
+    rhs = rhs.double()
+    if cg.directions is None or cg.products is None:
+        raise ValueError("galerkin_split needs a CG result run with record=True")
+    if cg.directions.shape[0] == 0:
+        return torch.zeros_like(rhs), torch.ones(rhs.shape[0], dtype=torch.float64)
+    # Directions shrink with the residual (scale them to unit length), and in floating point
+    # they lose conjugacy and grow nearly dependent, so PᵀAP is not trusted as is: take an
+    # orthonormal basis U of their span (P = U S Vᵀ, dropping what rounding left of dependent
+    # directions) and carry the products along, AU = AP V S⁻¹.
+    scale = cg.directions.norm(dim=1, keepdim=True)
+    u, sv, vh = torch.linalg.svd((cg.directions / scale).T, full_matrices=False)
+    keep = sv > sv[0] * 1e-6
+    u, sv, vh = u[:, keep], sv[keep], vh[keep]
+    au = (cg.products / scale).T @ vh.T / sv
+    projected = u.T @ au
+    coefficients = torch.linalg.solve(0.5 * (projected + projected.T), u.T @ rhs.T)  # [r, K]
+    x = (u @ coefficients).T
+    residual = (au @ coefficients).T - rhs
+    norms = rhs.norm(dim=1)
+    return x, residual.norm(dim=1) / torch.where(norms > 0, norms, 1.0)

@@ -203,7 +203,7 @@ def test_erase_publishes_adapter_and_report(kind, work, tmp_path, capsys):
     meta = json.loads((out / "eraser_adapter.json").read_text())
     assert meta["weight_decay"] == pytest.approx(WEIGHT_DECAY)
     assert meta["lineage"]["made_by"] == "erase"
-    assert meta["lineage"]["request"] == REQUESTS[kind]
+    assert meta["lineage"]["requests"] == [REQUESTS[kind]]
     assert meta["lineage"]["n_train"] == N_ROWS - (n_affected if kind == "remove" else 0)
 
     # The new weights are the old ones moved by exactly the reported step.

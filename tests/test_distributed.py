@@ -14,7 +14,7 @@ import torch
 from conftest import word_rows
 
 from actors import driver
-from actors.faults import FaultPlan
+from eraser_dist.faults import FaultPlan
 from actors.replica import ServingReplica, broadcast_delta
 from eraser_dist import api
 from eraser_dist.adapters import adapter_version, load_adapter, read_delta
@@ -112,7 +112,7 @@ def test_fd_backend_matches_single_process(cluster, fitted):
 
 def test_ranks_hold_only_their_partition_and_whole_lora(cluster, fitted, tmp_path):
     found = driver.distributed_erase(
-        spec_for(fitted), REQUESTS["remove"], EraseArguments(hvp="ggn", max_iter=1),
+        spec_for(fitted), [REQUESTS["remove"]], EraseArguments(hvp="ggn", max_iter=1),
         DistributedArguments(workers=1, group_size=2), str(tmp_path / "ckpt"), progress=False)
     ranks = found["partition"][0]
     assert len(ranks) == 2

@@ -13,10 +13,15 @@ from conftest import (
 from eraser_dist.arguments import EraseArguments
 from eraser_dist.data import Example
 from eraser_dist.errors import EraserError
-from eraser_dist.influence import newton_step
+from eraser_dist.influence import newton_rhs, newton_step
 from eraser_dist.objective import gradient_sum, loss_values
 from eraser_dist.reference import cosine, explicit_hessian, newton_polish
-from eraser_dist.requests import EditedObjective, apply_request, parse_request
+from eraser_dist.requests import (
+    EditedObjective,
+    apply_request,
+    apply_requests,
+    parse_request,
+)
 from eraser_dist.train import fit_lbfgs
 
 WEIGHT_DECAY = 0.05
@@ -53,9 +58,65 @@ def test_erase_is_exact_for_a_quadratic_loss(request_json, hvp):
 
 
 def _rhs(model, edited):
-    from eraser_dist.influence import newton_rhs
+    return newton_rhs(model, edited, WEIGHT_DECAY, 8).sum(0)
 
-    return newton_rhs(model, edited, WEIGHT_DECAY, 8)
+
+# -- batches: one solve, each request's own ΔΘ_k -------------------------------------------
+
+def test_batch_is_one_solve_whose_parts_are_each_requests_own_step():
+    rows = regression_rows(20, 5)
+    model = QuadraticModel(5)
+    model.set_flat(ridge_solution(model, rows, WEIGHT_DECAY))
+    batch = [parse_request(r) for r in QUADRATIC_REQUESTS]
+    edited = apply_requests(batch, rows)
+    args = EraseArguments(hvp="exact", curvature="edited", tol=1e-13, max_iter=50)
+    result = newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
+    retrained = ridge_solution(model, edited.rows_after, WEIGHT_DECAY)
+    assert float((model.get_flat() + result.delta - retrained).norm() / retrained.norm()) <= 1e-6
+    # Each part is H_new⁻¹ b_k, with b_k request k's share of b (all over the batch's W').
+    x, _ = model.collate(edited.rows_after)
+    a = x.T @ x / edited.weight_after + WEIGHT_DECAY * torch.eye(5, dtype=torch.float64)
+    parts_rhs = newton_rhs(model, edited, WEIGHT_DECAY, 8)
+    assert parts_rhs.shape == (3, 5)
+    for k in range(3):
+        direct = torch.linalg.solve(a, parts_rhs[k])
+        assert float((result.parts[k] - direct).norm() / direct.norm()) <= 1e-8
+        assert float(result.part_residuals[k]) <= 1e-8
+    assert float((result.parts.sum(0) - result.delta).norm() / result.delta.norm()) <= 1e-10
+    # The removal's share carries its kλΘ̂ term, the edits' shares none.
+    assert torch.allclose(edited.removed_weights(), torch.tensor([3.0, 0.0, 0.0],
+                                                                 dtype=torch.float64))
+
+
+def test_batch_parts_on_a_real_model_are_reported_with_their_true_residual(converged):
+    """Where the batch's Krylov space does not hold each H⁻¹b_k (d = 224, 133 CG steps),
+    the parts are estimates: their sum is the step applied, and each reported residual is
+    the true one (measured: 1.5%, 4.1%, 1.2%; cosine to the separate solve 0.91, 0.98, 0.90)."""
+    model, rows, theta_hat = converged
+    model.set_flat(theta_hat)
+    edited = apply_requests([parse_request(r) for r in TINY_REQUESTS], rows)
+    args = EraseArguments(hvp="exact", tol=1e-10, max_iter=200)
+    result = newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
+    hessian = explicit_hessian(model, rows, torch.ones(len(rows), dtype=torch.float64))
+    a = hessian / len(rows) + WEIGHT_DECAY * torch.eye(model.dim, dtype=torch.float64)
+    parts_rhs = newton_rhs(model, edited, WEIGHT_DECAY, 8)
+    direct_total = torch.linalg.solve(a, parts_rhs.sum(0))
+    assert float((result.delta - direct_total).norm() / direct_total.norm()) <= 1e-6
+    assert float((result.parts.sum(0) - result.delta).norm() / result.delta.norm()) <= 1e-4
+    for k in range(3):
+        true_residual = float((a @ result.parts[k] - parts_rhs[k]).norm() / parts_rhs[k].norm())
+        assert abs(float(result.part_residuals[k]) - true_residual) <= 1e-3
+        assert true_residual <= 0.1
+        assert cosine(result.parts[k], torch.linalg.solve(a, parts_rhs[k])) >= 0.85
+
+
+def test_a_batch_refuses_a_row_named_twice():
+    rows = word_rows(8)
+    twice = [parse_request({"kind": "remove", "ids": ["r1"]}),
+             parse_request({"kind": "correct_response", "edits": [{"id": "r1",
+                                                                   "response": "x"}]})]
+    with pytest.raises(EraserError, match="'r1' is named by requests 1 and 2"):
+        apply_requests(twice, rows)
 
 
 # -- tiny Llama at a converged optimum ---------------------------------------------------

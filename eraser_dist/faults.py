@@ -1,4 +1,4 @@
-"""Deliberate process deaths for chaos tests of the restart paths.
+"""Deliberate process deaths for chaos tests of the restart and recovery paths.
 
 A :class:`FaultPlan` makes one process exit abruptly (``os._exit``, as a crash or an OOM
 kill would) at a chosen call. Deaths are counted in files under ``record_dir``, so a plan
@@ -15,9 +15,9 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class FaultPlan:
-    """Exit the process ``where`` (``"worker G.R"`` or ``"aggregator"``) at its ``at_call``-th
-    call of ``method`` (a worker method, or ``"iteration"`` for a CG iteration of the
-    aggregator), at most ``times`` times in all."""
+    """Exit the process ``where`` (``"worker G.R"``, ``"aggregator"`` or ``"serve"``) at its
+    ``at_call``-th call of ``method`` (a worker method, ``"iteration"`` for a CG iteration of
+    the aggregator, a batch phase of the service), at most ``times`` times in all."""
 
     where: str
     method: str

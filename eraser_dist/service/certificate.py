@@ -1,0 +1,142 @@
+"""Erasure certificates: what was erased, from which versions, how well, as JSON and PNG.
+
+A certificate names rows only by hashes (sha256 of the id, and of id, query and response
+together), never by content. Its verification compares the adapter before and after:
+
+- the loss on the erased rows (the removed rows, or the old versions of edited rows) and,
+  for edits, on their new versions;
+- the loss on a held-out sample (rows the adapter never saw), the reference for
+- a loss-threshold membership-inference check (Yeom et al.): a row counts as "member-like"
+  when its loss is below the median held-out loss under the same adapter version. About
+  half of the held-out rows are member-like by construction; a training row typically is.
+  ``member_like_share`` is that share among the erased rows, before and after, and ``auc``
+  the probability that an erased row has a lower loss than a held-out row (0.5: no signal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import Example
+
+CERTIFICATE_VERSION = 1
+
+
+def row_hashes(row: Example) -> dict[str, str]:
+    joined = "\0".join((row.id, row.query, row.response))
+    return {"id_sha256": hashlib.sha256(row.id.encode()).hexdigest(),
+            "row_sha256": hashlib.sha256(joined.encode()).hexdigest()}
+
+
+def membership(erased: torch.Tensor, holdout: torch.Tensor) -> dict[str, float | None]:
+    """Loss-threshold membership figures of erased rows [k] against held-out rows [m]."""
+    if erased.numel() == 0 or holdout.numel() == 0:
+        return {"threshold": None, "member_like_share": None, "auc": None}
+    threshold = float(holdout.median())
+    lower = (erased[:, None] < holdout[None, :]).double()
+    ties = (erased[:, None] == holdout[None, :]).double()
+    return {"threshold": threshold,
+            "member_like_share": float((erased < threshold).double().mean()),
+            "auc": float((lower + 0.5 * ties).mean())}
+
+
+def _mean(values: torch.Tensor) -> float | None:
+    return float(values.mean()) if values.numel() else None
+
+
+def verification(old_before: torch.Tensor, old_after: torch.Tensor, new_before: torch.Tensor,
+                 new_after: torch.Tensor, holdout_before: torch.Tensor,
+                 holdout_after: torch.Tensor) -> dict[str, Any]:
+    """The figures of one request from per-row losses (nats per response token)."""
+    return {
+        "erased_rows_loss": {"before": _mean(old_before), "after": _mean(old_after),
+                             "per_row_before": old_before.tolist(),
+                             "per_row_after": old_after.tolist()},
+        "new_rows_loss": {"before": _mean(new_before), "after": _mean(new_after)},
+        "holdout_loss": {"before": _mean(holdout_before), "after": _mean(holdout_after),
+                         "n": int(holdout_before.numel()),
+                         "per_row_before": holdout_before.tolist(),
+                         "per_row_after": holdout_after.tolist()},
+        "membership_inference": {"before": membership(old_before, holdout_before),
+                                 "after": membership(old_after, holdout_after)},
+    }
+
+
+def write_certificate(folder: Path, certificate: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``ID.json`` and ``ID.png`` atomically; returns both paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    request_id = certificate["request"]["id"]
+    json_path, png_path = folder / f"{request_id}.json", folder / f"{request_id}.png"
+    _atomic(png_path, lambda tmp: plot_certificate(certificate, tmp))
+    _atomic(json_path, lambda tmp: tmp.write_text(json.dumps(certificate, indent=2,
+                                                             sort_keys=True) + "\n"))
+    return json_path, png_path
+
+
+def _atomic(path: Path, write) -> None:
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def plot_certificate(certificate: dict[str, Any], path: Path) -> None:
+    """Two panels: mean losses before/after (erased vs held-out), and each erased row's loss
+    before → after against the held-out rows' spread."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    v = certificate["verification"]
+    erased, held = v["erased_rows_loss"], v["holdout_loss"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.4), dpi=100)
+    labels = ["erased rows", "held-out rows"]
+    before = [erased["before"] or 0.0, held["before"] or 0.0]
+    after = [erased["after"] or 0.0, held["after"] or 0.0]
+    x = range(len(labels))
+    left.bar([i - 0.2 for i in x], before, 0.4, label="before", color="#999999")
+    left.bar([i + 0.2 for i in x], after, 0.4, label="after", color="#1f77b4")
+    left.set_xticks(list(x), labels)
+    left.set_ylabel("mean loss (nats/token)")
+    left.legend(fontsize=8)
+    left.set_title("loss before and after", fontsize=10)
+    if held["per_row_after"]:
+        lo, hi = _quantiles(held["per_row_after"])
+        right.axhspan(lo, hi, color="#dddddd", label="held-out 10–90% (after)")
+        right.axhline(v["membership_inference"]["after"]["threshold"], color="#777777",
+                      lw=1, ls="--", label="member threshold (after)")
+    for b, a in zip(erased["per_row_before"], erased["per_row_after"], strict=True):
+        right.plot([0, 1], [b, a], "-o", color="#d62728", ms=3, lw=1)
+    right.set_xticks([0, 1], ["before", "after"])
+    right.set_ylabel("loss per erased row")
+    right.set_title("erased rows vs held-out", fontsize=10)
+    right.legend(fontsize=7, loc="best")
+    mi = v["membership_inference"]
+    share = [mi[k]["member_like_share"] for k in ("before", "after")]
+    r = certificate["request"]
+    fig.suptitle(f"{r['id']} · {r['kind']} of {r['n_rows']} row(s) · adapter "
+                 f"{r['adapter']} v{certificate['adapter']['version_before']}→"
+                 f"v{certificate['adapter']['version_after']} · member-like "
+                 + " → ".join("n/a" if s is None else f"{s:.0%}" for s in share), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def _quantiles(values: Sequence[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.quantile(0.1)), float(t.quantile(0.9))

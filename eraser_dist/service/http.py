@@ -1,0 +1,244 @@
+"""The tenants' HTTP API (stdlib ``http.server``; JSON in and out, bearer tokens).
+
+    POST /v1/requests                          submit   {"adapter", "request", "idempotency_key"?}
+    GET  /v1/requests/{id}                     status
+    GET  /v1/requests/{id}/certificate         certificate (JSON)
+    GET  /v1/requests/{id}/certificate.png     certificate (plot)
+    GET  /v1/adapters                          the caller's adapters and their versions
+    GET  /v1/openapi.json                      this API's OpenAPI 3.1 description
+
+Errors are ``{"error": {"status": N, "message": "..."}}`` with N the HTTP status: 400 bad
+input, 401 no or unknown token, 403 a token used for another tenant, 404 anything that is
+not the caller's (or does not exist), 405, 409 an idempotency key reused for another body,
+413 a body over ``MAX_BODY_BYTES`` or a request over the row limit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from ..errors import EraserError
+from .errors import ServiceError
+from .facade import EraseService
+from .journal import MAX_REQUEST_IDS
+
+MAX_BODY_BYTES = 1 << 20
+SUBMIT_FIELDS = {"adapter", "request", "idempotency_key"}
+REQUEST_PATH = re.compile(r"/v1/requests/([A-Za-z0-9_]{1,64})(/certificate(\.png)?)?")
+
+
+def _error_schema() -> dict[str, Any]:
+    return {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["status", "message"],
+        "properties": {"status": {"type": "integer"}, "message": {"type": "string"}}}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    reasons = {400: "Malformed input", 401: "Missing or unknown token",
+               403: "Token of another tenant", 404: "Not found (or not the caller's)",
+               409: "Idempotency key reused for another request", 413: "Too large"}
+    return {str(c): {"description": reasons[c], "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Error"}}}} for c in codes}
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 description served at /v1/openapi.json."""
+    request_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    json_of = lambda ref: {"application/json": {"schema": {"$ref": ref}}}  # noqa: E731
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "eraser_dist erase service", "version": "1"},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": _error_schema(),
+                "EraseRequest": {"oneOf": [
+                    {"type": "object", "additionalProperties": False,
+                     "required": ["kind", "ids"], "properties": {
+                         "kind": {"const": "remove"},
+                         "ids": {"type": "array", "minItems": 1, "maxItems": MAX_REQUEST_IDS,
+                                 "items": {"type": "string"}}}},
+                    {"type": "object", "additionalProperties": False,
+                     "required": ["kind", "edits"], "properties": {
+                         "kind": {"enum": ["modify_query", "correct_response"]},
+                         "edits": {"type": "array", "minItems": 1, "maxItems": MAX_REQUEST_IDS,
+                                   "items": {"type": "object", "required": ["id"],
+                                             "properties": {"id": {"type": "string"},
+                                                            "query": {"type": "string"},
+                                                            "response": {"type": "string"}}}}}},
+                ]},
+                "Submit": {"type": "object", "additionalProperties": False,
+                           "required": ["adapter", "request"], "properties": {
+                               "adapter": {"type": "string"},
+                               "request": {"$ref": "#/components/schemas/EraseRequest"},
+                               "idempotency_key": {"type": "string", "maxLength": 200}}},
+                "Submitted": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "state": {"type": "string"},
+                    "replayed": {"type": "boolean"}}},
+                "Status": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "adapter": {"type": "string"},
+                    "state": {"enum": ["pending", "running", "done", "failed"]},
+                    "error": {"type": ["string", "null"]},
+                    "certificate": {"type": "boolean"}}},
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/requests": {"post": {
+                "summary": "Submit an erase request (journaled before the answer)",
+                "requestBody": {"required": True,
+                                "content": json_of("#/components/schemas/Submit")},
+                "responses": {"202": {"description": "Journaled",
+                                      "content": json_of("#/components/schemas/Submitted")},
+                              "200": {"description": "Idempotent replay of an earlier submit",
+                                      "content": json_of("#/components/schemas/Submitted")},
+                              **_errors(400, 401, 403, 404, 409, 413)}}},
+            "/v1/requests/{id}": {"get": {
+                "summary": "A request's state", "parameters": [request_id],
+                "responses": {"200": {"description": "The request",
+                                      "content": json_of("#/components/schemas/Status")},
+                              **_errors(401, 404)}}},
+            "/v1/requests/{id}/certificate": {"get": {
+                "summary": "The erasure certificate of a done request",
+                "parameters": [request_id],
+                "responses": {"200": {"description": "Certificate (JSON)"},
+                              **_errors(401, 404)}}},
+            "/v1/requests/{id}/certificate.png": {"get": {
+                "summary": "The certificate's plot", "parameters": [request_id],
+                "responses": {"200": {"description": "PNG",
+                                      "content": {"image/png": {}}}, **_errors(401, 404)}}},
+            "/v1/adapters": {"get": {
+                "summary": "The caller's adapters and current versions",
+                "responses": {"200": {"description": "Adapters"}, **_errors(401)}}},
+            "/v1/openapi.json": {"get": {"summary": "This description", "security": [],
+                                         "responses": {"200": {"description": "OpenAPI"}}}},
+        },
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    service: EraseService  # set on the subclass made by make_server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # audit log instead of stderr
+        return
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._answer(self._get)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._answer(self._post)
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._answer(self._not_allowed)
+
+    do_DELETE = do_PATCH = do_PUT  # noqa: N815
+
+    def _not_allowed(self):
+        raise _HttpError(405, f"{self.command} is not allowed here")
+
+    def _token(self) -> str | None:
+        header = self.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+    def _get(self):
+        path = self.path.split("?", 1)[0]
+        if path == "/v1/openapi.json":
+            return 200, openapi()
+        if path == "/v1/adapters":
+            return 200, {"adapters": self.service.adapters(self._token())}
+        match = REQUEST_PATH.fullmatch(path)
+        if match is None:
+            raise _HttpError(404, f"no such resource {path[:100]!r}")
+        request_id, part, png = match.groups()
+        if part is None:
+            return 200, self.service.status(self._token(), request_id)
+        if png:
+            return 200, self.service.certificate_png(self._token(), request_id)
+        return 200, self.service.certificate(self._token(), request_id)
+
+    def _post(self):
+        if self.path.split("?", 1)[0] != "/v1/requests":
+            raise _HttpError(404 if not self.path.startswith("/v1/requests") else 405,
+                             f"cannot POST to {self.path[:100]!r}")
+        token = self._token()
+        body = self._json_body()
+        if not isinstance(body, dict):
+            raise _HttpError(400, "the body must be a JSON object")
+        unknown = sorted(set(body) - SUBMIT_FIELDS)
+        if unknown:
+            raise _HttpError(400, f"unknown field(s) {', '.join(map(repr, unknown))[:200]}")
+        if "adapter" not in body or "request" not in body:
+            raise _HttpError(400, "the body needs 'adapter' and 'request'")
+        key = body.get("idempotency_key", self.headers.get("Idempotency-Key"))
+        result = self.service.submit(token, body["adapter"], body["request"], key)
+        return (200 if result["replayed"] else 202), result
+
+    def _json_body(self) -> Any:
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise _HttpError(411, "a Content-Length header is required") from None
+        if length > MAX_BODY_BYTES:
+            raise _HttpError(413, f"the body is {length} bytes; at most {MAX_BODY_BYTES}")
+        raw = self.rfile.read(length)
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise _HttpError(400, f"the body is not valid JSON: {err}") from None
+
+    def _answer(self, handler) -> None:
+        try:
+            status, payload = handler()
+        except _HttpError as err:
+            status, payload = err.status, _error(err.status, str(err))
+        except ServiceError as err:
+            status, payload = err.status, _error(err.status, str(err))
+        except EraserError as err:  # a bad request body found by the core checks
+            status, payload = 400, _error(400, str(err))
+        except Exception as err:  # a bug: say so without leaking internals
+            self.service.registry.audit(None, "http", False, f"internal error: {err!r}")
+            status, payload = 500, _error(500, "internal error (logged)")
+        if isinstance(payload, bytes):
+            body, kind = payload, "image/png"
+        else:
+            body, kind = (json.dumps(payload, sort_keys=True) + "\n").encode(), "application/json"
+        if status >= 400 and self.command == "POST":
+            self.close_connection = True  # the unread part of a refused body must not linger
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        if status == 401:
+            self.send_header("WWW-Authenticate", "Bearer")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _error(status: int, message: str) -> dict[str, Any]:
+    return {"error": {"status": status, "message": message}}
+
+
+def make_server(service: EraseService, host: str = "127.0.0.1",
+                port: int = 8080) -> ThreadingHTTPServer:
+    """An HTTP server for ``service`` (call ``serve_forever``; port 0 picks a free one)."""
+    handler = type("Handler", (_Handler,), {"service": service})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def start_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, name="eraser-http", daemon=True)
+    thread.start()
+    return thread

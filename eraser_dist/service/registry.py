@@ -1,0 +1,336 @@
+"""The registry: tenants, training-set versions, adapter versions and the audit log.
+
+Metadata lives in one SQLite file under the data root (WAL, synchronous=FULL: a committed
+transaction survives a crash); training sets are Parquet files and adapters peft directories
+beside it, one folder per tenant::
+
+    ROOT/eraser.sqlite
+    ROOT/tenants/T/datasets/D/v0001.parquet   (+ holdout.parquet)
+    ROOT/tenants/T/adapters/A/v0001/          (peft directory + eraser_adapter.json)
+    ROOT/tenants/T/certificates/REQUEST.{json,png}
+
+A version exists once its row is committed; files written for a version that was never
+committed are leftovers of a crash, removed by the worker's recovery. Names are checked
+against a strict pattern before they touch a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..adapters import adapter_version, check_fitted_on, read_meta
+from ..data import examples_digest, read_examples, write_examples
+from ..errors import EraserError
+from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+TOKEN_PREFIX = "ert_"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS datasets (
+    tenant TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, path TEXT NOT NULL,
+    holdout TEXT, sha256 TEXT NOT NULL, n_rows INTEGER NOT NULL, batch_id INTEGER,
+    created REAL NOT NULL, PRIMARY KEY (tenant, name, version));
+CREATE TABLE IF NOT EXISTS adapters (
+    tenant TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, path TEXT NOT NULL,
+    base TEXT NOT NULL, dataset TEXT NOT NULL, dataset_version INTEGER NOT NULL,
+    weights_sha TEXT NOT NULL, batch_id INTEGER, created REAL NOT NULL,
+    PRIMARY KEY (tenant, name, version));
+CREATE TABLE IF NOT EXISTS requests (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, tenant TEXT NOT NULL,
+    adapter TEXT NOT NULL, idempotency_key TEXT, body TEXT NOT NULL, body_sha256 TEXT NOT NULL,
+    state TEXT NOT NULL, error TEXT, batch_id INTEGER, submitted REAL NOT NULL,
+    finished REAL, certificate TEXT, UNIQUE (tenant, idempotency_key));
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, adapter TEXT NOT NULL,
+    state TEXT NOT NULL, request_ids TEXT NOT NULL,
+    adapter_version_before INTEGER NOT NULL, adapter_version_after INTEGER NOT NULL,
+    dataset TEXT NOT NULL, dataset_version_before INTEGER NOT NULL,
+    dataset_version_after INTEGER NOT NULL, started REAL NOT NULL, finished REAL,
+    report TEXT);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, tenant TEXT, action TEXT NOT NULL,
+    allowed INTEGER NOT NULL, detail TEXT NOT NULL);
+"""
+
+
+def check_name(kind: str, name: Any) -> str:
+    """A tenant, dataset or adapter name: 1–64 of [A-Za-z0-9_.-], starting alphanumeric."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise BadRequest(f"invalid {kind} name {str(name)[:80]!r}: use 1–64 letters, digits, "
+                         "'_', '.' or '-', starting with a letter or digit")
+    return name
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    tenant: str
+    name: str
+    version: int
+    path: Path
+    holdout: Path | None
+    sha256: str
+    n_rows: int
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    tenant: str
+    name: str
+    version: int
+    path: Path
+    base: str
+    dataset: str
+    dataset_version: int
+    weights_sha: str
+
+
+class Registry:
+    """Tenants, versions and the audit log of one data root (safe across processes)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "eraser.sqlite"
+        db = sqlite3.connect(self.db_path, timeout=60)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # persistent: set once per database file
+            db.executescript(SCHEMA)
+        finally:
+            db.close()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: writers queue, readers go on)."""
+        db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    def query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        db = sqlite3.connect(self.db_path, timeout=60)
+        db.row_factory = sqlite3.Row
+        try:
+            return db.execute(sql, args).fetchall()
+        finally:
+            db.close()
+
+    def _version_row(self, table: str, kind: str, tenant: str, name: str,
+                     version: int | None) -> sqlite3.Row:
+        """The newest (or the given) version's row of a tenant's dataset or adapter."""
+        rows = self.query(
+            f"SELECT * FROM {table} WHERE tenant = ? AND name = ? "
+            + ("AND version = ? " if version is not None else "")
+            + "ORDER BY version DESC LIMIT 1",
+            (tenant, name) + ((version,) if version is not None else ()))
+        if not rows:
+            raise NotFound(f"tenant {tenant!r} has no {kind} {str(name)[:80]!r}")
+        return rows[0]
+
+    def tenant_dir(self, tenant: str) -> Path:
+        return self.root / "tenants" / check_name("tenant", tenant)
+
+    def audit(self, tenant: str | None, action: str, allowed: bool, detail: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO audit (at, tenant, action, allowed, detail) VALUES "
+                       "(?, ?, ?, ?, ?)", (time.time(), tenant, action, int(allowed),
+                                           detail[:2000]))
+
+    def audit_log(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        rows = self.query("SELECT * FROM audit ORDER BY id") if tenant is None else self.query(
+            "SELECT * FROM audit WHERE tenant = ? ORDER BY id", (tenant,))
+        return [dict(r) for r in rows]
+
+    # -- tenants ---------------------------------------------------------------------------
+
+    def add_tenant(self, name: str) -> str:
+        """Register a tenant; returns its bearer token (shown once, stored only hashed)."""
+        check_name("tenant", name)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        try:
+            with self.transaction() as db:
+                db.execute("INSERT INTO tenants VALUES (?, ?, ?)",
+                           (name, token_hash(token), time.time()))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"tenant {name!r} already exists") from None
+        self.tenant_dir(name).mkdir(parents=True, exist_ok=True)
+        return token
+
+    def authenticate(self, token: str | None, claimed_tenant: str | None = None) -> str:
+        """The tenant a token belongs to; 401 without a valid token, 403 (logged) when the
+        token belongs to another tenant than ``claimed_tenant``."""
+        if not token:
+            raise Unauthorized("a tenant token is required (--token, ERASER_TOKEN or an "
+                               "'Authorization: Bearer' header)")
+        digest = token_hash(token)
+        tenant = None
+        for row in self.query("SELECT name, token_sha256 FROM tenants"):
+            if hmac.compare_digest(row["token_sha256"], digest):
+                tenant = row["name"]
+        if tenant is None:
+            self.audit(None, "authenticate", False, "unknown token")
+            raise Unauthorized("invalid tenant token")
+        if claimed_tenant is not None and claimed_tenant != tenant:
+            self.audit(tenant, "impersonate", False, f"token of {tenant!r} used for tenant "
+                       f"{str(claimed_tenant)[:80]!r}")
+            raise Forbidden(f"this token does not belong to tenant {str(claimed_tenant)[:80]!r}")
+        return tenant
+
+    def tenants(self) -> list[str]:
+        return [r["name"] for r in self.query("SELECT name FROM tenants ORDER BY name")]
+
+    # -- datasets --------------------------------------------------------------------------
+
+    def add_dataset(self, tenant: str, name: str, data: str | Path,
+                    holdout: str | Path | None = None) -> DatasetVersion:
+        """Copy a Parquet training set (and optionally a held-out set of the same schema,
+        used only to verify erasures) into the registry as version 1."""
+        check_name("dataset", name)
+        examples = read_examples(data)
+        held = read_examples(holdout) if holdout is not None else None
+        folder = self.tenant_dir(tenant) / "datasets" / name
+        if self.query("SELECT 1 FROM datasets WHERE tenant = ? AND name = ?", (tenant, name)):
+            raise Conflict(f"dataset {name!r} already exists for tenant {tenant!r}")
+        path = folder / "v0001.parquet"
+        write_examples(path, examples)
+        holdout_path = None
+        if held is not None:
+            holdout_path = folder / "holdout.parquet"
+            write_examples(holdout_path, held)
+        version = DatasetVersion(tenant, name, 1, path, holdout_path, examples_digest(examples),
+                                 len(examples))
+        try:
+            with self.transaction() as db:
+                self.insert_dataset(db, version, None)
+        except sqlite3.IntegrityError:
+            raise Conflict(f"dataset {name!r} already exists for tenant {tenant!r}") from None
+        return version
+
+    def relative(self, path: Path) -> str:
+        """Paths are stored relative to the root, so a root can be moved or copied whole."""
+        return str(Path(path).relative_to(self.root))
+
+    def insert_dataset(self, db: sqlite3.Connection, v: DatasetVersion,
+                       batch_id: int | None) -> None:
+        db.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (v.tenant, v.name, v.version, self.relative(v.path),
+                    None if v.holdout is None else self.relative(v.holdout), v.sha256,
+                    v.n_rows, batch_id, time.time()))
+
+    def dataset(self, tenant: str, name: str, version: int | None = None) -> DatasetVersion:
+        """The current (or a given) version of a tenant's dataset; 404 for any other's."""
+        r = self._version_row("datasets", "dataset", tenant, name, version)
+        return DatasetVersion(r["tenant"], r["name"], r["version"], self.root / r["path"],
+                              self.root / r["holdout"] if r["holdout"] else None, r["sha256"],
+                              r["n_rows"])
+
+    def dataset_versions(self, tenant: str, name: str) -> list[int]:
+        return [r["version"] for r in self.query(
+            "SELECT version FROM datasets WHERE tenant = ? AND name = ? ORDER BY version",
+            (tenant, name))]
+
+    # -- adapters --------------------------------------------------------------------------
+
+    def add_adapter(self, tenant: str, name: str, adapter_dir: str | Path,
+                    dataset: str) -> AdapterVersion:
+        """Copy a trained eraser adapter into the registry as version 1, bound to the current
+        version of ``dataset``, which must be exactly the set it was fitted on."""
+        check_name("adapter", name)
+        data = self.dataset(tenant, check_name("dataset", dataset))
+        if self.query("SELECT 1 FROM adapters WHERE tenant = ? AND name = ?", (tenant, name)):
+            raise Conflict(f"adapter {name!r} already exists for tenant {tenant!r}")
+        bound = self.query("SELECT DISTINCT name FROM adapters WHERE tenant = ? AND dataset = ?",
+                           (tenant, dataset))
+        if bound:
+            # A row erased through one adapter would stay learnt by the other.
+            raise Conflict(f"dataset {dataset!r} already backs adapter {bound[0]['name']!r}; "
+                           "register a copy of the data under another name")
+        meta = read_meta(adapter_dir)
+        check_fitted_on(meta, adapter_dir, data.path, read_examples(data.path))
+        if meta.lineage.get("data_sha256") is None:
+            raise BadRequest(f"adapter {adapter_dir} does not record the data it was fitted on; "
+                             "train it with `eraser train`")
+        target = self.tenant_dir(tenant) / "adapters" / name / "v0001"
+        copy_dir(Path(adapter_dir), target)
+        version = AdapterVersion(tenant, name, 1, target, meta.base, dataset, data.version,
+                                 adapter_version(target))
+        try:
+            with self.transaction() as db:
+                self.insert_adapter(db, version, None)
+        except sqlite3.IntegrityError:
+            raise Conflict(f"adapter {name!r} already exists for tenant {tenant!r}") from None
+        return version
+
+    def insert_adapter(self, db: sqlite3.Connection, v: AdapterVersion,
+                       batch_id: int | None) -> None:
+        db.execute("INSERT INTO adapters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (v.tenant, v.name, v.version, self.relative(v.path), v.base, v.dataset,
+                    v.dataset_version, v.weights_sha, batch_id, time.time()))
+
+    def adapter(self, tenant: str, name: str, version: int | None = None) -> AdapterVersion:
+        """The current (or a given) version of a tenant's adapter; 404 for any other's."""
+        r = self._version_row("adapters", "adapter", tenant, name, version)
+        return AdapterVersion(r["tenant"], r["name"], r["version"], self.root / r["path"],
+                              r["base"],
+                              r["dataset"], r["dataset_version"], r["weights_sha"])
+
+    def adapters(self, tenant: str) -> list[dict[str, Any]]:
+        """Each adapter of a tenant with its current version."""
+        rows = self.query("SELECT name, MAX(version) AS version FROM adapters WHERE tenant = ? "
+                          "GROUP BY name ORDER BY name", (tenant,))
+        out = []
+        for r in rows:
+            a = self.adapter(tenant, r["name"])
+            out.append({"name": a.name, "version": a.version, "weights_sha": a.weights_sha,
+                        "dataset": a.dataset, "dataset_version": a.dataset_version,
+                        "base": a.base})
+        return out
+
+
+def copy_dir(source: Path, target: Path) -> None:
+    """Copy a folder so that ``target`` appears complete or not at all."""
+    if target.exists():
+        raise Conflict(f"{target} already exists")
+    if not source.is_dir():
+        raise EraserError(f"{source} is not a directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        shutil.copytree(source, tmp / "dir")
+        (tmp / "dir").rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

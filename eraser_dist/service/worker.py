@@ -1,0 +1,323 @@
+"""The batch worker behind ``eraser serve``: recover, then batch, solve, publish, certify.
+
+One batch is a short sequence of steps whose only commit point is one SQLite transaction::
+
+    planned            batch row 'running', its requests 'running'        (committed)
+    adapter_published  new adapter version folder written (atomic rename)
+    dataset_written    new training-set version written (atomic rename)
+    certified          one certificate per request written (atomic rename)
+    committed          versions registered, requests 'done', batch 'committed' (one commit)
+
+Files written before the commit belong to no registered version. If the process dies
+anywhere before it, :meth:`BatchWorker.recover` (run first by every ``serve``) deletes them,
+puts the requests back to 'pending' and marks the batch 'rolled_back'; the batch is then
+redone from the same versions and gives the same result. After the commit nothing is left
+to do but tell the serving replicas (``on_published``). So a kill loses no request and a
+batch is applied once or not at all.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..adapters import adapter_vector, adapter_version, load_adapter
+from ..arguments import DistributedArguments, EraseArguments, ServiceArguments
+from ..data import examples_digest, read_examples, write_examples
+from ..errors import EraserError
+from ..faults import FaultPlan, check_all
+from ..models import load_base
+from ..objective import loss_values
+from ..requests import EditedObjective, apply_requests
+from .batching import next_adapter, plan_batch
+from .certificate import CERTIFICATE_VERSION, row_hashes, verification, write_certificate
+from .journal import Journal, JournalEntry
+from .registry import AdapterVersion, DatasetVersion, Registry, dumps
+
+PHASES = ("planned", "adapter_published", "dataset_written", "certified", "committed")
+OnPublished = Callable[[AdapterVersion], None]
+
+
+def version_dir(registry: Registry, tenant: str, adapter: str, version: int) -> Path:
+    return registry.tenant_dir(tenant) / "adapters" / adapter / f"v{version:04d}"
+
+
+def dataset_file(registry: Registry, tenant: str, dataset: str, version: int) -> Path:
+    return registry.tenant_dir(tenant) / "datasets" / dataset / f"v{version:04d}.parquet"
+
+
+def certificate_dir(registry: Registry, tenant: str) -> Path:
+    return registry.tenant_dir(tenant) / "certificates"
+
+
+class BatchWorker:
+    """Runs the journal's pending requests as batches (one process per data root)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        settings: ServiceArguments | None = None,
+        erase_args: EraseArguments | None = None,
+        distributed: DistributedArguments | None = None,
+        on_published: OnPublished | None = None,
+        faults: tuple[FaultPlan, ...] = (),
+        progress: bool = False,
+    ):
+        self.registry = registry
+        self.journal = Journal(registry)
+        self.settings = settings or ServiceArguments()
+        s = self.settings
+        if min(s.max_batch_requests, s.max_batch_rows, s.holdout_sample,
+               s.eval_batch_size) < 1 or not s.poll_seconds > 0:
+            raise EraserError("batch limits, holdout sample and batch size must be at least 1, "
+                              "and the poll interval positive")
+        self.erase_args = erase_args or EraseArguments()
+        self.distributed = distributed
+        self.on_published = on_published
+        self.faults = faults
+        self.progress = progress
+        self.batches_here = 0
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the data root's worker lock (released by the OS if the process dies)."""
+        lock = open(self.registry.root / "serve.lock", "a+")  # noqa: SIM115 (held for the loop)
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise EraserError(f"another `eraser serve` is working on "
+                                  f"{self.registry.root}") from None
+            yield
+        finally:
+            lock.close()
+
+    def serve(self, drain: bool = True, should_stop: Callable[[], bool] = lambda: False) -> int:
+        """Recover, then run batches until the queue is empty (``drain``) or ``should_stop``;
+        returns the number of batches committed."""
+        committed = 0
+        with self.exclusive():
+            self.recover()
+            while not should_stop():
+                outcome = self.run_once()
+                if outcome is None:
+                    if drain:
+                        break
+                    time.sleep(self.settings.poll_seconds)
+                elif outcome.get("state") == "committed":
+                    committed += 1
+        return committed
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def recover(self) -> list[int]:
+        """Roll back every batch a dead worker left 'running'; returns their ids."""
+        rolled = []
+        for b in self.registry.query("SELECT * FROM batches WHERE state = 'running'"):
+            self._remove_outputs(b)
+            with self.registry.transaction() as db:
+                db.execute("UPDATE requests SET state = 'pending', batch_id = NULL "
+                           "WHERE batch_id = ? AND state = 'running'", (b["id"],))
+                db.execute("UPDATE batches SET state = 'rolled_back', finished = ? "
+                           "WHERE id = ?", (time.time(), b["id"]))
+            self.registry.audit(b["tenant"], "recover", True,
+                                f"batch {b['id']} on {b['adapter']!r} rolled back")
+            rolled.append(b["id"])
+        return rolled
+
+    def _remove_outputs(self, b) -> None:
+        """Delete what a batch wrote before its commit (none of it is registered)."""
+        adapter = version_dir(self.registry, b["tenant"], b["adapter"],
+                              b["adapter_version_after"])
+        data = dataset_file(self.registry, b["tenant"], b["dataset"],
+                            b["dataset_version_after"])
+        shutil.rmtree(adapter, ignore_errors=True)
+        for leftover in adapter.parent.glob(f".{adapter.name}.*"):
+            if not leftover.name.endswith(".cg-checkpoint"):  # kept: the redo resumes CG
+                shutil.rmtree(leftover, ignore_errors=True)
+        data.unlink(missing_ok=True)
+        for leftover in data.parent.glob(f".{data.name}.*"):
+            leftover.unlink(missing_ok=True)
+        folder = certificate_dir(self.registry, b["tenant"])
+        for request_id in json.loads(b["request_ids"]):
+            for path in folder.glob(f"{request_id}.*"):
+                path.unlink(missing_ok=True)
+            for path in folder.glob(f".{request_id}.*"):
+                path.unlink(missing_ok=True)
+
+    # -- one batch -----------------------------------------------------------------------
+
+    def run_once(self) -> dict[str, Any] | None:
+        """Run the next batch; None when nothing is pending."""
+        pending = self.journal.pending()
+        target = next_adapter(pending)
+        if target is None:
+            return None
+        tenant, name = target
+        adapter = self.registry.adapter(tenant, name)
+        data = self.registry.dataset(tenant, adapter.dataset)
+        examples = read_examples(data.path)
+        plan = plan_batch([e for e in pending if (e.tenant, e.adapter) == target], examples,
+                          self.settings.max_batch_requests, self.settings.max_batch_rows)
+        if plan.rejected:
+            self._fail([e.id for e, _ in plan.rejected], [r for _, r in plan.rejected])
+        if not plan.batch:
+            return {"state": "rejected", "rejected": len(plan.rejected)}
+        batch_id = self._start(adapter, data, plan.batch)
+        self.batches_here += 1
+        self._fault("planned")
+        out = version_dir(self.registry, tenant, name, adapter.version + 1)
+        from .. import api
+
+        try:
+            report = api.erase(adapter.base, adapter.path, data.path,
+                               [e.request for e in plan.batch], out, self.erase_args,
+                               progress=self.progress, distributed=self.distributed)
+        except EraserError as err:
+            self._remove_outputs(self.registry.query("SELECT * FROM batches WHERE id = ?",
+                                                     (batch_id,))[0])
+            self._fail([e.id for e in plan.batch], [f"batch {batch_id} failed: {err}"] *
+                       len(plan.batch), batch_id)
+            return {"state": "failed", "batch": batch_id, "error": str(err)}
+        self._fault("adapter_published")
+        edited = apply_requests([e.request for e in plan.batch], examples)
+        new_data = DatasetVersion(tenant, data.name, data.version + 1,
+                                  dataset_file(self.registry, tenant, data.name,
+                                               data.version + 1),
+                                  data.holdout, examples_digest(edited.rows_after),
+                                  len(edited.rows_after))
+        write_examples(new_data.path, edited.rows_after)
+        self._fault("dataset_written")
+        new_adapter = AdapterVersion(tenant, name, adapter.version + 1, out, adapter.base,
+                                     data.name, new_data.version, adapter_version(out))
+        certificates = self._certify(batch_id, plan.batch, edited, adapter, new_adapter, data,
+                                     new_data, report)
+        self._fault("certified")
+        self._commit(batch_id, plan.batch, new_adapter, new_data, certificates, report)
+        self._fault("committed")
+        if self.on_published is not None:
+            try:
+                self.on_published(new_adapter)
+            except Exception as err:  # replicas catch up from the registry; keep serving
+                self.registry.audit(tenant, "broadcast", False, f"{name} v"
+                                    f"{new_adapter.version}: {err!r}")
+        return {"state": "committed", "batch": batch_id, "requests": len(plan.batch),
+                "adapter_version": new_adapter.version, "report": report}
+
+    def _fault(self, phase: str) -> None:
+        check_all(self.faults, "serve", phase, self.batches_here)
+
+    def _start(self, adapter: AdapterVersion, data: DatasetVersion,
+               batch: list[JournalEntry]) -> int:
+        with self.registry.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO batches (tenant, adapter, state, request_ids, "
+                "adapter_version_before, adapter_version_after, dataset, "
+                "dataset_version_before, dataset_version_after, started) "
+                "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                (adapter.tenant, adapter.name, dumps([e.id for e in batch]), adapter.version,
+                 adapter.version + 1, data.name, data.version, data.version + 1, time.time()))
+            batch_id = int(cursor.lastrowid)
+            db.executemany("UPDATE requests SET state = 'running', batch_id = ? WHERE id = ?",
+                           [(batch_id, e.id) for e in batch])
+        return batch_id
+
+    def _fail(self, ids: list[str], reasons: list[str], batch_id: int | None = None) -> None:
+        now = time.time()
+        with self.registry.transaction() as db:
+            db.executemany("UPDATE requests SET state = 'failed', error = ?, finished = ? "
+                           "WHERE id = ?", [(r[:2000], now, i) for i, r in zip(ids, reasons,
+                                                                                strict=True)])
+            if batch_id is not None:
+                db.execute("UPDATE batches SET state = 'failed', finished = ? WHERE id = ?",
+                           (now, batch_id))
+
+    def _commit(self, batch_id: int, batch: list[JournalEntry], adapter: AdapterVersion,
+                data: DatasetVersion, certificates: list[Path], report: dict[str, Any]) -> None:
+        now = time.time()
+        with self.registry.transaction() as db:
+            self.registry.insert_adapter(db, adapter, batch_id)
+            self.registry.insert_dataset(db, data, batch_id)
+            db.executemany("UPDATE requests SET state = 'done', finished = ?, certificate = ? "
+                           "WHERE id = ?", [(now, self.registry.relative(c), e.id) for e, c in
+                                            zip(batch, certificates, strict=True)])
+            db.execute("UPDATE batches SET state = 'committed', finished = ?, report = ? "
+                       "WHERE id = ?", (now, dumps(report), batch_id))
+
+    # -- certificates --------------------------------------------------------------------
+
+    def _certify(self, batch_id: int, batch: list[JournalEntry], edited: EditedObjective,
+                 before: AdapterVersion, after: AdapterVersion, data: DatasetVersion,
+                 new_data: DatasetVersion, report: dict[str, Any]) -> list[Path]:
+        """Losses of every request's rows and a held-out sample under both versions (one
+        model: the new version's weights are swapped in), then one certificate each."""
+        parts = edited.request_parts()
+        holdout = self._holdout_sample(data)
+        rows = [r for part, _ in parts for r in part] + holdout
+        model, _ = load_adapter(load_base(before.base), before.path)
+        losses_before = loss_values(model, rows, self.settings.eval_batch_size)
+        model.set_flat(adapter_vector(model, after.path))
+        losses_after = loss_values(model, rows, self.settings.eval_batch_size)
+        n_held = len(holdout)
+        held_before = losses_before[len(rows) - n_held:]
+        held_after = losses_after[len(rows) - n_held:]
+        remaining = {row_hashes(r)["row_sha256"] for r in edited.rows_after}
+        paths, offset = [], 0
+        for position, (entry, (part_rows, changes)) in enumerate(zip(batch, parts,
+                                                                     strict=True)):
+            span = slice(offset, offset + len(part_rows))
+            offset += len(part_rows)
+            old = changes < 0
+            b, a = losses_before[span], losses_after[span]
+            own = report["requests"][position]
+            certificate = {
+                "certificate_version": CERTIFICATE_VERSION,
+                "request": {"id": entry.id, "tenant": entry.tenant, "adapter": entry.adapter,
+                            "kind": entry.request.kind, "n_rows": len(entry.request.ids),
+                            "completed": time.time()},
+                "rows": [row_hashes(r) for r, o in zip(part_rows, old.tolist(), strict=True)
+                         if o],
+                "erased_rows_absent_from_new_dataset": not any(
+                    row_hashes(r)["row_sha256"] in remaining
+                    for r, o in zip(part_rows, old.tolist(), strict=True) if o),
+                "adapter": {"name": before.name, "base": before.base,
+                            "version_before": before.version, "version_after": after.version,
+                            "weights_sha_before": before.weights_sha,
+                            "weights_sha_after": after.weights_sha},
+                "dataset": {"name": data.name, "version_before": data.version,
+                            "version_after": new_data.version, "sha256_before": data.sha256,
+                            "sha256_after": new_data.sha256, "n_rows_before": data.n_rows,
+                            "n_rows_after": new_data.n_rows},
+                "batch": {"id": batch_id, "n_requests": len(batch), "position": position},
+                "solver": {
+                    "hvp_used": report["hvp_used"], "cg_iterations": report["cg_iterations"],
+                    "relative_residual": report["relative_residual"],
+                    "converged": report["cg_converged"],
+                    "negative_curvature": report["negative_curvature"],
+                    "damping": report["damping"], "batch_delta_norm": report["delta_norm"],
+                    "own_delta_norm": own["delta_norm"],
+                    "own_relative_residual": own["relative_residual"],
+                    "seconds": report["seconds"],
+                },
+                "verification": verification(b[old], a[old], b[~old], a[~old], held_before,
+                                             held_after),
+            }
+            paths.append(write_certificate(certificate_dir(self.registry, entry.tenant),
+                                           certificate)[0])
+        return paths
+
+    def _holdout_sample(self, data: DatasetVersion) -> list:
+        if data.holdout is None:
+            return []
+        rows = read_examples(data.holdout)
+        generator = torch.Generator().manual_seed(0)
+        picked = torch.randperm(len(rows), generator=generator)[: self.settings.holdout_sample]
+        return [rows[i] for i in sorted(picked.tolist())]

@@ -1,0 +1,387 @@
+"""The erase service: tenants kept apart, 200 requests in one serve, kills at every phase,
+hostile input. tiny-llama adapters, one-process engine (the distributed one is in
+test_distributed.py)."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import word_rows
+from safetensors.torch import load_file
+
+from eraser_dist import api, cli
+from eraser_dist.arguments import EraseArguments, LoraArguments, ServiceArguments, TrainArguments
+from eraser_dist.data import read_examples, write_examples
+from eraser_dist.requests import parse_request
+from eraser_dist.service import EraseService
+from eraser_dist.service.batching import plan_batch
+from eraser_dist.service.errors import Conflict, Forbidden, NotFound, TooLarge, Unauthorized
+from eraser_dist.service.http import make_server, start_in_thread
+from eraser_dist.service.journal import JournalEntry
+from eraser_dist.service.worker import PHASES
+
+FLEET = {"acme": ["a1", "a2"], "globex": ["b1", "b2"], "initech": ["c1"]}
+N_ROWS = 44
+ERASE = EraseArguments(hvp="exact", damping=0.1, tol=1e-6, max_iter=30)
+SETTINGS = ServiceArguments(max_batch_requests=16, holdout_sample=8)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """A data root with 3 tenants and 5 adapters, each fitted on its own 44 rows."""
+    work = tmp_path_factory.mktemp("fleet")
+    service = EraseService(work / "root")
+    tokens = {}
+    for tenant, adapters in FLEET.items():
+        tokens[tenant] = service.add_tenant(tenant)
+        for name in adapters:
+            rows = word_rows(N_ROWS + 8, prefix=f"{name}-")
+            write_examples(work / f"{name}.parquet", rows[:N_ROWS])
+            write_examples(work / f"{name}-holdout.parquet", rows[N_ROWS:])
+            api.train("tiny-llama", work / f"{name}.parquet", work / name, LoraArguments(rank=2),
+                      TrainArguments(epochs=1, max_length=48), progress=False)
+            service.add_dataset(tokens[tenant], tenant, f"{name}-data", work / f"{name}.parquet",
+                                work / f"{name}-holdout.parquet")
+            service.add_adapter(tokens[tenant], tenant, name, work / name, f"{name}-data")
+    return work / "root", tokens
+
+
+@pytest.fixture
+def fleet(template, tmp_path):
+    root, tokens = template
+    shutil.copytree(root, tmp_path / "root")
+    return EraseService(tmp_path / "root"), tokens
+
+
+def weights(path: Path) -> torch.Tensor:
+    tensors = load_file(str(path / "adapter_model.safetensors"))
+    return torch.cat([tensors[k].flatten().double() for k in sorted(tensors)])
+
+
+def requests_for(adapter: str, n: int, seed: int) -> list[dict]:
+    """n requests on one adapter's rows: removals of distinct rows, and edits that come back
+    to the same rows (so batches must split), never naming a removed row."""
+    rng = random.Random(seed)
+    ids = [f"{adapter}-{i}" for i in range(N_ROWS)]
+    removable, editable = ids[: N_ROWS // 2], ids[N_ROWS // 2:]
+    rng.shuffle(removable)
+    out = []
+    for j in range(n):
+        if j % 3 == 0 and removable:
+            take = [removable.pop() for _ in range(min(1 + j % 2, len(removable)))]
+            out.append({"kind": "remove", "ids": take})
+        elif j % 3 == 1:
+            out.append({"kind": "correct_response",
+                        "edits": [{"id": rng.choice(editable), "response": f"fix{j}"}]})
+        else:
+            out.append({"kind": "modify_query",
+                        "edits": [{"id": rng.choice(editable), "query": f"rev new{j}"}]})
+    return out
+
+
+# -- batching policy (pure) ------------------------------------------------------------------
+
+def entry(seq: int, request: dict) -> JournalEntry:
+    return JournalEntry(seq, f"q{seq}", "t", "a", parse_request(request))
+
+
+def test_batches_keep_order_split_at_a_shared_row_and_reject_stale_requests():
+    rows = word_rows(10)
+    pending = [entry(1, {"kind": "remove", "ids": ["r1"]}),
+               entry(2, {"kind": "remove", "ids": ["gone"]}),
+               entry(3, {"kind": "correct_response", "edits": [{"id": "r2", "response": "x"}]}),
+               entry(4, {"kind": "remove", "ids": ["r2"]}),
+               entry(5, {"kind": "remove", "ids": ["r3"]})]
+    plan = plan_batch(pending, rows, max_requests=10, max_rows=100)
+    assert [e.seq for e in plan.batch] == [1, 3]  # 4 names r2 again: it waits for the next
+    assert [(e.seq, "unknown id" in why) for e, why in plan.rejected] == [(2, True)]
+    assert [e.seq for e in plan_batch(pending, rows, 1, 100).batch] == [1]
+    everything = [entry(i, {"kind": "remove", "ids": [f"r{i}"]}) for i in range(10)]
+    assert len(plan_batch(everything, rows, 100, 100).batch) == 9  # not every row at once
+
+
+# -- tenants are kept apart --------------------------------------------------------------
+
+def test_tenants_cannot_reach_each_others_things_through_the_api(fleet):
+    service, tokens = fleet
+    acme, globex = tokens["acme"], tokens["globex"]
+    mine = service.submit(acme, "a1", {"kind": "remove", "ids": ["a1-3"]})["id"]
+    with pytest.raises(NotFound):
+        service.submit(globex, "a1", {"kind": "remove", "ids": ["a1-3"]})  # not its adapter
+    with pytest.raises(NotFound, match="not in the training set"):
+        service.submit(globex, "b1", {"kind": "remove", "ids": ["a1-3"]})  # not its rows
+    with pytest.raises(NotFound):
+        service.status(globex, mine)
+    with pytest.raises(NotFound):
+        service.certificate(globex, mine)
+    with pytest.raises(Forbidden):
+        service.submit(globex, "a1", {"kind": "remove", "ids": ["a1-3"]}, tenant="acme")
+    with pytest.raises(Unauthorized):
+        service.status("ert_forged", mine)
+    assert service.adapters(globex) and {a["name"] for a in service.adapters(globex)} == {
+        "b1", "b2"}
+    assert [q["id"] for q in service.queue()] == [mine]
+    refused = [a for a in service.registry.audit_log() if not a["allowed"]]
+    assert len(refused) >= 6 and any(a["action"] == "impersonate" for a in refused)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_tenants_cannot_reach_each_others_things_through_the_cli(fleet, tmp_path, capsys):
+    service, tokens = fleet
+    root = str(service.root)
+    request = tmp_path / "req.json"
+    request.write_text(json.dumps({"kind": "remove", "ids": ["a1-5"]}))
+    code, out, _ = run_cli(capsys, "submit", str(request), "--root", root, "--tenant", "acme",
+                           "--adapter", "a1", "--token", tokens["acme"])
+    assert code == 0 and out.strip().startswith("req_")
+    request_id = out.strip()
+    attempts = [
+        ("submit", str(request), "--tenant", "acme", "--adapter", "a1"),  # wrong tenant
+        ("submit", str(request), "--tenant", "globex", "--adapter", "a1"),  # not its adapter
+        ("status", request_id),
+        ("certificate", request_id),
+    ]
+    for argv in attempts:
+        code, out, err = run_cli(capsys, *argv, "--root", root, "--token", tokens["globex"])
+        assert code == 2 and out == "" and err.startswith("eraser: error: ")
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, out, _ = run_cli(capsys, "status", request_id, "--root", root, "--token",
+                           tokens["acme"])
+    assert code == 0 and json.loads(out)["state"] == "pending"
+    assert len(service.journal.queue()) == 1
+
+
+def http(base: str, method: str, path: str, token: str | None = None, body=None,
+         raw: bytes | None = None, headers: dict | None = None):
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json",
+                                              **(headers or {})})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            payload = answer.read()
+            status, kind = answer.status, answer.headers["Content-Type"]
+    except urllib.error.HTTPError as err:
+        payload, status, kind = err.read(), err.code, err.headers["Content-Type"]
+    return status, (json.loads(payload) if kind == "application/json" else payload)
+
+
+@pytest.fixture
+def api_server(fleet):
+    service, tokens = fleet
+    server = make_server(service, "127.0.0.1", 0)
+    start_in_thread(server)
+    yield service, tokens, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_isolation_and_hostile_input_change_nothing(api_server):
+    service, tokens, base = api_server
+    acme, globex = tokens["acme"], tokens["globex"]
+    good = {"adapter": "a1", "request": {"kind": "remove", "ids": ["a1-7"]},
+            "idempotency_key": "k1"}
+    status, first = http(base, "POST", "/v1/requests", acme, good)
+    assert status == 202 and first["state"] == "pending"
+    status, again = http(base, "POST", "/v1/requests", acme, good)
+    assert (status, again["id"], again["replayed"]) == (200, first["id"], True)
+    before = service.journal.queue()
+    hostile = [
+        (401, None, "POST", "/v1/requests", good, None),
+        (401, "ert_nope", "GET", f"/v1/requests/{first['id']}", None, None),
+        (404, globex, "GET", f"/v1/requests/{first['id']}", None, None),
+        (404, globex, "GET", f"/v1/requests/{first['id']}/certificate", None, None),
+        (404, globex, "GET", f"/v1/requests/{first['id']}/certificate.png", None, None),
+        (404, globex, "POST", "/v1/requests", good, None),
+        (404, globex, "POST", "/v1/requests",
+         {"adapter": "b1", "request": {"kind": "remove", "ids": ["a1-7"]}}, None),
+        (409, acme, "POST", "/v1/requests", {**good, "request": {"kind": "remove",
+                                                                   "ids": ["a1-8"]}}, None),
+        (400, acme, "POST", "/v1/requests", None, b"{not json"),
+        (400, acme, "POST", "/v1/requests", [1, 2], None),
+        (400, acme, "POST", "/v1/requests", {**good, "idempotency_key": "k2", "admin": True},
+         None),
+        (400, acme, "POST", "/v1/requests", {"adapter": "a1", "request": {
+            "kind": "remove", "ids": ["a1-7"], "also": 1}}, None),
+        (400, acme, "POST", "/v1/requests", {"adapter": "../../etc/passwd",
+                                             "request": good["request"]}, None),
+        (400, acme, "POST", "/v1/requests", {"adapter": "a1", "request": {"kind": "drop"}},
+         None),
+        (413, acme, "POST", "/v1/requests", {"adapter": "a1", "request": {
+            "kind": "remove", "ids": [f"x{i}" for i in range(10_001)]}}, None),
+        (413, acme, "POST", "/v1/requests", None, b" " * ((1 << 20) + 1)),
+        (404, acme, "GET", "/v1/requests/..%2F..%2Feraser.sqlite", None, None),
+        (404, acme, "GET", "/v1/nothing", None, None),
+        (405, acme, "DELETE", f"/v1/requests/{first['id']}", None, None),
+    ]
+    for expected, token, method, path, body, raw in hostile:
+        status, payload = http(base, method, path, token, body, raw)
+        assert status == expected, (expected, method, path, payload)
+        assert payload["error"]["status"] == expected and payload["error"]["message"]
+    assert service.journal.queue() == before  # nothing journaled, nothing changed
+    status, spec = http(base, "GET", "/v1/openapi.json")
+    assert status == 200 and spec["openapi"].startswith("3.1")
+    assert {"/v1/requests", "/v1/requests/{id}", "/v1/requests/{id}/certificate"} <= set(
+        spec["paths"])
+
+
+def test_too_large_and_replayed_requests_through_the_api(fleet):
+    service, tokens = fleet
+    with pytest.raises(TooLarge):
+        service.submit(tokens["acme"], "a1", {"kind": "remove",
+                                              "ids": [f"x{i}" for i in range(10_001)]})
+    a = service.submit(tokens["acme"], "a1", {"kind": "remove", "ids": ["a1-1"]}, "key")
+    b = service.submit(tokens["acme"], "a1", {"kind": "remove", "ids": ["a1-1"]}, "key")
+    assert a["id"] == b["id"] and b["replayed"]
+    with pytest.raises(Conflict):
+        service.submit(tokens["acme"], "a1", {"kind": "remove", "ids": ["a1-2"]}, "key")
+    # another tenant may use the same key for its own request
+    assert not service.submit(tokens["globex"], "b1", {"kind": "remove", "ids": ["b1-1"]},
+                              "key")["replayed"]
+    assert len(service.journal.queue()) == 2
+
+
+# -- 200 requests in one serve ---------------------------------------------------------------
+
+def test_200_requests_over_3_tenants_and_5_adapters(fleet):
+    service, tokens = fleet
+    owner = {a: t for t, adapters in FLEET.items() for a in adapters}
+    submitted: dict[str, tuple[str, dict]] = {}
+    streams = {a: requests_for(a, 40, seed=i) for i, a in enumerate(owner)}
+    for j in range(40):  # interleaved, as bulk loads from many tenants arrive
+        for adapter, stream in streams.items():
+            result = service.submit(tokens[owner[adapter]], adapter, stream[j])
+            submitted[result["id"]] = (adapter, stream[j])
+    assert len(submitted) == 200
+    originals = {a: service.registry.adapter(owner[a], a) for a in owner}
+    worker = service.worker(SETTINGS, ERASE)
+    committed = worker.serve(drain=True)
+    states = {i: service.status(tokens[owner[a]], i)["state"] for i, (a, _) in submitted.items()}
+    assert set(states.values()) == {"done"}
+    batches = service.registry.query("SELECT * FROM batches ORDER BY id")
+    assert committed == len(batches) and {b["state"] for b in batches} == {"committed"}
+    in_batches = [i for b in batches for i in json.loads(b["request_ids"])]
+    assert sorted(in_batches) == sorted(submitted)  # every request in exactly one batch
+    assert len(batches) < 200 / 2  # they really were batched
+    for adapter, tenant in owner.items():
+        # The same batches, applied one at a time in order outside the service.
+        current_adapter, current_data = originals[adapter].path, service.registry.dataset(
+            tenant, f"{adapter}-data", 1).path
+        mine = [b for b in batches if b["adapter"] == adapter]
+        for b in mine:
+            batch = [parse_request(submitted[i][1]) for i in json.loads(b["request_ids"])]
+            out = service.root.parent / f"replay-{adapter}-{b['id']}"
+            api.erase("tiny-llama", current_adapter, current_data, batch, out, ERASE,
+                      progress=False)
+            from eraser_dist.requests import apply_requests
+            write_examples(out.with_suffix(".parquet"),
+                           apply_requests(batch, read_examples(current_data)).rows_after)
+            current_adapter, current_data = out, out.with_suffix(".parquet")
+        final = service.registry.adapter(tenant, adapter)
+        assert final.version == 1 + len(mine)
+        replayed, served = weights(current_adapter), weights(final.path)
+        assert float((replayed - served).norm() / served.norm()) <= 1e-6
+        data = service.registry.dataset(tenant, f"{adapter}-data")
+        assert read_examples(data.path) == read_examples(current_data)
+        removed = {i for a, r in submitted.values() if a == adapter and r["kind"] == "remove"
+                   for i in r["ids"]}
+        assert not removed & {e.id for e in read_examples(data.path)}
+    some = next(iter(submitted))
+    certificate = service.certificate(tokens[owner[submitted[some][0]]], some)
+    assert certificate["erased_rows_absent_from_new_dataset"]
+    assert certificate["request"]["id"] == some and "a1-" not in json.dumps(certificate["rows"])
+
+
+# -- kills ---------------------------------------------------------------------------------
+
+KILLED_SERVE = """
+import sys
+from eraser_dist.arguments import EraseArguments, ServiceArguments
+from eraser_dist.faults import FaultPlan
+from eraser_dist.service import EraseService
+root, phase, at, record = sys.argv[1:]
+service = EraseService(root)
+worker = service.worker(ServiceArguments(max_batch_requests=3, holdout_sample=8),
+                        EraseArguments(hvp="exact", damping=0.1, tol=1e-6, max_iter=30),
+                        faults=(FaultPlan("serve", phase, int(at), 1, record),))
+worker.serve(drain=True)
+"""
+
+
+def submit_small_load(service, tokens) -> list[str]:
+    ids = []
+    for adapter, tenant in (("a1", "acme"), ("b1", "globex")):
+        for request in requests_for(adapter, 5, seed=7):
+            ids.append(service.submit(tokens[tenant], adapter, request)["id"])
+    return ids
+
+
+def final_state(service) -> dict:
+    out = {}
+    for adapter, tenant in (("a1", "acme"), ("b1", "globex")):
+        a = service.registry.adapter(tenant, adapter)
+        d = service.registry.dataset(tenant, f"{adapter}-data")
+        out[adapter] = (a.version, weights(a.path), d.version, d.sha256)
+    states = service.registry.query("SELECT state, COUNT(*) AS n FROM requests GROUP BY state")
+    out["requests"] = {r["state"]: r["n"] for r in states}
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_state(template, tmp_path_factory):
+    root, tokens = template
+    copy = tmp_path_factory.mktemp("reference") / "root"
+    shutil.copytree(root, copy)
+    service = EraseService(copy)
+    submit_small_load(service, tokens)
+    service.worker(ServiceArguments(max_batch_requests=3, holdout_sample=8), ERASE).serve()
+    return final_state(service)
+
+
+@pytest.mark.parametrize("phase,at", [(p, 1) for p in PHASES] + [("adapter_published", 3)])
+def test_a_kill_at_any_phase_ends_in_the_state_of_a_run_without_it(fleet, reference_state,
+                                                                   tmp_path, phase, at):
+    service, tokens = fleet
+    ids = submit_small_load(service, tokens)
+    child = subprocess.run([sys.executable, "-c", KILLED_SERVE, str(service.root), phase,
+                            str(at), str(tmp_path / "deaths")], capture_output=True, text=True,
+                           timeout=300)
+    assert child.returncode == 1, child.stderr[-2000:]  # it died at the fault
+    assert len(list((tmp_path / "deaths").glob("death-*"))) == 1
+    in_flight = service.registry.query("SELECT state FROM batches WHERE state = 'running'")
+    assert len(in_flight) == (0 if phase == "committed" else 1)
+    rolled = service.worker(ServiceArguments(max_batch_requests=3, holdout_sample=8),
+                            ERASE).recover()
+    assert len(rolled) == len(in_flight)
+    service.worker(ServiceArguments(max_batch_requests=3, holdout_sample=8), ERASE).serve()
+    state = final_state(service)
+    assert state["requests"] == {"done": len(ids)}
+    for adapter in ("a1", "b1"):
+        version, w, data_version, sha = state[adapter]
+        ref_version, ref_w, ref_data_version, ref_sha = reference_state[adapter]
+        assert (version, data_version, sha) == (ref_version, ref_data_version, ref_sha)
+        assert float((w - ref_w).norm() / ref_w.norm()) <= 1e-9
+    leftovers = [p for p in service.root.rglob(".*") if p.name != ".cg-checkpoint"]
+    assert not leftovers, leftovers
+    versions = service.registry.query("SELECT tenant, name, COUNT(*) AS n FROM adapters "
+                                      "GROUP BY tenant, name")
+    on_disk = {(p.parts[-4], p.parts[-2]): 0 for p in service.root.glob("tenants/*/adapters/*/v*")}
+    for p in service.root.glob("tenants/*/adapters/*/v*"):
+        on_disk[(p.parts[-4], p.parts[-2])] += 1
+    assert {(r["tenant"], r["name"]): r["n"] for r in versions} == on_disk  # no torn version
