@@ -23,6 +23,7 @@ import ray
 import torch
 
 from eraser_dist.arguments import EraseArguments
+from eraser_dist.faults import FaultPlan, check_all
 from eraser_dist.influence import (
     erase_damping,
     influence_result,
@@ -32,7 +33,6 @@ from eraser_dist.influence import (
 from eraser_dist.shard_worker import WorkerSpec
 from eraser_dist.solve import CGResult, CGState, conjugate_gradient
 
-from eraser_dist.faults import FaultPlan, check_all
 from .group import GroupLayout, GroupPool
 
 

@@ -15,10 +15,10 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from eraser_dist.errors import EraserError
+from eraser_dist.faults import FaultPlan
 from eraser_dist.shard_worker import WorkerSpec
 from eraser_dist.sharding import RankPlace
 
-from eraser_dist.faults import FaultPlan
 from .worker import WorkerRank
 
 

@@ -66,3 +66,31 @@ def broadcast_delta(replicas: Sequence[Any], adapter_dir: str) -> list[str]:
         if isinstance(err.cause, EraserError):
             raise err.cause from None
         raise
+
+
+class ReplicaFleet:
+    """Serving replicas of every adapter of a service, kept at its current version.
+
+    Used as the batch worker's ``on_published`` hook: after each committed batch the new
+    version's ΔΘ is broadcast to that adapter's replicas.
+    """
+
+    def __init__(self, replicas: dict[tuple[str, str], list[Any]]):
+        self.replicas = replicas
+
+    @classmethod
+    def start(cls, registry, per_adapter: int, threads: int = 1) -> ReplicaFleet:
+        """``per_adapter`` replicas of the current version of every registered adapter."""
+        replicas = {}
+        for tenant in registry.tenants():
+            for info in registry.adapters(tenant):
+                version = registry.adapter(tenant, info["name"])
+                replicas[(tenant, version.name)] = [
+                    ServingReplica.remote(version.base, str(version.path), threads)
+                    for _ in range(per_adapter)]
+        return cls(replicas)
+
+    def __call__(self, version) -> list[str]:
+        """Broadcast a newly committed adapter version (an ``AdapterVersion``)."""
+        return broadcast_delta(self.replicas.get((version.tenant, version.name), []),
+                               str(version.path))

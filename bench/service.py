@@ -24,6 +24,7 @@ import torch
 
 from eraser_dist import api
 from eraser_dist.arguments import EraseArguments, LoraArguments, ServiceArguments, TrainArguments
+from eraser_dist.cli import quiet_library_warnings
 from eraser_dist.data import Example, write_examples
 from eraser_dist.requests import EraseRequest
 from eraser_dist.service import EraseService
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     ns = parser.parse_args()
     torch.set_num_threads(2)
+    quiet_library_warnings()
     erase = EraseArguments(hvp="exact", damping=0.1, tol=1e-6, max_iter=30)
     per_adapter = -(-ns.requests // ns.adapters)
     if per_adapter >= ns.rows:
@@ -81,14 +83,20 @@ def main() -> None:
         done = service.registry.query("SELECT finished - submitted AS latency, state "
                                       "FROM requests")
         latencies = sorted(r["latency"] for r in done if r["state"] == "done")
-        sizes = [len(json.loads(b["request_ids"])) for b in service.registry.query(
-            "SELECT request_ids FROM batches WHERE state = 'committed'")]
+        committed = service.registry.query(
+            "SELECT request_ids, report FROM batches WHERE state = 'committed'")
+        sizes = [len(json.loads(b["request_ids"])) for b in committed]
+        phases = {key: sum(json.loads(b["report"])[key] for b in committed)
+                  for key in ("seconds", "certify_seconds", "batch_seconds")}
         bulk = {
             "adapters": ns.adapters, "requests": ns.requests, "rows_per_adapter": ns.rows,
             "done": len(latencies), "batches": batches, "batch_sizes": sizes,
             "setup_seconds_train_and_register": setup, "submit_seconds": submit_seconds,
             "submits_per_second": ns.requests / submit_seconds,
             "serve_seconds": serve_seconds,
+            "serve_seconds_in_solves": phases["seconds"],
+            "serve_seconds_in_certificates": phases["certify_seconds"],
+            "serve_seconds_in_batches": phases["batch_seconds"],
             "requests_per_hour": 3600 * len(latencies) / serve_seconds,
             "latency_seconds_p50": statistics.median(latencies),
             "latency_seconds_p95": latencies[int(0.95 * (len(latencies) - 1))],

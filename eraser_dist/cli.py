@@ -316,15 +316,27 @@ def cmd_queue(ns: argparse.Namespace) -> None:
 
 
 def cmd_serve(ns: argparse.Namespace) -> None:
+    import logging
+
     from .service.http import make_server, start_in_thread
 
+    if not ns.quiet:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                            stream=sys.stderr)
     service = _service(ns)
     distributed = _distributed(ns)
     settings = ServiceArguments(max_batch_requests=ns.max_batch_requests,
                                 max_batch_rows=ns.max_batch_rows,
                                 poll_seconds=ns.poll_seconds)
+    on_published = None
+    if ns.replicas:
+        from actors.cluster import connect
+        from actors.replica import ReplicaFleet
+
+        connect(ns.address, 0, 0.0, 0.0)
+        on_published = ReplicaFleet.start(service.registry, ns.replicas)
     worker = service.worker(settings, _erase_arguments(ns, distributed), distributed,
-                            progress=not ns.quiet)
+                            on_published, progress=not ns.quiet)
     if ns.http:
         host, _, port = ns.http.rpartition(":")
         try:
@@ -410,6 +422,9 @@ def service_parsers(sub) -> None:
     p.add_argument("--max-batch-requests", type=int, default=s.max_batch_requests)
     p.add_argument("--max-batch-rows", type=int, default=s.max_batch_rows)
     p.add_argument("--poll-seconds", type=float, default=s.poll_seconds)
+    p.add_argument("--replicas", type=int, default=0,
+                   help="serving replicas per adapter (Ray actors) that receive every new "
+                   "version as a delta")
     p.add_argument("--quiet", action="store_true")
     solver_options(p)
     p.set_defaults(func=cmd_serve)

@@ -121,11 +121,12 @@ def conjugate_gradient(
 def galerkin_split(cg: CGResult, rhs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve A x_k = b_k for each row of ``rhs`` [K, d] within the span of ``cg``'s directions.
 
-    ``cg`` must be a recorded solve (``record=True``) of A x = Σ_k b_k. Within the span P of
-    its directions, x_k = P (PᵀAP)⁻¹ Pᵀ b_k: the Galerkin solution, exact where b_k lies in
-    that Krylov space, and Σ_k x_k equals CG's own iterate up to rounding. Costs no product
-    with A; the residual A x_k − b_k is computed exactly from the recorded products.
-    Returns (x [K, d] float64, relative residuals ‖A x_k − b_k‖/‖b_k‖ [K]).
+    ``cg`` must be a recorded solve (``record=True``) of A x = Σ_k b_k. Each x_k is the
+    vector of that span whose residual ‖A x_k − b_k‖ is least (a projection onto the Krylov
+    space, exact where b_k's solution lies in it). It is linear in b_k, so Σ_k x_k is the
+    least-residual solution for Σ_k b_k, which CG's own iterate (in the same span, residual
+    at most ``tol``) bounds. Costs no product with A: the residual is computed exactly from
+    the recorded products. Returns (x [K, d] float64, ‖A x_k − b_k‖/‖b_k‖ [K]).
     """
     rhs = rhs.double()
     if cg.directions is None or cg.products is None:
@@ -133,16 +134,16 @@ def galerkin_split(cg: CGResult, rhs: torch.Tensor) -> tuple[torch.Tensor, torch
     if cg.directions.shape[0] == 0:
         return torch.zeros_like(rhs), torch.ones(rhs.shape[0], dtype=torch.float64)
     # Directions shrink with the residual (scale them to unit length), and in floating point
-    # they lose conjugacy and grow nearly dependent, so PᵀAP is not trusted as is: take an
-    # orthonormal basis U of their span (P = U S Vᵀ, dropping what rounding left of dependent
-    # directions) and carry the products along, AU = AP V S⁻¹.
+    # they lose conjugacy and grow nearly dependent: take an orthonormal basis U of their
+    # span (P = U S Vᵀ, dropping what rounding left of dependent directions) and carry the
+    # products along, AU = AP V S⁻¹. Least squares rather than UᵀAU: an fd or GGN product
+    # is not exactly symmetric, and the residual is what is reported.
     scale = cg.directions.norm(dim=1, keepdim=True)
     u, sv, vh = torch.linalg.svd((cg.directions / scale).T, full_matrices=False)
     keep = sv > sv[0] * 1e-6
     u, sv, vh = u[:, keep], sv[keep], vh[keep]
     au = (cg.products / scale).T @ vh.T / sv
-    projected = u.T @ au
-    coefficients = torch.linalg.solve(0.5 * (projected + projected.T), u.T @ rhs.T)  # [r, K]
+    coefficients = torch.linalg.lstsq(au, rhs.T).solution  # [r, K]
     x = (u @ coefficients).T
     residual = (au @ coefficients).T - rhs
     norms = rhs.norm(dim=1)

@@ -14,7 +14,6 @@ import torch
 from conftest import word_rows
 
 from actors import driver
-from eraser_dist.faults import FaultPlan
 from actors.replica import ServingReplica, broadcast_delta
 from eraser_dist import api
 from eraser_dist.adapters import adapter_version, load_adapter, read_delta
@@ -26,6 +25,7 @@ from eraser_dist.arguments import (
 )
 from eraser_dist.data import Example, write_examples
 from eraser_dist.errors import EraserError
+from eraser_dist.faults import FaultPlan
 from eraser_dist.models import load_base
 from eraser_dist.objective import loss_values
 from eraser_dist.sharding import RankPlace, owner, rank_rows
@@ -219,3 +219,34 @@ def test_cli_runs_the_distributed_engine_in_a_fresh_process(cluster, fitted):
     report = json.loads(done.stdout)
     assert (report["workers"], report["group_size"]) == (1, 2)
     assert rel(delta_vector(fitted / "cli-out"), in_process) <= 1e-3
+
+
+def test_service_batch_runs_on_the_distributed_engine_and_reaches_replicas(cluster, fitted,
+                                                                           tmp_path):
+    """One serve batch of two requests on 1 group × 2 ranks: the published version equals
+    the one-process erase of the same batch, and a replica fleet ends at that version."""
+    from actors.replica import ReplicaFleet
+    from eraser_dist.arguments import ServiceArguments
+    from eraser_dist.requests import parse_request
+    from eraser_dist.service import EraseService
+
+    service = EraseService(tmp_path / "root")
+    token = service.add_tenant("acme")
+    service.add_dataset(token, "acme", "words", fitted / "train.parquet")
+    service.add_adapter(token, "acme", "a", fitted / "adapter", "words")
+    batch = [REQUESTS["remove"], REQUESTS["correct_response"]]
+    ids = [service.submit(token, "a", r)["id"] for r in batch]
+    fleet = ReplicaFleet.start(service.registry, per_adapter=1)
+    worker = service.worker(ServiceArguments(holdout_sample=4), ARGS,
+                            DistributedArguments(workers=1, group_size=2,
+                                                 collective_timeout_s=60), fleet)
+    assert worker.serve(drain=True) == 1
+    assert [service.status(token, i)["state"] for i in ids] == ["done", "done"]
+    published = service.registry.adapter("acme", "a")
+    api.erase("tiny-llama", fitted / "adapter", fitted / "train.parquet",
+              [parse_request(r) for r in batch], tmp_path / "single", ARGS, progress=False)
+    assert rel(delta_vector(published.path), delta_vector(tmp_path / "single")) <= 1e-3
+    report = json.loads((published.path / "erase_report.json").read_text())
+    assert (report["workers"], report["group_size"], len(report["requests"])) == (1, 2, 2)
+    replica = fleet.replicas[("acme", "a")][0]
+    assert ray.get(replica.current_version.remote()) == published.weights_sha

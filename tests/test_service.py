@@ -165,6 +165,46 @@ def test_tenants_cannot_reach_each_others_things_through_the_cli(fleet, tmp_path
     assert len(service.journal.queue()) == 1
 
 
+def test_the_whole_flow_through_the_cli(template, tmp_path, capsys):
+    """tenant add → dataset add → adapter add → submit → serve --drain → status → certificate."""
+    work = template[0].parent
+    root = str(tmp_path / "root")
+    code, token, _ = run_cli(capsys, "tenant", "add", "umbrella", "--root", root)
+    token = token.strip()
+    assert code == 0 and token.startswith("ert_")
+    assert token not in (tmp_path / "root" / "eraser.sqlite").read_bytes().decode("latin-1")
+    auth = ("--root", root, "--token", token)
+    assert run_cli(capsys, "dataset", "add", "words", str(work / "a1.parquet"), "--tenant",
+                   "umbrella", "--holdout", str(work / "a1-holdout.parquet"), *auth)[0] == 0
+    code, _, err = run_cli(capsys, "adapter", "add", "chat", str(work / "a1"), "--tenant",
+                           "umbrella", "--dataset", "words", *auth)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "adapter", "add", "chat2", str(work / "a1"), "--tenant",
+                           "umbrella", "--dataset", "words", *auth)
+    assert code == 2 and "already backs adapter 'chat'" in err
+    request = tmp_path / "r.json"
+    request.write_text(json.dumps({"kind": "correct_response",
+                                   "edits": [{"id": "a1-30", "response": "new"}]}))
+    code, out, _ = run_cli(capsys, "submit", str(request), "--tenant", "umbrella", "--adapter",
+                           "chat", *auth)
+    request_id = out.strip()
+    code, out, _ = run_cli(capsys, "queue", "--root", root)
+    assert [q["id"] for q in json.loads(out)] == [request_id]
+    code, _, err = run_cli(capsys, "serve", "--drain", "--quiet", "--root", root, "--damping",
+                           "0.1", "--max-iter", "30")
+    assert code == 0 and "1 batch(es) committed" in err
+    code, out, _ = run_cli(capsys, "certificate", request_id, "--png",
+                           str(tmp_path / "c.png"), *auth)
+    certificate = json.loads(out)
+    assert (certificate["adapter"]["version_before"], certificate["adapter"]["version_after"]) \
+        == (1, 2)
+    assert certificate["dataset"]["n_rows_after"] == N_ROWS  # an edit keeps the row
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    new = certificate["verification"]["new_rows_loss"]
+    assert new["after"] < new["before"]  # the corrected response became likelier
+    assert json.loads(run_cli(capsys, "status", request_id, *auth)[1])["state"] == "done"
+
+
 def http(base: str, method: str, path: str, token: str | None = None, body=None,
          raw: bytes | None = None, headers: dict | None = None):
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())

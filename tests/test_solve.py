@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from eraser_dist.solve import conjugate_gradient
+from eraser_dist.solve import conjugate_gradient, galerkin_split
 
 
 def random_spd(d: int, seed: int, cond: float = 100.0) -> torch.Tensor:
@@ -63,3 +63,24 @@ def test_cg_stops_at_max_iter_and_says_so():
 def test_cg_zero_rhs_returns_zero():
     result = conjugate_gradient(lambda v: v, torch.zeros(5, dtype=torch.float64))
     assert result.converged and result.iterations == 0 and float(result.x.abs().sum()) == 0.0
+
+
+def test_galerkin_split_of_a_resumed_solve_equals_an_uninterrupted_one():
+    """Each right-hand side's part, from the directions of one solve of their sum: exact
+    once the Krylov space is the whole space, and unchanged by a checkpoint/resume."""
+    a = random_spd(12, seed=4, cond=50.0)
+    rhs = torch.randn(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    whole = conjugate_gradient(lambda v: a @ v, rhs.sum(0), tol=1e-13, max_iter=60, record=True)
+    states = []
+    conjugate_gradient(lambda v: a @ v, rhs.sum(0), tol=1e-13, max_iter=4, record=True,
+                       checkpoint=states.append)
+    resumed = conjugate_gradient(lambda v: a @ v, rhs.sum(0), tol=1e-13, max_iter=60,
+                                 record=True, start=states[-1])
+    assert torch.equal(resumed.directions, whole.directions)
+    parts, residuals = galerkin_split(whole, rhs)
+    for k in range(3):
+        assert torch.allclose(parts[k], torch.linalg.solve(a, rhs[k]), rtol=1e-8, atol=1e-10)
+    assert float(residuals.max()) <= 1e-8
+    assert torch.allclose(galerkin_split(resumed, rhs)[0], parts)
+    with pytest.raises(ValueError, match="record=True"):
+        galerkin_split(conjugate_gradient(lambda v: a @ v, rhs.sum(0)), rhs)

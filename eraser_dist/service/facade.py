@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .certificate import certificate_png
 from .errors import NotFound
 from .journal import Journal
 from .registry import Registry
@@ -76,7 +77,7 @@ class EraseService:
         return json.loads(path.read_text(encoding="utf-8"))
 
     def certificate_png(self, token: str | None, request_id: str) -> bytes:
-        return self._certificate_path(token, request_id).with_suffix(".png").read_bytes()
+        return certificate_png(self._certificate_path(token, request_id))
 
     def _certificate_path(self, token: str | None, request_id: str) -> Path:
         status = self.status(token, request_id)

@@ -17,7 +17,6 @@ against a strict pattern before they touch a path.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import re
 import secrets
@@ -192,11 +191,10 @@ class Registry:
         if not token:
             raise Unauthorized("a tenant token is required (--token, ERASER_TOKEN or an "
                                "'Authorization: Bearer' header)")
-        digest = token_hash(token)
-        tenant = None
-        for row in self.query("SELECT name, token_sha256 FROM tenants"):
-            if hmac.compare_digest(row["token_sha256"], digest):
-                tenant = row["name"]
+        # A lookup by hash leaks nothing usable by timing: the token has 256 random bits.
+        rows = self.query("SELECT name FROM tenants WHERE token_sha256 = ?",
+                          (token_hash(token),))
+        tenant = rows[0]["name"] if rows else None
         if tenant is None:
             self.audit(None, "authenticate", False, "unknown token")
             raise Unauthorized("invalid tenant token")
@@ -254,11 +252,6 @@ class Registry:
                               self.root / r["holdout"] if r["holdout"] else None, r["sha256"],
                               r["n_rows"])
 
-    def dataset_versions(self, tenant: str, name: str) -> list[int]:
-        return [r["version"] for r in self.query(
-            "SELECT version FROM datasets WHERE tenant = ? AND name = ? ORDER BY version",
-            (tenant, name))]
-
     # -- adapters --------------------------------------------------------------------------
 
     def add_adapter(self, tenant: str, name: str, adapter_dir: str | Path,
@@ -281,6 +274,7 @@ class Registry:
             raise BadRequest(f"adapter {adapter_dir} does not record the data it was fitted on; "
                              "train it with `eraser train`")
         target = self.tenant_dir(tenant) / "adapters" / name / "v0001"
+        shutil.rmtree(target, ignore_errors=True)  # unregistered: left by a crash in here
         copy_dir(Path(adapter_dir), target)
         version = AdapterVersion(tenant, name, 1, target, meta.base, dataset, data.version,
                                  adapter_version(target))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .. import api
 from ..adapters import adapter_vector, adapter_version, load_adapter
 from ..arguments import DistributedArguments, EraseArguments, ServiceArguments
 from ..data import examples_digest, read_examples, write_examples
@@ -42,6 +44,7 @@ from .certificate import CERTIFICATE_VERSION, row_hashes, verification, write_ce
 from .journal import Journal, JournalEntry
 from .registry import AdapterVersion, DatasetVersion, Registry, dumps
 
+log = logging.getLogger(__name__)
 PHASES = ("planned", "adapter_published", "dataset_written", "certified", "committed")
 OnPublished = Callable[[AdapterVersion], None]
 
@@ -130,6 +133,8 @@ class BatchWorker:
                            "WHERE id = ?", (time.time(), b["id"]))
             self.registry.audit(b["tenant"], "recover", True,
                                 f"batch {b['id']} on {b['adapter']!r} rolled back")
+            log.warning("batch %d on %s/%s was left running by a dead worker: rolled back, "
+                        "its requests will be redone", b["id"], b["tenant"], b["adapter"])
             rolled.append(b["id"])
         return rolled
 
@@ -173,10 +178,11 @@ class BatchWorker:
             return {"state": "rejected", "rejected": len(plan.rejected)}
         batch_id = self._start(adapter, data, plan.batch)
         self.batches_here += 1
+        started = time.perf_counter()
+        log.info("batch %d: %d request(s) on %s/%s v%d (%d rejected)", batch_id,
+                 len(plan.batch), tenant, name, adapter.version, len(plan.rejected))
         self._fault("planned")
         out = version_dir(self.registry, tenant, name, adapter.version + 1)
-        from .. import api
-
         try:
             report = api.erase(adapter.base, adapter.path, data.path,
                                [e.request for e in plan.batch], out, self.erase_args,
@@ -186,6 +192,7 @@ class BatchWorker:
                                                      (batch_id,))[0])
             self._fail([e.id for e in plan.batch], [f"batch {batch_id} failed: {err}"] *
                        len(plan.batch), batch_id)
+            log.error("batch %d failed: %s", batch_id, err)
             return {"state": "failed", "batch": batch_id, "error": str(err)}
         self._fault("adapter_published")
         edited = apply_requests([e.request for e in plan.batch], examples)
@@ -198,11 +205,18 @@ class BatchWorker:
         self._fault("dataset_written")
         new_adapter = AdapterVersion(tenant, name, adapter.version + 1, out, adapter.base,
                                      data.name, new_data.version, adapter_version(out))
+        certify_start = time.perf_counter()
         certificates = self._certify(batch_id, plan.batch, edited, adapter, new_adapter, data,
                                      new_data, report)
         self._fault("certified")
+        report = {**report, "certify_seconds": time.perf_counter() - certify_start,
+                  "batch_seconds": time.perf_counter() - started}
         self._commit(batch_id, plan.batch, new_adapter, new_data, certificates, report)
         self._fault("committed")
+        log.info("batch %d committed: %s/%s v%d, CG %d iterations (%s), solve %.1fs, "
+                 "certificates %.1fs, in all %.1fs", batch_id, tenant, name,
+                 new_adapter.version, report["cg_iterations"], report["hvp_used"],
+                 report["seconds"], report["certify_seconds"], report["batch_seconds"])
         if self.on_published is not None:
             try:
                 self.on_published(new_adapter)
@@ -305,13 +319,17 @@ class BatchWorker:
                     "damping": report["damping"], "batch_delta_norm": report["delta_norm"],
                     "own_delta_norm": own["delta_norm"],
                     "own_relative_residual": own["relative_residual"],
+                    # a batch is one solve: the own ΔΘ_k is its projection onto that
+                    # solve's Krylov space, exact only as far as the residual says
+                    "own_delta_method": "least-residual in the batch's Krylov space"
+                    if len(batch) > 1 else "own solve",
                     "seconds": report["seconds"],
                 },
                 "verification": verification(b[old], a[old], b[~old], a[~old], held_before,
                                              held_after),
             }
             paths.append(write_certificate(certificate_dir(self.registry, entry.tenant),
-                                           certificate)[0])
+                                           certificate))
         return paths
 
     def _holdout_sample(self, data: DatasetVersion) -> list:
