@@ -27,6 +27,7 @@ from .facade import EraseService
 from .journal import MAX_REQUEST_IDS
 
 MAX_BODY_BYTES = 1 << 20
+DRAIN_LIMIT_BYTES = 16 << 20
 SUBMIT_FIELDS = {"adapter", "request", "idempotency_key"}
 REQUEST_PATH = re.compile(r"/v1/requests/([A-Za-z0-9_]{1,64})(/certificate(\.png)?)?")
 
@@ -131,12 +132,28 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(self._get)
 
     def do_POST(self) -> None:  # noqa: N802
+        self.body_read = False
         self._answer(self._post)
 
     def do_PUT(self) -> None:  # noqa: N802
         self._answer(self._not_allowed)
 
     do_DELETE = do_PATCH = do_PUT  # noqa: N815
+
+    def _discard_body(self) -> None:
+        """Read a refused body (up to ``DRAIN_LIMIT_BYTES``) before answering, so that the
+        client gets the error instead of a broken pipe; beyond that, close the connection."""
+        self.close_connection = True
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            return
+        if 0 < length <= DRAIN_LIMIT_BYTES:
+            while length > 0:
+                chunk = self.rfile.read(min(length, 1 << 16))
+                if not chunk:
+                    break
+                length -= len(chunk)
 
     def _not_allowed(self):
         raise _HttpError(405, f"{self.command} is not allowed here")
@@ -187,6 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
         if length > MAX_BODY_BYTES:
             raise _HttpError(413, f"the body is {length} bytes; at most {MAX_BODY_BYTES}")
         raw = self.rfile.read(length)
+        self.body_read = True
         try:
             return json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -208,8 +226,8 @@ class _Handler(BaseHTTPRequestHandler):
             body, kind = payload, "image/png"
         else:
             body, kind = (json.dumps(payload, sort_keys=True) + "\n").encode(), "application/json"
-        if status >= 400 and self.command == "POST":
-            self.close_connection = True  # the unread part of a refused body must not linger
+        if status >= 400 and not getattr(self, "body_read", True):
+            self._discard_body()
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
