@@ -297,6 +297,19 @@ def test_too_large_and_replayed_requests_through_the_api(fleet):
     assert len(service.journal.queue()) == 2
 
 
+def test_concurrent_submits_with_one_idempotency_key_journal_one_request(fleet):
+    from concurrent.futures import ThreadPoolExecutor
+
+    service, tokens = fleet
+    body = {"kind": "remove", "ids": ["a1-4"]}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: service.submit(tokens["acme"], "a1", body, "same"),
+                                range(16)))
+    assert len({a["id"] for a in answers}) == 1
+    assert sum(not a["replayed"] for a in answers) == 1
+    assert len(service.journal.queue()) == 1
+
+
 # -- 200 requests in one serve ---------------------------------------------------------------
 
 def test_200_requests_over_3_tenants_and_5_adapters(fleet):
