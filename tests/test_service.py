@@ -438,3 +438,32 @@ def test_a_kill_at_any_phase_ends_in_the_state_of_a_run_without_it(fleet, refere
     for p in service.root.glob("tenants/*/adapters/*/v*"):
         on_disk[(p.parts[-4], p.parts[-2])] += 1
     assert {(r["tenant"], r["name"]): r["n"] for r in versions} == on_disk  # no torn version
+
+
+def test_sigkill_of_the_serve_command_at_an_arbitrary_moment(fleet, reference_state):
+    """The real command, killed by SIGKILL once its first batch is committed (wherever the
+    second one then is), and started again: the same end state as a run without the kill."""
+    import os
+    import signal
+    import time
+
+    service, tokens = fleet
+    submit_small_load(service, tokens)
+    argv = [sys.executable, "-m", "eraser_dist.cli", "serve", "--drain", "--quiet", "--root",
+            str(service.root), "--max-batch-requests", "3", "--damping", "0.1", "--tol",
+            "1e-6", "--max-iter", "30"]
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not service.registry.query("SELECT 1 FROM batches WHERE state = 'committed'"):
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=60)
+    subprocess.run(argv, check=True, timeout=300)
+    state = final_state(service)
+    assert state["requests"] == {"done": 10}
+    for adapter in ("a1", "b1"):
+        version, w, data_version, sha = state[adapter]
+        ref_version, ref_w, ref_data_version, ref_sha = reference_state[adapter]
+        assert (version, data_version, sha) == (ref_version, ref_data_version, ref_sha)
+        assert float((w - ref_w).norm() / ref_w.norm()) <= 1e-9
