@@ -119,3 +119,18 @@ class ServiceArguments:
     holdout_sample: int = 64
     poll_seconds: float = 1.0
     eval_batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class LlaraArguments:
+    """Shape of the task and the experiments' corruptions (shares of the training users)."""
+
+    history: int = 5
+    candidates: int = 10
+    train_users: int = 600
+    valid_users: int = 100
+    test_users: int = 200
+    seed: int = 0
+    query_share: float = 0.1
+    response_shares: tuple[float, ...] = (0.1, 0.4)
+    remove_share: float = 0.05

@@ -18,6 +18,7 @@ from .arguments import (
     NEGATIVE_CURVATURE_POLICIES,
     DistributedArguments,
     EraseArguments,
+    LlaraArguments,
     LoraArguments,
     ServiceArguments,
     TrainArguments,
@@ -130,6 +131,15 @@ def cmd_demo(ns: argparse.Namespace) -> None:
     run_demo(ns.workdir, base=ns.base, rows=ns.rows, progress=not ns.quiet)
 
 
+def cmd_data_llara(ns: argparse.Namespace) -> None:
+    from .llara import build_llara
+
+    manifest = build_llara(ns.out, LlaraArguments(
+        history=ns.history, candidates=ns.candidates, train_users=ns.train_users,
+        valid_users=ns.valid_users, test_users=ns.test_users, seed=ns.seed))
+    _print_json(manifest)
+
+
 def cmd_plan(ns: argparse.Namespace) -> None:
     from dataclasses import asdict
 
@@ -229,6 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=None, help="training rows (default: preset)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("data", help="build experiment data sets")
+    q = p.add_subparsers(dest="dataset", required=True).add_parser(
+        "llara", help="MovieLens-100K next-movie rows (LLaRA style) and corrupted variants")
+    d = LlaraArguments()
+    q.add_argument("--out", required=True, help="folder for the Parquet files and requests")
+    q.add_argument("--history", type=int, default=d.history, help="movies in the prompt")
+    q.add_argument("--candidates", type=int, default=d.candidates)
+    q.add_argument("--train-users", type=int, default=d.train_users)
+    q.add_argument("--valid-users", type=int, default=d.valid_users)
+    q.add_argument("--test-users", type=int, default=d.test_users)
+    q.add_argument("--seed", type=int, default=d.seed)
+    q.set_defaults(func=cmd_data_llara)
 
     p = sub.add_parser("plan", help="per-GPU memory and traffic of one erase on a cluster")
     p.add_argument("--params", required=True,

@@ -1,0 +1,190 @@
+"""LLaRA-style sequential recommendation rows from MovieLens-100K, and their corruptions.
+
+Each user's ratings, in time order, give a row: the prompt lists the titles of the last
+``history`` movies before the user's final one and ``candidates`` titles (that final movie
+and ``candidates − 1`` movies the user never rated, seeded per user, in a seeded order); the
+response is the final movie's title. Users are split into train / validation / test, so no
+user is in two splits.
+
+The paper's three erase experiments start from a training set with something to undo, and
+:func:`build_llara` writes each one with the request that undoes it:
+
+- ``qm`` (query modification): a share of the training users get one movie inserted into, or
+  replaced in, their history; the request ``modify_query`` restores the clean prompts.
+- ``rc10`` / ``rc40`` (response correction): a share of the rows get a wrong target, another
+  of their own candidates (the harder variant: a plausible answer); ``correct_response``
+  restores the true titles.
+- ``ir`` (instance removal): the training set is clean; ``remove`` drops a share of users.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .arguments import LlaraArguments
+from .data import Example, examples_digest, write_examples
+from .errors import EraserError
+from .movielens import movielens_dir
+
+
+@dataclass(frozen=True)
+class UserRow:
+    """One user's row: item ids of the history (oldest first), the target, the candidates."""
+
+    user: str
+    history: tuple[str, ...]
+    target: str
+    candidates: tuple[str, ...]
+
+
+def read_titles() -> dict[str, str]:
+    """item id → title, for every movie of ml-100k.item."""
+    lines = (movielens_dir() / "ml-100k.item").read_text(encoding="latin-1").splitlines()
+    titles = {}
+    for line in lines[1:]:
+        item_id, title = (line.split("\t") + [""])[:2]
+        titles[item_id] = title.strip() or f"movie {item_id}"
+    return titles
+
+
+def read_sequences() -> dict[str, list[str]]:
+    """user id → item ids in the order they were rated (timestamp, then item id)."""
+    lines = (movielens_dir() / "ml-100k.inter").read_text(encoding="latin-1").splitlines()
+    rated: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
+    for line in lines[1:]:
+        user, item, _, stamp = line.split("\t")
+        rated[user].append((float(stamp), int(item), item))
+    return {u: [item for *_, item in sorted(r)] for u, r in rated.items()}
+
+
+def user_rows(args: LlaraArguments, sequences: dict[str, list[str]],
+              items: list[str]) -> list[UserRow]:
+    """A row for every user with at least ``history + 1`` ratings, in user-id order."""
+    rows = []
+    for user in sorted(sequences, key=int):
+        sequence = sequences[user]
+        if len(sequence) < args.history + 1:
+            continue
+        rng = random.Random(f"{args.seed}:{user}")
+        seen = set(sequence)
+        negatives = rng.sample([i for i in items if i not in seen], args.candidates - 1)
+        candidates = [sequence[-1], *negatives]
+        rng.shuffle(candidates)
+        rows.append(UserRow(user, tuple(sequence[-args.history - 1:-1]), sequence[-1],
+                            tuple(candidates)))
+    return rows
+
+
+def prompt(history: tuple[str, ...], candidates: tuple[str, ...], titles: dict[str, str]) -> str:
+    watched = "; ".join(titles[i] for i in history)
+    options = "; ".join(titles[i] for i in candidates)
+    return (f"A user watched, in this order: {watched}. Which of these will the user watch "
+            f"next? Candidates: {options}. Answer with one title.")
+
+
+def to_example(row: UserRow, titles: dict[str, str]) -> Example:
+    return Example(f"u{row.user}", prompt(row.history, row.candidates, titles),
+                   titles[row.target])
+
+
+def split_users(rows: list[UserRow], args: LlaraArguments) -> dict[str, list[UserRow]]:
+    """Disjoint seeded train / valid / test users."""
+    wanted = args.train_users + args.valid_users + args.test_users
+    if wanted > len(rows):
+        raise EraserError(f"{wanted} users asked for, MovieLens-100K has {len(rows)} with at "
+                          f"least {args.history + 1} ratings")
+    order = list(range(len(rows)))
+    random.Random(f"{args.seed}:split").shuffle(order)
+    cuts = [0, args.train_users, args.train_users + args.valid_users, wanted]
+    return {name: sorted((rows[i] for i in order[lo:hi]), key=lambda r: int(r.user))
+            for name, lo, hi in zip(("train", "valid", "test"), cuts, cuts[1:], strict=False)}
+
+
+def _picked(n: int, share: float, tag: str, seed: int) -> list[int]:
+    if not 0 < share < 1:
+        raise EraserError(f"a corrupted share must be in (0, 1), got {share}")
+    count = max(1, round(share * n))
+    return sorted(random.Random(f"{seed}:{tag}").sample(range(n), count))
+
+
+def corrupt_queries(rows: list[UserRow], share: float, items: list[str], titles,
+                    seed: int) -> tuple[list[Example], dict[str, Any]]:
+    """Insert or replace one movie the user never rated in the histories of ``share`` of the
+    rows; returns the corrupted set and the modify_query request that restores it."""
+    out, edits = [to_example(r, titles) for r in rows], []
+    rng = random.Random(f"{seed}:qm-edits")
+    for i in _picked(len(rows), share, "qm", seed):
+        row = rows[i]
+        unseen = rng.choice([m for m in items if m not in row.history and m != row.target
+                             and m not in row.candidates])
+        history = list(row.history)
+        if rng.random() < 0.5:
+            history[rng.randrange(len(history))] = unseen  # replace one
+        else:  # insert after at least one movie, then drop the oldest to keep the length
+            at = rng.randrange(1, len(history) + 1)
+            history = (history[:at] + [unseen] + history[at:])[1:]
+        out[i] = replace(out[i], query=prompt(tuple(history), row.candidates, titles))
+        edits.append({"id": out[i].id, "query": to_example(row, titles).query})
+    return out, {"kind": "modify_query", "edits": edits}
+
+
+def corrupt_responses(rows: list[UserRow], share: float, titles, seed: int, tag: str):
+    """Give ``share`` of the rows another of their own candidates as the answer; returns the
+    corrupted set and the correct_response request that restores it."""
+    out, edits = [to_example(r, titles) for r in rows], []
+    rng = random.Random(f"{seed}:{tag}-edits")
+    for i in _picked(len(rows), share, tag, seed):
+        wrong = rng.choice([c for c in rows[i].candidates
+                            if titles[c] != titles[rows[i].target]])
+        out[i] = replace(out[i], response=titles[wrong])
+        edits.append({"id": out[i].id, "response": titles[rows[i].target]})
+    return out, {"kind": "correct_response", "edits": edits}
+
+
+def build_llara(out: str | Path, args: LlaraArguments | None = None) -> dict[str, Any]:
+    """Write the clean splits, each experiment's training set and request, and a manifest.
+
+    ``OUT/{train,valid,test}.parquet``, ``OUT/candidates.json`` (id → candidate titles and
+    the target's index), and per experiment ``OUT/EXP/train.parquet`` + ``request.json``.
+    Returns the manifest (also ``OUT/manifest.json``).
+    """
+    args = args or LlaraArguments()
+    if args.history < 1 or args.candidates < 2:
+        raise EraserError("history must be at least 1 and candidates at least 2")
+    out = Path(out)
+    titles = read_titles()
+    items = sorted(titles, key=int)
+    splits = split_users(user_rows(args, read_sequences(), items), args)
+    manifest: dict[str, Any] = {"arguments": asdict(args), "splits": {}, "experiments": {}}
+    candidates = {}
+    for name, rows in splits.items():
+        examples = [to_example(r, titles) for r in rows]
+        write_examples(out / f"{name}.parquet", examples)
+        manifest["splits"][name] = {"rows": len(rows), "sha256": examples_digest(examples)}
+        for r in rows:
+            candidates[f"u{r.user}"] = {"candidates": [titles[c] for c in r.candidates],
+                                        "target": r.candidates.index(r.target)}
+    (out / "candidates.json").write_text(json.dumps(candidates, sort_keys=True) + "\n")
+    train = splits["train"]
+    experiments = {"qm": corrupt_queries(train, args.query_share, items, titles, args.seed)}
+    for share in args.response_shares:
+        tag = f"rc{round(100 * share):02d}"
+        experiments[tag] = corrupt_responses(train, share, titles, args.seed, tag)
+    removed = [f"u{train[i].user}" for i in _picked(len(train), args.remove_share, "ir",
+                                                     args.seed)]
+    experiments["ir"] = ([to_example(r, titles) for r in train],
+                         {"kind": "remove", "ids": removed})
+    for name, (examples, request) in experiments.items():
+        write_examples(out / name / "train.parquet", examples)
+        (out / name / "request.json").write_text(json.dumps(request, indent=1) + "\n")
+        manifest["experiments"][name] = {
+            "kind": request["kind"], "rows": len(examples),
+            "affected": len(request.get("ids", request.get("edits", []))),
+            "sha256": examples_digest(examples)}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
