@@ -122,3 +122,30 @@ def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_n():
     assert abs((hi_l - lo_l) / 2 - 1.96 * math.sqrt(0.25 / 1000)) < 0.006
     assert bootstrap_interval(small, seed=1) == (lo_s, hi_s)
     assert summary(small)["mean"] == 0.5
+
+
+def test_candidate_scores_are_the_negated_training_loss_of_each_title():
+    import torch
+    from conftest import tiny_lora
+
+    from eraser_dist.data import Example
+    from eraser_dist.objective import loss_values
+    from eraser_dist.recommend import candidate_scores, evaluate_recommendations
+
+    model = tiny_lora(torch.float32)
+    rows = [Example("u1", "watched: a; b", "cat"), Example("u2", "watched: c", "owl")]
+    options = [["dog", "cat", "emu"], ["owl", "bee"]]
+    scores = candidate_scores(model, rows, options, batch_size=2)
+    direct = -loss_values(model, [Example("x", rows[0].query, "emu")], 1)
+    assert [len(s) for s in scores] == [3, 2]
+    assert scores[0][2] == pytest.approx(float(direct), rel=1e-5)
+    table = {"u1": {"candidates": options[0], "target": 1},
+             "u2": {"candidates": options[1], "target": 0}}
+    result = evaluate_recommendations(model, rows, table, batch_size=2, generate=True)
+    hits = [float(hit_by_likelihood(s, t)) for s, t in zip(scores, [1, 0], strict=True)]
+    assert result["hit_rate_likelihood"]["mean"] == sum(hits) / 2
+    assert result["target_loglik"]["mean"] == pytest.approx((scores[0][1] + scores[1][0]) / 2)
+    texts = [model.generate(r.query, max_new_tokens=24) for r in rows]
+    expected = generation_figures(texts, options, [1, 0])
+    assert result["valid_ratio"]["mean"] == sum(expected["valid"]) / 2
+    assert result["hit_rate_generation"]["mean"] == sum(expected["hit"]) / 2
