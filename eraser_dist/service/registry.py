@@ -159,6 +159,15 @@ class Registry:
     def tenant_dir(self, tenant: str) -> Path:
         return self.root / "tenants" / check_name("tenant", tenant)
 
+    def adapter_dir(self, tenant: str, adapter: str, version: int) -> Path:
+        return self.tenant_dir(tenant) / "adapters" / adapter / f"v{version:04d}"
+
+    def dataset_file(self, tenant: str, dataset: str, version: int) -> Path:
+        return self.tenant_dir(tenant) / "datasets" / dataset / f"v{version:04d}.parquet"
+
+    def certificate_dir(self, tenant: str) -> Path:
+        return self.tenant_dir(tenant) / "certificates"
+
     def audit(self, tenant: str | None, action: str, allowed: bool, detail: str) -> None:
         with self.transaction() as db:
             db.execute("INSERT INTO audit (at, tenant, action, allowed, detail) VALUES "
@@ -216,14 +225,13 @@ class Registry:
         check_name("dataset", name)
         examples = read_examples(data)
         held = read_examples(holdout) if holdout is not None else None
-        folder = self.tenant_dir(tenant) / "datasets" / name
         if self.query("SELECT 1 FROM datasets WHERE tenant = ? AND name = ?", (tenant, name)):
             raise Conflict(f"dataset {name!r} already exists for tenant {tenant!r}")
-        path = folder / "v0001.parquet"
+        path = self.dataset_file(tenant, name, 1)
         write_examples(path, examples)
         holdout_path = None
         if held is not None:
-            holdout_path = folder / "holdout.parquet"
+            holdout_path = path.parent / "holdout.parquet"
             write_examples(holdout_path, held)
         version = DatasetVersion(tenant, name, 1, path, holdout_path, examples_digest(examples),
                                  len(examples))
@@ -273,7 +281,7 @@ class Registry:
         if meta.lineage.get("data_sha256") is None:
             raise BadRequest(f"adapter {adapter_dir} does not record the data it was fitted on; "
                              "train it with `eraser train`")
-        target = self.tenant_dir(tenant) / "adapters" / name / "v0001"
+        target = self.adapter_dir(tenant, name, 1)
         shutil.rmtree(target, ignore_errors=True)  # unregistered: left by a crash in here
         copy_dir(Path(adapter_dir), target)
         version = AdapterVersion(tenant, name, 1, target, meta.base, dataset, data.version,

@@ -49,18 +49,6 @@ PHASES = ("planned", "adapter_published", "dataset_written", "certified", "commi
 OnPublished = Callable[[AdapterVersion], None]
 
 
-def version_dir(registry: Registry, tenant: str, adapter: str, version: int) -> Path:
-    return registry.tenant_dir(tenant) / "adapters" / adapter / f"v{version:04d}"
-
-
-def dataset_file(registry: Registry, tenant: str, dataset: str, version: int) -> Path:
-    return registry.tenant_dir(tenant) / "datasets" / dataset / f"v{version:04d}.parquet"
-
-
-def certificate_dir(registry: Registry, tenant: str) -> Path:
-    return registry.tenant_dir(tenant) / "certificates"
-
-
 class BatchWorker:
     """Runs the journal's pending requests as batches (one process per data root)."""
 
@@ -140,9 +128,9 @@ class BatchWorker:
 
     def _remove_outputs(self, b) -> None:
         """Delete what a batch wrote before its commit (none of it is registered)."""
-        adapter = version_dir(self.registry, b["tenant"], b["adapter"],
+        adapter = self.registry.adapter_dir(b["tenant"], b["adapter"],
                               b["adapter_version_after"])
-        data = dataset_file(self.registry, b["tenant"], b["dataset"],
+        data = self.registry.dataset_file(b["tenant"], b["dataset"],
                             b["dataset_version_after"])
         shutil.rmtree(adapter, ignore_errors=True)
         for leftover in adapter.parent.glob(f".{adapter.name}.*"):
@@ -151,7 +139,7 @@ class BatchWorker:
         data.unlink(missing_ok=True)
         for leftover in data.parent.glob(f".{data.name}.*"):
             leftover.unlink(missing_ok=True)
-        folder = certificate_dir(self.registry, b["tenant"])
+        folder = self.registry.certificate_dir(b["tenant"])
         for request_id in json.loads(b["request_ids"]):
             for path in folder.glob(f"{request_id}.*"):
                 path.unlink(missing_ok=True)
@@ -182,7 +170,7 @@ class BatchWorker:
         log.info("batch %d: %d request(s) on %s/%s v%d (%d rejected)", batch_id,
                  len(plan.batch), tenant, name, adapter.version, len(plan.rejected))
         self._fault("planned")
-        out = version_dir(self.registry, tenant, name, adapter.version + 1)
+        out = self.registry.adapter_dir(tenant, name, adapter.version + 1)
         try:
             report = api.erase(adapter.base, adapter.path, data.path,
                                [e.request for e in plan.batch], out, self.erase_args,
@@ -197,7 +185,7 @@ class BatchWorker:
         self._fault("adapter_published")
         edited = apply_requests([e.request for e in plan.batch], examples)
         new_data = DatasetVersion(tenant, data.name, data.version + 1,
-                                  dataset_file(self.registry, tenant, data.name,
+                                  self.registry.dataset_file(tenant, data.name,
                                                data.version + 1),
                                   data.holdout, examples_digest(edited.rows_after),
                                   len(edited.rows_after))
@@ -328,7 +316,7 @@ class BatchWorker:
                 "verification": verification(b[old], a[old], b[~old], a[~old], held_before,
                                              held_after),
             }
-            paths.append(write_certificate(certificate_dir(self.registry, entry.tenant),
+            paths.append(write_certificate(self.registry.certificate_dir(entry.tenant),
                                            certificate))
         return paths
 
