@@ -48,12 +48,12 @@ from pathlib import Path
 import torch
 
 from eraser_dist.arguments import EraseArguments, LoraArguments
+from eraser_dist.baselines import PAPER_LR, PAPER_STEPS, paper_adam, paper_rhs
 from eraser_dist.curvature import hessian_vector_product
 from eraser_dist.data import Example
 from eraser_dist.errors import EraserError
 from eraser_dist.influence import newton_step
 from eraser_dist.models import LoraCausalLM, attach_lora, load_base
-from eraser_dist.objective import gradient_sum
 from eraser_dist.reference import cosine, explicit_hessian, newton_polish
 from eraser_dist.requests import EditedObjective, apply_request, parse_request
 from eraser_dist.solve import conjugate_gradient
@@ -68,7 +68,7 @@ HVPS = ("exact", "fd", "ggn")
 CURVATURES = ("original", "edited")
 BATCH = 16
 TOL, MAX_ITER = 1e-6, 300
-ADAM_STEPS, ADAM_LR = 20, 1e-5
+ADAM_STEPS, ADAM_LR = PAPER_STEPS, PAPER_LR
 
 
 def build_model(rank: int) -> LoraCausalLM:
@@ -137,7 +137,7 @@ def paper_baselines(model, edited: EditedObjective, weight_decay: float,
                     case: dict) -> list[dict]:
     """The paper's b with the original exact H, solved by CG and by its 20 Adam steps."""
     n = len(edited.rows_before)
-    b = gradient_sum(model, edited.changed_rows, -edited.weight_changes, BATCH).double() / n
+    b = paper_rhs(model, edited, BATCH)
     ones = torch.ones(n, dtype=torch.float64)
     hvp = hessian_vector_product("exact", model, edited.rows_before, ones, BATCH)
 
@@ -153,13 +153,7 @@ def paper_baselines(model, edited: EditedObjective, weight_decay: float,
                cg.relative_residual, cg.negative_curvature, time.perf_counter() - start)]
 
     start = time.perf_counter()
-    delta = torch.zeros_like(b, requires_grad=True)
-    adam = torch.optim.Adam([delta], lr=ADAM_LR)
-    for _ in range(ADAM_STEPS):
-        current = delta.detach()  # the HVP is not differentiated: Adam sees ½HΔ − b
-        delta.grad = 0.5 * (matvec(current) + weight_decay * current) - b
-        adam.step()
-    delta = delta.detach()
+    delta = paper_adam(lambda _, v: matvec(v) + weight_decay * v, b, ADAM_STEPS, ADAM_LR)
     seconds = time.perf_counter() - start
     out.append(row(case, "paper-adam", "exact", "original", delta, ADAM_STEPS,
                    residual(delta), False, seconds))

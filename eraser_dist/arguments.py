@@ -122,15 +122,36 @@ class ServiceArguments:
 
 
 @dataclass(frozen=True)
-class LlaraArguments:
-    """Shape of the task and the experiments' corruptions (shares of the training users)."""
+class CorruptionArguments:
+    """The experiments' corruptions, as shares of the training rows, and the seed of all."""
+
+    seed: int = 0
+    query_share: float = 0.1
+    response_shares: tuple[float, ...] = (0.1, 0.4)
+    remove_share: float = 0.05
+
+
+@dataclass(frozen=True)
+class LlaraArguments(CorruptionArguments):
+    """Shape of the LLaRA task (one row per user)."""
 
     history: int = 5
     candidates: int = 10
     train_users: int = 600
     valid_users: int = 100
     test_users: int = 200
-    seed: int = 0
-    query_share: float = 0.1
-    response_shares: tuple[float, ...] = (0.1, 0.4)
-    remove_share: float = 0.05
+
+
+@dataclass(frozen=True)
+class GenreArguments(CorruptionArguments):
+    """Shape of the genre task (a movie's genres from its title) and its corruptions.
+
+    The CPU stand-in for the LLaRA task: a 135M model learns it in minutes on 2 cores.
+    ``candidates`` answers are scored per test movie: its genres and ``candidates − 1``
+    other genre lists of training movies.
+    """
+
+    train_movies: int = 300
+    valid_movies: int = 50
+    test_movies: int = 100
+    candidates: int = 4

@@ -18,6 +18,7 @@ from .arguments import (
     NEGATIVE_CURVATURE_POLICIES,
     DistributedArguments,
     EraseArguments,
+    GenreArguments,
     LlaraArguments,
     LoraArguments,
     ServiceArguments,
@@ -140,6 +141,14 @@ def cmd_data_llara(ns: argparse.Namespace) -> None:
     _print_json(manifest)
 
 
+def cmd_data_genres(ns: argparse.Namespace) -> None:
+    from .genres import build_genres
+
+    _print_json(build_genres(ns.out, GenreArguments(
+        train_movies=ns.train_movies, valid_movies=ns.valid_movies,
+        test_movies=ns.test_movies, candidates=ns.candidates, seed=ns.seed)))
+
+
 def cmd_plan(ns: argparse.Namespace) -> None:
     from dataclasses import asdict
 
@@ -241,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("data", help="build experiment data sets")
-    q = p.add_subparsers(dest="dataset", required=True).add_parser(
+    datasets = p.add_subparsers(dest="dataset", required=True)
+    q = datasets.add_parser(
         "llara", help="MovieLens-100K next-movie rows (LLaRA style) and corrupted variants")
     d = LlaraArguments()
     q.add_argument("--out", required=True, help="folder for the Parquet files and requests")
@@ -252,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--test-users", type=int, default=d.test_users)
     q.add_argument("--seed", type=int, default=d.seed)
     q.set_defaults(func=cmd_data_llara)
+    q = datasets.add_parser("genres", help="MovieLens-100K genres from titles, and corrupted "
+                            "variants (the CPU-sized task)")
+    g = GenreArguments()
+    q.add_argument("--out", required=True, help="folder for the Parquet files and requests")
+    q.add_argument("--train-movies", type=int, default=g.train_movies)
+    q.add_argument("--valid-movies", type=int, default=g.valid_movies)
+    q.add_argument("--test-movies", type=int, default=g.test_movies)
+    q.add_argument("--candidates", type=int, default=g.candidates)
+    q.add_argument("--seed", type=int, default=g.seed)
+    q.set_defaults(func=cmd_data_genres)
 
     p = sub.add_parser("plan", help="per-GPU memory and traffic of one erase on a cluster")
     p.add_argument("--params", required=True,

@@ -19,7 +19,6 @@ The paper's three erase experiments start from a training set with something to 
 
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
@@ -27,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from .arguments import LlaraArguments
-from .data import Example, examples_digest, write_examples
+from .data import Example
 from .errors import EraserError
 from .movielens import movielens_dir
+from .tasksets import picked_rows, seeded_split, write_task_set
 
 
 @dataclass(frozen=True)
@@ -92,33 +92,13 @@ def to_example(row: UserRow, titles: dict[str, str]) -> Example:
                    titles[row.target])
 
 
-def split_users(rows: list[UserRow], args: LlaraArguments) -> dict[str, list[UserRow]]:
-    """Disjoint seeded train / valid / test users."""
-    wanted = args.train_users + args.valid_users + args.test_users
-    if wanted > len(rows):
-        raise EraserError(f"{wanted} users asked for, MovieLens-100K has {len(rows)} with at "
-                          f"least {args.history + 1} ratings")
-    order = list(range(len(rows)))
-    random.Random(f"{args.seed}:split").shuffle(order)
-    cuts = [0, args.train_users, args.train_users + args.valid_users, wanted]
-    return {name: sorted((rows[i] for i in order[lo:hi]), key=lambda r: int(r.user))
-            for name, lo, hi in zip(("train", "valid", "test"), cuts, cuts[1:], strict=False)}
-
-
-def _picked(n: int, share: float, tag: str, seed: int) -> list[int]:
-    if not 0 < share < 1:
-        raise EraserError(f"a corrupted share must be in (0, 1), got {share}")
-    count = max(1, round(share * n))
-    return sorted(random.Random(f"{seed}:{tag}").sample(range(n), count))
-
-
 def corrupt_queries(rows: list[UserRow], share: float, items: list[str], titles,
                     seed: int) -> tuple[list[Example], dict[str, Any]]:
     """Insert or replace one movie the user never rated in the histories of ``share`` of the
     rows; returns the corrupted set and the modify_query request that restores it."""
     out, edits = [to_example(r, titles) for r in rows], []
     rng = random.Random(f"{seed}:qm-edits")
-    for i in _picked(len(rows), share, "qm", seed):
+    for i in picked_rows(len(rows), share, "qm", seed):
         row = rows[i]
         unseen = rng.choice([m for m in items if m not in row.history and m != row.target
                              and m not in row.candidates])
@@ -138,7 +118,7 @@ def corrupt_responses(rows: list[UserRow], share: float, titles, seed: int, tag:
     corrupted set and the correct_response request that restores it."""
     out, edits = [to_example(r, titles) for r in rows], []
     rng = random.Random(f"{seed}:{tag}-edits")
-    for i in _picked(len(rows), share, tag, seed):
+    for i in picked_rows(len(rows), share, tag, seed):
         wrong = rng.choice([c for c in rows[i].candidates
                             if titles[c] != titles[rows[i].target]])
         out[i] = replace(out[i], response=titles[wrong])
@@ -147,44 +127,27 @@ def corrupt_responses(rows: list[UserRow], share: float, titles, seed: int, tag:
 
 
 def build_llara(out: str | Path, args: LlaraArguments | None = None) -> dict[str, Any]:
-    """Write the clean splits, each experiment's training set and request, and a manifest.
-
-    ``OUT/{train,valid,test}.parquet``, ``OUT/candidates.json`` (id → candidate titles and
-    the target's index), and per experiment ``OUT/EXP/train.parquet`` + ``request.json``.
-    Returns the manifest (also ``OUT/manifest.json``).
-    """
+    """Write the clean splits, each experiment's training set and request, and a manifest
+    (the layout of :mod:`eraser_dist.tasksets`); returns the manifest."""
     args = args or LlaraArguments()
     if args.history < 1 or args.candidates < 2:
         raise EraserError("history must be at least 1 and candidates at least 2")
-    out = Path(out)
     titles = read_titles()
     items = sorted(titles, key=int)
-    splits = split_users(user_rows(args, read_sequences(), items), args)
-    manifest: dict[str, Any] = {"arguments": asdict(args), "splits": {}, "experiments": {}}
-    candidates = {}
-    for name, rows in splits.items():
-        examples = [to_example(r, titles) for r in rows]
-        write_examples(out / f"{name}.parquet", examples)
-        manifest["splits"][name] = {"rows": len(rows), "sha256": examples_digest(examples)}
-        for r in rows:
-            candidates[f"u{r.user}"] = {"candidates": [titles[c] for c in r.candidates],
-                                        "target": r.candidates.index(r.target)}
-    (out / "candidates.json").write_text(json.dumps(candidates, sort_keys=True) + "\n")
+    splits = seeded_split(user_rows(args, read_sequences(), items),
+                          (args.train_users, args.valid_users, args.test_users), args.seed,
+                          f"users with at least {args.history + 1} ratings")
+    candidates = {f"u{r.user}": {"candidates": [titles[c] for c in r.candidates],
+                                 "target": r.candidates.index(r.target)}
+                  for rows in splits.values() for r in rows}
     train = splits["train"]
     experiments = {"qm": corrupt_queries(train, args.query_share, items, titles, args.seed)}
     for share in args.response_shares:
         tag = f"rc{round(100 * share):02d}"
         experiments[tag] = corrupt_responses(train, share, titles, args.seed, tag)
-    removed = [f"u{train[i].user}" for i in _picked(len(train), args.remove_share, "ir",
-                                                     args.seed)]
+    removed = [f"u{train[i].user}" for i in picked_rows(len(train), args.remove_share, "ir",
+                                                         args.seed)]
     experiments["ir"] = ([to_example(r, titles) for r in train],
                          {"kind": "remove", "ids": removed})
-    for name, (examples, request) in experiments.items():
-        write_examples(out / name / "train.parquet", examples)
-        (out / name / "request.json").write_text(json.dumps(request, indent=1) + "\n")
-        manifest["experiments"][name] = {
-            "kind": request["kind"], "rows": len(examples),
-            "affected": len(request.get("ids", request.get("edits", []))),
-            "sha256": examples_digest(examples)}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
+    examples = {name: [to_example(r, titles) for r in rows] for name, rows in splits.items()}
+    return write_task_set(out, asdict(args), examples, candidates, experiments)
