@@ -149,6 +149,15 @@ def cmd_data_genres(ns: argparse.Namespace) -> None:
         test_movies=ns.test_movies, candidates=ns.candidates, seed=ns.seed)))
 
 
+def cmd_experiment(ns: argparse.Namespace) -> None:
+    from .experiments import PRESETS, run_experiments
+
+    names = None if ns.experiment == "all" else [ns.experiment]
+    summary = run_experiments(ns.task_dir, names, PRESETS[ns.preset], ns.work,
+                              progress=not ns.quiet)
+    print(f"results: {Path(ns.work) / 'results.json'} ({summary['seconds']:.0f} s)")
+
+
 def cmd_plan(ns: argparse.Namespace) -> None:
     from dataclasses import asdict
 
@@ -272,6 +281,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--candidates", type=int, default=g.candidates)
     q.add_argument("--seed", type=int, default=g.seed)
     q.set_defaults(func=cmd_data_genres)
+
+    p = sub.add_parser("experiment", help="the paper's erase experiments against retraining")
+    p.add_argument("experiment", choices=("qm", "rc10", "rc40", "ir", "all"))
+    p.add_argument("--preset", choices=("cpu", "gpu"), default="cpu",
+                   help="cpu: genre task on 2 cores; gpu: the LLaRA task, paper-sized")
+    p.add_argument("--task-dir", default=None,
+                   help="a task set (eraser data genres|llara); default: the preset's, built "
+                   "in WORK/task")
+    p.add_argument("--work", default="runs/experiments",
+                   help="adapters, cached trainings and results (a rerun resumes)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("plan", help="per-GPU memory and traffic of one erase on a cluster")
     p.add_argument("--params", required=True,

@@ -1,0 +1,236 @@
+"""The paper's erase experiments on a task set: one command per experiment, one for all.
+
+For an experiment (``qm``, ``rc10``, ``rc40``, ``ir`` of :mod:`eraser_dist.tasksets`) it
+fine-tunes on the corrupted (or full) training set, then changes that adapter by every
+method side by side and measures each on the same loaded model:
+
+- ``erase-<hvp>``: our influence step (:func:`eraser_dist.api.erase`), per HVP back-end;
+- ``paper``: the paper's b and solver (:mod:`eraser_dist.baselines`), batch 1, exact HVP;
+- ``retrain``: fine-tuning from scratch on the edited set (the reference);
+- ``warm``: ``warm_epochs`` of fine-tuning from the corrupted adapter on the edited set.
+
+Figures per method: HR@1 by likelihood and the target's mean log-likelihood on the test
+split (95% bootstrap intervals), mean loss on the edited rows (the new versions of edited
+rows; the removed rows for ``ir``) and on a sample of untouched rows, recovery
+(m − m_corrupted)/(m_retrain − m_corrupted) of each, the cosine and norm ratio of ΔΘ to the
+warm retrain's ΔΘ net of ``drift`` (the same epochs on the unedited set: Adam's own motion),
+and wall seconds. Trainings are cached under the work folder by their inputs, so ``all``
+trains the shared ones once and a rerun after a crash resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import api
+from .adapters import adapter_vector, load_adapter, write_json
+from .arguments import EraseArguments, LoraArguments, TrainArguments
+from .baselines import paper_adam, paper_rhs
+from .curvature import hessian_vector_product
+from .data import examples_digest, read_examples, write_examples
+from .errors import EraserError
+from .models import load_base
+from .objective import loss_values
+from .recommend import evaluate_recommendations
+from .reference import cosine
+from .requests import apply_request, load_request
+from .tasksets import read_task_set
+
+
+@dataclass(frozen=True)
+class ExperimentPreset:
+    """Everything an experiment run chooses besides the task set."""
+
+    task: str = "genres"  # the task set built when none is given: genres or llara
+    base: str = "smollm2-135m"
+    lora: LoraArguments = field(default_factory=LoraArguments)
+    training: TrainArguments = field(default_factory=lambda: TrainArguments(
+        epochs=3, lr=3e-3, batch_size=8, weight_decay=0.01, max_length=64))
+    warm_epochs: int = 1
+    erase: EraseArguments = field(default_factory=lambda: EraseArguments(
+        hessian_samples=24, max_iter=6, tol=1e-2))
+    hvps: tuple[str, ...] = ("ggn", "exact", "fd")
+    kept_sample: int = 64
+    generate: bool = False
+    eval_batch_size: int = 8
+
+
+PRESETS = {
+    # 2 CPU cores: the genre task (eraser data genres), 300 training movies
+    "cpu": ExperimentPreset(),
+    # a GPU machine: the LLaRA task (eraser data llara), full Hessian, tight solves, generation
+    "gpu": ExperimentPreset(
+        task="llara",
+        training=TrainArguments(epochs=3, lr=2e-3, batch_size=8, weight_decay=0.01,
+                                max_length=256),
+        erase=EraseArguments(max_iter=100, tol=1e-4), generate=True, kept_sample=256),
+}
+
+
+def recovery(method: float, corrupted: float, retrain: float) -> float | None:
+    """(m − m_corrupted)/(m_retrain − m_corrupted); None when retraining moved nothing."""
+    gap = retrain - corrupted
+    return None if gap == 0 else (method - corrupted) / gap
+
+
+class Trainings:
+    """Fine-tunings cached under ``root`` by (data, init adapter, epochs, preset)."""
+
+    def __init__(self, root: Path, preset: ExperimentPreset, progress: bool):
+        self.root, self.preset, self.progress = root, preset, progress
+
+    def __call__(self, data: Path, init: Path | None = None, epochs: int | None = None):
+        """(adapter folder, wall seconds of the training that made it)."""
+        training = replace(self.preset.training, epochs=epochs or self.preset.training.epochs)
+        key = hashlib.sha256(json.dumps([
+            examples_digest(read_examples(data)), None if init is None else init.name,
+            asdict(training), asdict(self.preset.lora), self.preset.base],
+            sort_keys=True).encode()).hexdigest()[:16]
+        out, seconds_file = self.root / key, self.root / f"{key}.seconds.json"
+        if not seconds_file.is_file():
+            start = time.perf_counter()
+            api.train(self.preset.base, data, out, None if init else self.preset.lora,
+                      training, init_adapter=init, overwrite=True, progress=self.progress)
+            write_json(seconds_file, time.perf_counter() - start)
+        return out, json.loads(seconds_file.read_text())
+
+
+def run_experiment(task_dir: str | Path, name: str, preset: ExperimentPreset,
+                   work: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Run one experiment; returns its result (also ``WORK/NAME/result.json``)."""
+    task = read_task_set(task_dir)
+    data, request_file = task.experiment_data(name), task.experiment_request(name)
+    work = Path(work)
+    result_file = work / name / "result.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    rows, request = read_examples(data), load_request(request_file)
+    edited = apply_request(request, rows)
+    edited_data = work / name / "edited.parquet"
+    write_examples(edited_data, edited.rows_after)
+    train = Trainings(work / "trainings", preset, progress)
+    say = print if progress else (lambda *a, **k: None)
+
+    say(f"[{name}] fine-tuning on the corrupted set, retraining, warm retraining ...")
+    corrupted, corrupted_s = train(data)
+    adapters = {"corrupted": corrupted}
+    seconds: dict[str, float] = {"corrupted": corrupted_s}
+    adapters["retrain"], seconds["retrain"] = train(edited_data)
+    adapters["warm"], seconds["warm"] = train(edited_data, corrupted, preset.warm_epochs)
+    drift, _ = train(data, corrupted, preset.warm_epochs)
+    solver: dict[str, Any] = {}
+    for hvp in preset.hvps:
+        say(f"[{name}] erase with the {hvp} HVP ...")
+        out = work / name / f"erase-{hvp}"
+        start = time.perf_counter()
+        report = api.erase(preset.base, corrupted, data, request, out,
+                           replace(preset.erase, hvp=hvp), overwrite=True, progress=progress)
+        seconds[f"erase-{hvp}"] = time.perf_counter() - start
+        adapters[f"erase-{hvp}"] = out
+        solver[f"erase-{hvp}"] = {k: report[k] for k in (
+            "hvp_used", "cg_iterations", "relative_residual", "negative_curvature")}
+
+    model, meta = load_adapter(load_base(preset.base), corrupted)
+    theta0 = model.get_flat().double()
+    thetas = {label: adapter_vector(model, path).double() for label, path in adapters.items()}
+    say(f"[{name}] the paper's solver ...")
+    start = time.perf_counter()
+    thetas["paper"] = theta0 + paper_step(model, edited, meta.weight_decay, preset)
+    seconds["paper"] = time.perf_counter() - start
+    model.set_flat(theta0)
+
+    # (Θ_warm − Θ0) − (Θ_drift − Θ0): the warm retrain's change net of Adam's own motion
+    warm_change = thetas["warm"] - adapter_vector(model, drift).double()
+    affected = [r for r, w in zip(edited.changed_rows, edited.weight_changes.tolist(),
+                                  strict=True) if w > 0] or edited.changed_rows
+    touched = set(request.ids)
+    kept = [r for r in rows if r.id not in touched][: preset.kept_sample]
+    test = task.split("test")
+    methods: dict[str, Any] = {}
+    for label, theta in thetas.items():
+        say(f"[{name}] evaluating {label} ...")
+        model.set_flat(theta)
+        figures = evaluate_recommendations(model, test, task.candidates,
+                                           preset.eval_batch_size, preset.generate)
+        figures["edited_loss"] = float(loss_values(model, affected, preset.eval_batch_size).mean())
+        figures["kept_loss"] = float(loss_values(model, kept, preset.eval_batch_size).mean())
+        delta = theta - theta0
+        if label != "corrupted":
+            figures["cosine_to_warm"] = cosine(delta, warm_change)
+            figures["norm_ratio_to_warm"] = float(delta.norm() / warm_change.norm())
+        figures["seconds"] = seconds[label]
+        methods[label] = figures
+    base_figures, reference = methods["corrupted"], methods["retrain"]
+    for figures in methods.values():
+        figures["recovery"] = {key: recovery(value(figures), value(base_figures),
+                                             value(reference))
+                               for key, value in RECOVERED.items()}
+    result = {"experiment": name, "kind": request.kind, "n_train": len(rows),
+              "n_affected": len(request.ids), "n_test": len(test), "preset": asdict(preset),
+              "task": task.manifest["arguments"], "solver": solver, "methods": methods}
+    write_json(result_file, result)
+    return result
+
+
+RECOVERED = {
+    "target_loglik": lambda f: f["target_loglik"]["mean"],
+    "hit_rate_likelihood": lambda f: f["hit_rate_likelihood"]["mean"],
+    "edited_loss": lambda f: f["edited_loss"],
+}
+
+
+def build_task_set(task: str, out: Path) -> dict[str, Any]:
+    if task == "genres":
+        from .genres import build_genres
+
+        return build_genres(out)
+    if task == "llara":
+        from .llara import build_llara
+
+        return build_llara(out)
+    raise EraserError(f"unknown task {task!r}; choose genres or llara")
+
+
+def paper_step(model, edited, weight_decay: float, preset: ExperimentPreset) -> torch.Tensor:
+    """ΔΘ of the paper's solver: its b, 20 Adam steps, each on the exact HVP of one seeded
+    training row (its batch of 1), damped by λ."""
+    b = paper_rhs(model, edited, preset.eval_batch_size)
+    rows = edited.rows_before
+    picks = torch.randint(len(rows), (64,), generator=torch.Generator().manual_seed(0)).tolist()
+    one = torch.ones(1)
+
+    def matvec(step: int, v: torch.Tensor) -> torch.Tensor:
+        row = rows[picks[step % len(picks)]]
+        hvp = hessian_vector_product("exact", model, [row], one, 1)
+        return hvp(v).double().cpu() + weight_decay * v
+
+    return paper_adam(matvec, b)
+
+
+def run_experiments(task_dir: str | Path | None, names: list[str] | None,
+                    preset: ExperimentPreset, work: str | Path,
+                    progress: bool = True) -> dict[str, Any]:
+    """Every named experiment (all of the task set's by default) in one work folder; without
+    ``task_dir`` the preset's task set is built (default arguments) in ``WORK/task``."""
+    if task_dir is None:
+        task_dir = Path(work) / "task"
+        if not (task_dir / "manifest.json").is_file():
+            build_task_set(preset.task, task_dir)
+    task = read_task_set(task_dir)
+    names = names or task.experiments
+    unknown = [n for n in names if n not in task.experiments]
+    if unknown:
+        raise EraserError(f"no experiment {', '.join(unknown)} in {task_dir}; it has "
+                          f"{', '.join(task.experiments)}")
+    start = time.perf_counter()
+    results = {n: run_experiment(task_dir, n, preset, work, progress) for n in names}
+    summary = {"experiments": results, "seconds": time.perf_counter() - start}
+    write_json(Path(work) / "results.json", summary)
+    return summary
