@@ -57,16 +57,18 @@ def train(
     init_adapter: PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Fine-tune a LoRA adapter on a Parquet training set and publish it to ``out``.
 
     With ``init_adapter`` the adapter is warm-started from that one (same rank and targets;
-    ``lora`` must then be None or equal to its shape).
+    ``lora`` must then be None or equal to its shape). ``device`` is where the base and the
+    adapter are held (``cpu``, ``cuda``, ``cuda:N``).
     """
     training = training or TrainArguments()
     check_output_dir(out, overwrite)
     examples = read_examples(data)
-    base_model = load_base(base)
+    base_model = load_base(base, device=device)
     if init_adapter is not None:
         model, init_meta = load_adapter(base_model, init_adapter)
         if lora is not None:
@@ -118,6 +120,7 @@ def erase(
     overwrite: bool = False,
     progress: bool = True,
     distributed: DistributedArguments | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Apply an erase request, or a batch of them, to an adapter by one influence step;
     publish the new adapter.
@@ -126,7 +129,8 @@ def erase(
     with disjoint rows) is one solve; the report gives each request's own ΔΘ_k figures
     under ``requests``. With ``distributed`` the step
     runs on a Ray cluster (worker groups on a ZeRO-3-partitioned base, see ``actors/``);
-    otherwise in this process. The output holds the new adapter, ΔΘ alone
+    otherwise in this process, on ``device`` (a distributed erase places its ranks by
+    ``distributed.backend``). The output holds the new adapter, ΔΘ alone
     (``adapter_delta.safetensors``, for serving replicas) and the report that this function
     returns (``erase_report.json``).
     """
@@ -147,10 +151,10 @@ def erase(
     check_fitted_on(meta, adapter, data, examples)
     start = time.perf_counter()
     if distributed is None:
-        model, meta = load_adapter(load_base(base), adapter)
+        model, meta = load_adapter(load_base(base, device=device), adapter)
         result = newton_step(model, edited, meta.weight_decay, args, progress=progress)
         keys, shapes = [file_key(n) for n in model.names], [p.shape for p in model.params]
-        theta, extra = model.get_flat().double(), {}
+        theta, extra = model.get_flat().double().cpu(), {}
     else:
         from actors.driver import distributed_erase
 
@@ -236,11 +240,11 @@ def _check_erase_arguments(args: EraseArguments) -> None:
 
 
 def evaluate(
-    base: str, adapter: PathLike, data: PathLike, batch_size: int = 8
+    base: str, adapter: PathLike, data: PathLike, batch_size: int = 8, device: str = "cpu"
 ) -> dict[str, Any]:
     """Mean response loss and per-id losses of an adapter on a Parquet set."""
     examples = read_examples(data)
-    model, _ = load_adapter(load_base(base), adapter)
+    model, _ = load_adapter(load_base(base, device=device), adapter)
     losses = loss_values(model, examples, batch_size)
     return {"mean_loss": float(losses.mean()), "n": len(examples),
             "losses": {e.id: float(v) for e, v in zip(examples, losses, strict=True)}}

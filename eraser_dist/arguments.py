@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+LrSchedule = Literal["constant", "linear"]
+LR_SCHEDULES: tuple[str, ...] = ("constant", "linear")
 HvpKind = Literal["exact", "fd", "ggn"]
 HVP_KINDS: tuple[str, ...] = ("exact", "fd", "ggn")
 CurvatureData = Literal["original", "edited"]
@@ -31,6 +33,10 @@ class TrainArguments:
     ``weight_decay`` is λ of that objective (an L2 term in the loss, not AdamW's decoupled
     decay), so that erasure, which uses λ as its default damping, and retraining optimise the
     same function.
+
+    ``lr_schedule`` ``linear`` decays the rate to 0 at the last step, so that the adapter ends
+    settled near a minimum (where the influence step's ∇f(Θ̂) = 0 holds) rather than where a
+    constant-rate Adam step left it.
     """
 
     epochs: int = 3
@@ -39,6 +45,7 @@ class TrainArguments:
     weight_decay: float = 0.01
     seed: int = 0
     max_length: int = 256
+    lr_schedule: LrSchedule = "constant"
 
 
 @dataclass

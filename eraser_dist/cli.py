@@ -15,6 +15,7 @@ from pathlib import Path
 from .arguments import (
     CURVATURE_DATA,
     HVP_KINDS,
+    LR_SCHEDULES,
     NEGATIVE_CURVATURE_POLICIES,
     DistributedArguments,
     EraseArguments,
@@ -58,9 +59,10 @@ def cmd_train(ns: argparse.Namespace) -> None:
         weight_decay=ns.weight_decay if ns.weight_decay is not None else d.weight_decay,
         seed=ns.seed,
         max_length=ns.max_length,
+        lr_schedule=ns.lr_schedule,
     )
     result = api.train(ns.base, ns.data, ns.out, lora, training, ns.init_adapter,
-                       overwrite=ns.overwrite, progress=not ns.quiet)
+                       overwrite=ns.overwrite, progress=not ns.quiet, device=ns.device)
     if ns.json:
         _print_json(result)
     else:
@@ -94,7 +96,8 @@ def cmd_erase(ns: argparse.Namespace) -> None:
     distributed = _distributed(ns)
     args = _erase_arguments(ns, distributed)
     report = api.erase(ns.base, ns.adapter, ns.data, ns.request, ns.out, args,
-                       overwrite=ns.overwrite, progress=not ns.quiet, distributed=distributed)
+                       overwrite=ns.overwrite, progress=not ns.quiet, distributed=distributed,
+                       device=ns.device)
     if ns.json:
         _print_json(report)
         return
@@ -117,7 +120,8 @@ def cmd_erase(ns: argparse.Namespace) -> None:
 def cmd_eval(ns: argparse.Namespace) -> None:
     from . import api
 
-    result = api.evaluate(ns.base, ns.adapter, ns.data, batch_size=ns.batch_size)
+    result = api.evaluate(ns.base, ns.adapter, ns.data, batch_size=ns.batch_size,
+                          device=ns.device)
     if ns.json:
         _print_json(result)
         return
@@ -155,7 +159,9 @@ def cmd_experiment(ns: argparse.Namespace) -> None:
     names = None if ns.experiment == "all" else [ns.experiment]
     summary = run_experiments(ns.task_dir, names, PRESETS[ns.preset], ns.work,
                               progress=not ns.quiet)
-    print(f"results: {Path(ns.work) / 'results.json'} ({summary['seconds']:.0f} s)")
+    work = Path(ns.work)
+    print(f"results: {work / 'results.json'}, {work / 'results.md'}, {work / 'results.png'} "
+          f"({summary['seconds']:.0f} s)")
 
 
 def cmd_plan(ns: argparse.Namespace) -> None:
@@ -218,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
         if out:
             p.add_argument("--out", required=True, help="new adapter directory")
             p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+        p.add_argument("--device", default="cpu",
+                       help="where the model runs in this process: cpu, cuda or cuda:N")
         p.add_argument("--json", action="store_true", help="print the result as JSON")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -233,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float,
                    help=f"λ of the L2 term in the objective ({TrainArguments.weight_decay})")
     p.add_argument("--max-length", type=int, default=TrainArguments.max_length)
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=TrainArguments.lr_schedule,
+                   help="constant, or linear decay to 0 at the last step")
     p.add_argument("--init-adapter", help="warm-start from this adapter (same rank and targets)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)

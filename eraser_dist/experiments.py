@@ -14,7 +14,10 @@ split (95% bootstrap intervals), mean loss on the edited rows (the new versions 
 rows; the removed rows for ``ir``) and on a sample of untouched rows, recovery
 (m − m_corrupted)/(m_retrain − m_corrupted) of each, the cosine and norm ratio of ΔΘ to the
 warm retrain's ΔΘ net of ``drift`` (the same epochs on the unedited set: Adam's own motion),
-and wall seconds. Trainings are cached under the work folder by their inputs, so ``all``
+and wall seconds. ``warm_reference`` says how much that reference can be trusted: the cosine
+of the same warm retrain and drift run with another shuffle seed to it (no method can agree
+with the reference better than the reference agrees with itself), and the losses of Θ̂ plus
+the net warm change alone. Trainings are cached under the work folder by their inputs, so ``all``
 trains the shared ones once and a rerun after a crash resumes.
 """
 
@@ -36,7 +39,8 @@ from .baselines import paper_adam, paper_rhs
 from .curvature import hessian_vector_product
 from .data import examples_digest, read_examples, write_examples
 from .errors import EraserError
-from .models import load_base
+from .experiment_report import write_report
+from .models import check_device, load_base
 from .objective import loss_values
 from .recommend import evaluate_recommendations
 from .reference import cosine
@@ -60,6 +64,7 @@ class ExperimentPreset:
     kept_sample: int = 64
     generate: bool = False
     eval_batch_size: int = 8
+    device: str = "cpu"  # where every training, erase and evaluation runs
 
 
 PRESETS = {
@@ -70,7 +75,8 @@ PRESETS = {
         task="llara",
         training=TrainArguments(epochs=3, lr=2e-3, batch_size=8, weight_decay=0.01,
                                 max_length=256),
-        erase=EraseArguments(max_iter=100, tol=1e-4), generate=True, kept_sample=256),
+        erase=EraseArguments(max_iter=100, tol=1e-4), generate=True, kept_sample=256,
+        device="cuda"),
 }
 
 
@@ -86,9 +92,11 @@ class Trainings:
     def __init__(self, root: Path, preset: ExperimentPreset, progress: bool):
         self.root, self.preset, self.progress = root, preset, progress
 
-    def __call__(self, data: Path, init: Path | None = None, epochs: int | None = None):
+    def __call__(self, data: Path, init: Path | None = None, epochs: int | None = None,
+                 seed: int | None = None):
         """(adapter folder, wall seconds of the training that made it)."""
-        training = replace(self.preset.training, epochs=epochs or self.preset.training.epochs)
+        training = replace(self.preset.training, epochs=epochs or self.preset.training.epochs,
+                           seed=self.preset.training.seed if seed is None else seed)
         key = hashlib.sha256(json.dumps([
             examples_digest(read_examples(data)), None if init is None else init.name,
             asdict(training), asdict(self.preset.lora), self.preset.base],
@@ -97,7 +105,8 @@ class Trainings:
         if not seconds_file.is_file():
             start = time.perf_counter()
             api.train(self.preset.base, data, out, None if init else self.preset.lora,
-                      training, init_adapter=init, overwrite=True, progress=self.progress)
+                      training, init_adapter=init, overwrite=True, progress=self.progress,
+                      device=self.preset.device)
             write_json(seconds_file, time.perf_counter() - start)
         return out, json.loads(seconds_file.read_text())
 
@@ -125,20 +134,25 @@ def run_experiment(task_dir: str | Path, name: str, preset: ExperimentPreset,
     adapters["retrain"], seconds["retrain"] = train(edited_data)
     adapters["warm"], seconds["warm"] = train(edited_data, corrupted, preset.warm_epochs)
     drift, _ = train(data, corrupted, preset.warm_epochs)
+    # the same warm retrain and drift with another shuffle: how far the reference agrees
+    # with itself, the ceiling of any method's cosine to it
+    reseeded = [train(d, corrupted, preset.warm_epochs, preset.training.seed + 1)[0]
+                for d in (edited_data, data)]
     solver: dict[str, Any] = {}
     for hvp in preset.hvps:
         say(f"[{name}] erase with the {hvp} HVP ...")
         out = work / name / f"erase-{hvp}"
         start = time.perf_counter()
         report = api.erase(preset.base, corrupted, data, request, out,
-                           replace(preset.erase, hvp=hvp), overwrite=True, progress=progress)
+                           replace(preset.erase, hvp=hvp), overwrite=True, progress=progress,
+                           device=preset.device)
         seconds[f"erase-{hvp}"] = time.perf_counter() - start
         adapters[f"erase-{hvp}"] = out
         solver[f"erase-{hvp}"] = {k: report[k] for k in (
             "hvp_used", "cg_iterations", "relative_residual", "negative_curvature")}
 
-    model, meta = load_adapter(load_base(preset.base), corrupted)
-    theta0 = model.get_flat().double()
+    model, meta = load_adapter(load_base(preset.base, device=preset.device), corrupted)
+    theta0 = model.get_flat().double().cpu()
     thetas = {label: adapter_vector(model, path).double() for label, path in adapters.items()}
     say(f"[{name}] the paper's solver ...")
     start = time.perf_counter()
@@ -148,6 +162,8 @@ def run_experiment(task_dir: str | Path, name: str, preset: ExperimentPreset,
 
     # (Θ_warm − Θ0) − (Θ_drift − Θ0): the warm retrain's change net of Adam's own motion
     warm_change = thetas["warm"] - adapter_vector(model, drift).double()
+    reseeded_change = (adapter_vector(model, reseeded[0]).double()
+                       - adapter_vector(model, reseeded[1]).double())
     affected = [r for r, w in zip(edited.changed_rows, edited.weight_changes.tolist(),
                                   strict=True) if w > 0] or edited.changed_rows
     touched = set(request.ids)
@@ -167,6 +183,13 @@ def run_experiment(task_dir: str | Path, name: str, preset: ExperimentPreset,
             figures["norm_ratio_to_warm"] = float(delta.norm() / warm_change.norm())
         figures["seconds"] = seconds[label]
         methods[label] = figures
+    model.set_flat(theta0 + warm_change)
+    warm_reference = {
+        "reseeded_cosine": cosine(reseeded_change, warm_change),
+        "reseeded_norm_ratio": float(reseeded_change.norm() / warm_change.norm()),
+        "edited_loss": float(loss_values(model, affected, preset.eval_batch_size).mean()),
+        "kept_loss": float(loss_values(model, kept, preset.eval_batch_size).mean())}
+    model.set_flat(theta0)
     base_figures, reference = methods["corrupted"], methods["retrain"]
     for figures in methods.values():
         figures["recovery"] = {key: recovery(value(figures), value(base_figures),
@@ -174,7 +197,8 @@ def run_experiment(task_dir: str | Path, name: str, preset: ExperimentPreset,
                                for key, value in RECOVERED.items()}
     result = {"experiment": name, "kind": request.kind, "n_train": len(rows),
               "n_affected": len(request.ids), "n_test": len(test), "preset": asdict(preset),
-              "task": task.manifest["arguments"], "solver": solver, "methods": methods}
+              "task": task.manifest["arguments"], "solver": solver,
+              "warm_reference": warm_reference, "methods": methods}
     write_json(result_file, result)
     return result
 
@@ -218,7 +242,9 @@ def run_experiments(task_dir: str | Path | None, names: list[str] | None,
                     preset: ExperimentPreset, work: str | Path,
                     progress: bool = True) -> dict[str, Any]:
     """Every named experiment (all of the task set's by default) in one work folder; without
-    ``task_dir`` the preset's task set is built (default arguments) in ``WORK/task``."""
+    ``task_dir`` the preset's task set is built (default arguments) in ``WORK/task``. Writes
+    ``WORK/results.json`` and its table and chart (``results.md``, ``results.png``)."""
+    check_device(preset.device)  # before any work: a GPU preset on a machine without one
     if task_dir is None:
         task_dir = Path(work) / "task"
         if not (task_dir / "manifest.json").is_file():
@@ -233,4 +259,5 @@ def run_experiments(task_dir: str | Path | None, names: list[str] | None,
     results = {n: run_experiment(task_dir, n, preset, work, progress) for n in names}
     summary = {"experiments": results, "seconds": time.perf_counter() - start}
     write_json(Path(work) / "results.json", summary)
+    write_report(summary, work)
     return summary

@@ -160,8 +160,10 @@ def base_fingerprint(model: torch.nn.Module) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def load_base(name_or_path: str, dtype: torch.dtype = torch.float32) -> Base:
-    """Load a built-in base by name or a local Hugging Face directory, in eval mode."""
+def load_base(name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Base:
+    """Load a built-in base by name or a local Hugging Face directory, in eval mode, on
+    ``device`` (a torch device string: ``cpu``, ``cuda``, ``cuda:1``)."""
+    device = check_device(device)
     if name_or_path == "tiny-llama":
         model, tokenizer = tiny_llama(dtype)
     else:
@@ -187,10 +189,26 @@ def load_base(name_or_path: str, dtype: torch.dtype = torch.float32) -> Base:
             if bars:
                 hf_logging.enable_progress_bar()
         tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(path))
-    model.eval()
+    model.to(device).eval()
     model.requires_grad_(False)
     model.name_or_path = name_or_path  # what peft records as base_model_name_or_path
     return Base(model, tokenizer, name_or_path, base_fingerprint(model))
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch device, or a one-line error when this machine lacks it."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise EraserError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from err
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (parsed.index or 0) >= count:
+            raise EraserError(f"device {device!r} requested but torch sees {count} CUDA "
+                              "device(s) here")
+    elif parsed.type != "cpu":
+        raise EraserError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    return parsed
 
 
 class LoraCausalLM(LossModel):

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .arguments import TrainArguments
+from .arguments import LR_SCHEDULES, TrainArguments
 from .errors import EraserError
 from .objective import LossModel, batches
 
@@ -26,7 +26,8 @@ def l2_term(model: LossModel, weight_decay: float) -> torch.Tensor:
 def train_adam(
     model: LossModel, rows: Sequence[Any], args: TrainArguments, progress: bool = True
 ) -> list[float]:
-    """Adam over shuffled minibatches (seeded); returns the mean objective of each epoch."""
+    """Adam over shuffled minibatches (seeded), at a constant rate or decaying linearly to 0
+    (``args.lr_schedule``); returns the mean objective of each epoch."""
     if not rows:
         raise EraserError("cannot train on an empty training set")
     for name, value in (("epochs", args.epochs), ("batch size", args.batch_size)):
@@ -34,9 +35,15 @@ def train_adam(
             raise EraserError(f"{name} must be at least 1, got {value}")
     if not (args.lr > 0 and args.weight_decay >= 0):
         raise EraserError("learning rate must be positive and weight decay non-negative")
+    if args.lr_schedule not in LR_SCHEDULES:
+        raise EraserError(f"unknown lr schedule {args.lr_schedule!r}; choose "
+                          f"{', '.join(LR_SCHEDULES)}")
     optimizer = torch.optim.Adam(model.params, lr=args.lr)
     generator = torch.Generator().manual_seed(args.seed)
     steps = args.epochs * math.ceil(len(rows) / args.batch_size)
+    linear = args.lr_schedule == "linear"
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 1.0 - step / steps if linear else 1.0)
     history = []
     with tqdm(total=steps, desc="train", disable=not progress, leave=False) as bar:
         for _ in range(args.epochs):
@@ -52,6 +59,7 @@ def train_adam(
                     raise EraserError("training diverged (non-finite loss); lower --lr")
                 objective.backward()
                 optimizer.step()
+                schedule.step()
                 total += objective.item() * len(chunk)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")

@@ -3,12 +3,15 @@
 import json
 
 import pytest
+import torch
 
 from eraser_dist import cli
 from eraser_dist.arguments import EraseArguments, GenreArguments, LoraArguments, TrainArguments
 from eraser_dist.errors import EraserError
+from eraser_dist.experiment_report import results_table
 from eraser_dist.experiments import ExperimentPreset, recovery, run_experiments
 from eraser_dist.genres import build_genres
+from eraser_dist.models import load_base
 
 TINY = ExperimentPreset(
     base="tiny-llama", lora=LoraArguments(rank=2),
@@ -50,6 +53,17 @@ def test_same_seed_gives_the_same_table_and_a_rerun_resumes(task, tmp_path):
     assert methods["retrain"]["recovery"]["target_loglik"] == 1.0
     # the paper's 20 Adam steps at lr 1e-5 move Θ less than our step does
     assert methods["paper"]["norm_ratio_to_warm"] < methods["erase-ggn"]["norm_ratio_to_warm"]
+    # the table and the chart are rendered from the same figures
+    table = (tmp_path / "a" / "results.md").read_text()
+    assert table == results_table(first) + "\n"
+    ggn = methods["erase-ggn"]
+    row = next(line for line in table.splitlines() if line.startswith("| erase-ggn |"))
+    assert f"| {ggn['edited_loss']:.3f} | {ggn['kept_loss']:.3f} |" in row
+    assert f"| {ggn['cosine_to_warm']:.2f} |" in row
+    assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")
+            and "---" not in line and "method" not in line][:6] == [
+        "| corrupted", "| erase-ggn", "| erase-exact", "| paper", "| warm", "| retrain"]
+    assert (tmp_path / "a" / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # resuming: a finished experiment is read back, not run again
     result = tmp_path / "a" / "rc40" / "result.json"
     marked = json.loads(result.read_text()) | {"marker": 1}
@@ -64,3 +78,16 @@ def test_unknown_experiments_and_missing_task_sets_are_one_line_errors(task, tmp
     assert cli.main(["experiment", "ir", "--task-dir", str(tmp_path / "none"),
                      "--work", str(tmp_path / "w")]) == 2
     assert "not a task set" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_devices_this_machine_lacks_are_one_line_errors_before_any_work(tmp_path, capsys):
+    # the gpu preset stops before building a task set or training anything
+    assert cli.main(["experiment", "ir", "--preset", "gpu", "--work", str(tmp_path / "g")]) == 2
+    assert "torch sees 0 CUDA device(s)" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
+    with pytest.raises(EraserError, match="unknown device 'tpu'"):
+        load_base("tiny-llama", device="tpu")
+    with pytest.raises(EraserError, match="'cuda:1' requested"):
+        load_base("tiny-llama", device="cuda:1")
+    assert load_base("tiny-llama", device="cpu").model.device.type == "cpu"

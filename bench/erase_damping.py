@@ -1,0 +1,127 @@
+"""How the erase step's damping, Hessian sample and CG iterations move it toward warm retraining.
+
+Run after ``eraser experiment NAME --work WORK`` (it reuses that run's cached fine-tunings):
+loads the corrupted adapter, computes b once, then per Hessian sample size runs one recorded
+Gauss-Newton CG solve at damping λ. The Krylov space of H + dI does not depend on d, so the
+solution for any other damping d and any first m iterations is read off the recorded
+directions by :func:`eraser_dist.solve.galerkin_split` with no further HVP. For each
+(samples, d, m) it reports the cosine and norm ratio of ΔΘ to the warm retrain's ΔΘ net of
+drift (as ``eraser experiment`` does), and at the ``--evaluate-at`` iteration counts also the
+loss on the edited rows and on kept rows (the warm change net of drift is measured the same
+way). The limit d → ∞ is the direction of b itself (scaled to the warm change's norm).
+
+    .venv/bin/python bench/erase_damping.py --work runs/experiments --experiment rc40
+
+Prints JSON; ``--out FILE`` also writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from eraser_dist.adapters import adapter_vector, load_adapter
+from eraser_dist.curvature import hessian_vector_product
+from eraser_dist.data import read_examples
+from eraser_dist.experiments import PRESETS, Trainings
+from eraser_dist.influence import hessian_subset, newton_rhs
+from eraser_dist.models import load_base
+from eraser_dist.objective import loss_values
+from eraser_dist.reference import cosine
+from eraser_dist.requests import apply_request, load_request
+from eraser_dist.solve import conjugate_gradient, galerkin_split
+from eraser_dist.tasksets import read_task_set
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", required=True, help="the work folder of eraser experiment")
+    parser.add_argument("--experiment", default="rc40")
+    parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    parser.add_argument("--samples", type=int, nargs="+", default=[24, 96])
+    parser.add_argument("--iterations", type=int, default=16)
+    parser.add_argument("--dampings", type=float, nargs="+",
+                        default=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
+    parser.add_argument("--evaluate-at", type=int, nargs="+", default=[8, 16],
+                        help="iteration counts at which the losses are measured (every damping)")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    preset = PRESETS[args.preset]
+    work = Path(args.work)
+    task = read_task_set(work / "task")
+    data = task.experiment_data(args.experiment)
+    rows, request = read_examples(data), load_request(task.experiment_request(args.experiment))
+    edited = apply_request(request, rows)
+    train = Trainings(work / "trainings", preset, progress=True)
+    corrupted, _ = train(data)
+    warm, _ = train(work / args.experiment / "edited.parquet", corrupted, preset.warm_epochs)
+    drift, _ = train(data, corrupted, preset.warm_epochs)
+
+    model, meta = load_adapter(load_base(preset.base), corrupted)
+    theta0 = model.get_flat().double()
+    warm_change = adapter_vector(model, warm).double() - adapter_vector(model, drift).double()
+    start = time.perf_counter()
+    b = newton_rhs(model, edited, meta.weight_decay, preset.erase.batch_size).sum(0)
+    rhs_seconds = time.perf_counter() - start
+    affected = [r for r, w in zip(edited.changed_rows, edited.weight_changes.tolist(),
+                                  strict=True) if w > 0] or edited.changed_rows
+    touched = set(request.ids)
+    kept = [r for r in rows if r.id not in touched][: preset.kept_sample]
+
+    def losses(delta: torch.Tensor) -> dict[str, float]:
+        model.set_flat(theta0 + delta)
+        figures = {"edited_loss": float(loss_values(model, affected, 8).mean()),
+                   "kept_loss": float(loss_values(model, kept, 8).mean())}
+        model.set_flat(theta0)
+        return figures
+
+    rows_out = [{"samples": None, "damping": float("inf"), "iterations": 0,
+                 "cosine_to_warm": cosine(b, warm_change)}]
+    solves = {}
+    for samples in args.samples:
+        h_rows, weights = hessian_subset(edited, "original", samples, preset.erase.seed)
+        hvp = hessian_vector_product("ggn", model, h_rows, weights, preset.erase.batch_size)
+        scale = 1.0 / float(weights.sum())
+        start = time.perf_counter()
+        cg = conjugate_gradient(lambda v, hvp=hvp, scale=scale: hvp(v).double().cpu() * scale, b,
+                                damping=meta.weight_decay, tol=0.0, max_iter=args.iterations,
+                                record=True)
+        seconds = time.perf_counter() - start
+        solves[samples] = {"seconds": seconds, "iterations": cg.iterations,
+                           "seconds_per_row_hvp": seconds / (cg.iterations * len(h_rows))}
+        for damping in args.dampings:
+            shift = damping - meta.weight_decay
+            for m in sorted({2, 4, 6, 8, 12, cg.iterations, *args.evaluate_at}):
+                if m > cg.iterations:
+                    continue
+                sub = replace(cg, directions=cg.directions[:m],
+                              products=cg.products[:m] + shift * cg.directions[:m])
+                delta, residual = galerkin_split(sub, b[None])
+                delta = delta[0]
+                rows_out.append({"samples": samples, "damping": damping, "iterations": m,
+                                 "relative_residual": float(residual[0]),
+                                 "cosine_to_warm": cosine(delta, warm_change),
+                                 "norm_ratio_to_warm": float(delta.norm() / warm_change.norm()),
+                                 "_delta": delta})
+    for row in rows_out[1:]:
+        if row["iterations"] in args.evaluate_at:
+            row.update(losses(row["_delta"]))
+    rows_out[0].update(losses(b * float(warm_change.norm() / b.norm())))
+    reference = {"corrupted": losses(torch.zeros_like(theta0)),
+                 "warm": losses(warm_change)}
+    result = {"experiment": args.experiment, "rhs_seconds": rhs_seconds, "solves": solves,
+              "reference": reference,
+              "grid": [{k: v for k, v in r.items() if k != "_delta"} for r in rows_out]}
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
