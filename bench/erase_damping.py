@@ -59,8 +59,8 @@ def main() -> None:
     edited = apply_request(request, rows)
     train = Trainings(work / "trainings", preset, progress=True)
     corrupted, _ = train(data)
-    warm, _ = train(work / args.experiment / "edited.parquet", corrupted, preset.warm_epochs)
-    drift, _ = train(data, corrupted, preset.warm_epochs)
+    warm, _ = train(work / args.experiment / "edited.parquet", corrupted)
+    drift, _ = train(data, corrupted)
 
     model, meta = load_adapter(load_base(preset.base), corrupted)
     theta0 = model.get_flat().double()
