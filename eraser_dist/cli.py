@@ -160,8 +160,9 @@ def cmd_experiment(ns: argparse.Namespace) -> None:
     summary = run_experiments(ns.task_dir, names, PRESETS[ns.preset], ns.work,
                               progress=not ns.quiet)
     work = Path(ns.work)
+    resumed = f"; read back: {', '.join(summary['resumed'])}" if summary["resumed"] else ""
     print(f"results: {work / 'results.json'}, {work / 'results.md'}, {work / 'results.png'} "
-          f"({summary['seconds']:.0f} s)")
+          f"({summary['seconds']:.0f} s{resumed})")
 
 
 def cmd_plan(ns: argparse.Namespace) -> None:

@@ -27,13 +27,12 @@ def _interval(figure: dict[str, float]) -> str:
 
 
 def results_table(summary: dict[str, Any]) -> str:
-    """One Markdown table per experiment: a row per method, its figures and its seconds.
-
-    Recovery is (m − m_corrupted)/(m_retrain − m_corrupted): 1 is retraining's figure, 0 the
-    corrupted model's. Losses are mean nats per response token; cosine and norm ratio compare
-    ΔΘ with the warm retrain's ΔΘ net of drift.
-    """
-    lines = []
+    """One Markdown table per experiment, a row per method with its figures and seconds,
+    under a paragraph that says what the columns mean."""
+    lines = ["Recovery is (m − m_corrupted)/(m_retrain − m_corrupted): 1 is retraining's figure, "
+             "0 the corrupted model's; – where retraining's gap is inside the corrupted "
+             "model's 95% interval. Cosine and norm ratio compare ΔΘ with the warm retrain's ΔΘ "
+             "net of drift. Losses are mean nats per response token.", ""]
     for name, result in summary["experiments"].items():
         methods = result["methods"]
         retrain_s = methods["retrain"]["seconds"]
@@ -107,7 +106,7 @@ def results_chart(summary: dict[str, Any], path: str | Path) -> None:
         line = axes[1].plot([i for i, c in enumerate(ceilings) if c is not None],
                             [c for c in ceilings if c is not None], "k_", ms=30, mew=2,
                             label="the reference vs itself (reseeded)")
-        axes[1].legend(handles=line, fontsize=7, loc="upper right")
+        axes[1].legend(handles=line, fontsize=7, loc="center right")
     axes[0].axhline(1, color="black", lw=0.8, ls="--")
     axes[1].axhline(0.9, color="black", lw=0.8, ls="--")
     axes[2].legend(fontsize=7, loc="upper left")

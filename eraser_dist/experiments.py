@@ -131,7 +131,9 @@ def run_experiment(task_dir: str | Path, name: str, preset: ExperimentPreset,
     work = Path(work)
     result_file = work / name / "result.json"
     if result_file.is_file():
-        return json.loads(result_file.read_text())
+        result = json.loads(result_file.read_text())
+        add_recoveries(result["methods"])  # a result written by an earlier rule
+        return result
     rows, request = read_examples(data), load_request(request_file)
     edited = apply_request(request, rows)
     edited_data = work / name / "edited.parquet"
@@ -181,14 +183,19 @@ def run_experiment(task_dir: str | Path, name: str, preset: ExperimentPreset,
     touched = set(request.ids)
     kept = [r for r in rows if r.id not in touched][: preset.kept_sample]
     test = task.split("test")
+
+    def row_losses() -> dict[str, float]:
+        """Mean loss of the model as it is now on the edited rows and on the kept sample."""
+        return {key: float(loss_values(model, some, preset.eval_batch_size).mean())
+                for key, some in (("edited_loss", affected), ("kept_loss", kept))}
+
     methods: dict[str, Any] = {}
     for label, theta in thetas.items():
         say(f"[{name}] evaluating {label} ...")
         model.set_flat(theta)
         figures = evaluate_recommendations(model, test, task.candidates,
                                            preset.eval_batch_size, preset.generate)
-        figures["edited_loss"] = float(loss_values(model, affected, preset.eval_batch_size).mean())
-        figures["kept_loss"] = float(loss_values(model, kept, preset.eval_batch_size).mean())
+        figures.update(row_losses())
         delta = theta - theta0
         if label != "corrupted":
             figures["cosine_to_warm"] = cosine(delta, warm_change)
@@ -199,27 +206,41 @@ def run_experiment(task_dir: str | Path, name: str, preset: ExperimentPreset,
     warm_reference = {
         "reseeded_cosine": cosine(reseeded_change, warm_change),
         "reseeded_norm_ratio": float(reseeded_change.norm() / warm_change.norm()),
-        "edited_loss": float(loss_values(model, affected, preset.eval_batch_size).mean()),
-        "kept_loss": float(loss_values(model, kept, preset.eval_batch_size).mean())}
+        **row_losses()}
     model.set_flat(theta0)
-    base_figures, reference = methods["corrupted"], methods["retrain"]
-    for figures in methods.values():
-        figures["recovery"] = {key: recovery(value(figures), value(base_figures),
-                                             value(reference))
-                               for key, value in RECOVERED.items()}
     result = {"experiment": name, "kind": request.kind, "n_train": len(rows),
               "n_affected": len(request.ids), "n_test": len(test), "preset": asdict(preset),
               "task": task.manifest["arguments"], "solver": solver,
               "warm_reference": warm_reference, "methods": methods}
+    add_recoveries(result["methods"])
     write_json(result_file, result)
     return result
 
 
-RECOVERED = {
-    "target_loglik": lambda f: f["target_loglik"]["mean"],
-    "hit_rate_likelihood": lambda f: f["hit_rate_likelihood"]["mean"],
-    "edited_loss": lambda f: f["edited_loss"],
-}
+RECOVERED = ("target_loglik", "hit_rate_likelihood", "edited_loss")
+
+
+def add_recoveries(methods: dict[str, Any]) -> dict[str, Any]:
+    """Give every method its ``recovery`` of each :data:`RECOVERED` figure (in place).
+
+    A figure measured with a 95% interval (a dict of mean, low, high) gets None where
+    retraining's gap to the corrupted model lies inside the corrupted model's interval:
+    a share of a gap that noise alone could make means nothing.
+    """
+    corrupted, retrain = methods["corrupted"], methods["retrain"]
+    for figures in methods.values():
+        figures["recovery"] = {}
+        for key in RECOVERED:
+            base, target = corrupted[key], retrain[key]
+            if isinstance(base, dict):
+                if abs(target["mean"] - base["mean"]) < (base["high"] - base["low"]) / 2:
+                    figures["recovery"][key] = None
+                    continue
+                base, target, value = base["mean"], target["mean"], figures[key]["mean"]
+            else:
+                value = figures[key]
+            figures["recovery"][key] = recovery(value, base, target)
+    return methods
 
 
 def build_task_set(task: str, out: Path) -> dict[str, Any]:
@@ -267,9 +288,12 @@ def run_experiments(task_dir: str | Path | None, names: list[str] | None,
     if unknown:
         raise EraserError(f"no experiment {', '.join(unknown)} in {task_dir}; it has "
                           f"{', '.join(task.experiments)}")
+    resumed = [n for n in names if (Path(work) / n / "result.json").is_file()]
     start = time.perf_counter()
     results = {n: run_experiment(task_dir, n, preset, work, progress) for n in names}
-    summary = {"experiments": results, "seconds": time.perf_counter() - start}
+    # seconds of this call: the experiments in ``resumed`` were read back, not run
+    summary = {"experiments": results, "seconds": time.perf_counter() - start,
+               "resumed": resumed}
     write_json(Path(work) / "results.json", summary)
     write_report(summary, work)
     return summary

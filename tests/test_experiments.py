@@ -9,7 +9,12 @@ from eraser_dist import cli
 from eraser_dist.arguments import EraseArguments, GenreArguments, LoraArguments, TrainArguments
 from eraser_dist.errors import EraserError
 from eraser_dist.experiment_report import results_table
-from eraser_dist.experiments import ExperimentPreset, recovery, run_experiments
+from eraser_dist.experiments import (
+    ExperimentPreset,
+    add_recoveries,
+    recovery,
+    run_experiments,
+)
 from eraser_dist.genres import build_genres
 from eraser_dist.models import load_base
 
@@ -40,6 +45,21 @@ def test_recovery_is_the_share_of_the_retrain_gap_closed():
     assert recovery(1.0, 1.0, 1.0) is None
 
 
+def test_no_recovery_of_a_gap_inside_the_noise():
+    def figures(hit, loglik, loss):
+        return {"hit_rate_likelihood": {"mean": hit, "low": hit - 0.1, "high": hit + 0.1},
+                "target_loglik": {"mean": loglik, "low": loglik - 0.1, "high": loglik + 0.1},
+                "edited_loss": loss}
+
+    methods = add_recoveries({"corrupted": figures(0.5, -1.0, 1.0),
+                              "retrain": figures(0.55, -0.7, 0.9),
+                              "erase": figures(0.6, -0.85, 0.95)})
+    # HR@1 moved 0.05 < the half-width 0.1: no share; log-lik moved 0.3: a share
+    assert methods["erase"]["recovery"] == {"hit_rate_likelihood": None,
+                                            "target_loglik": pytest.approx(0.5),
+                                            "edited_loss": pytest.approx(0.5)}
+
+
 def test_same_seed_gives_the_same_table_and_a_rerun_resumes(task, tmp_path):
     first = run_experiments(task, ["rc40", "ir"], TINY, tmp_path / "a", progress=False)
     second = run_experiments(task, ["rc40", "ir"], TINY, tmp_path / "b", progress=False)
@@ -50,9 +70,12 @@ def test_same_seed_gives_the_same_table_and_a_rerun_resumes(task, tmp_path):
     assert rc["n_affected"] == 10 and rc["kind"] == "correct_response"
     methods = rc["methods"]
     assert methods["corrupted"]["recovery"]["edited_loss"] == 0.0
-    assert methods["retrain"]["recovery"]["target_loglik"] == 1.0
+    assert methods["retrain"]["recovery"]["edited_loss"] == 1.0
     # the paper's 20 Adam steps at lr 1e-5 move Θ less than our step does
     assert methods["paper"]["norm_ratio_to_warm"] < methods["erase-ggn"]["norm_ratio_to_warm"]
+    # the reference checked against itself: another shuffle, so not the same change
+    assert rc["warm_reference"]["reseeded_cosine"] < 0.999
+    assert rc["warm_reference"]["reseeded_norm_ratio"] > 0
     # the table and the chart are rendered from the same figures
     table = (tmp_path / "a" / "results.md").read_text()
     assert table == results_table(first) + "\n"
@@ -70,6 +93,7 @@ def test_same_seed_gives_the_same_table_and_a_rerun_resumes(task, tmp_path):
     result.write_text(json.dumps(marked))
     again = run_experiments(task, ["rc40"], TINY, tmp_path / "a", progress=False)
     assert again["experiments"]["rc40"]["marker"] == 1
+    assert first["resumed"] == [] and again["resumed"] == ["rc40"]
 
 
 def test_unknown_experiments_and_missing_task_sets_are_one_line_errors(task, tmp_path, capsys):
