@@ -27,6 +27,7 @@ from eraser_dist.faults import FaultPlan, check_all
 from eraser_dist.influence import (
     erase_damping,
     influence_result,
+    keeps_directions,
     rhs_from_gradients,
     solve_with_policy,
 )
@@ -129,7 +130,8 @@ class Aggregator:
 
             return conjugate_gradient(matvec, b, damping=damping, tol=args.tol,
                                       max_iter=args.max_iter, callback=report, start=state,
-                                      checkpoint=save, record=len(parts_rhs) > 1)
+                                      checkpoint=save,
+                                      record=keeps_directions(parts_rhs, args))
 
         self._set(phase="CG", hvp=args.hvp, iteration=0, residual=1.0, max_iter=args.max_iter)
         cg_start = time.perf_counter()

@@ -30,6 +30,7 @@ from .arguments import (
     CURVATURE_DATA,
     HVP_KINDS,
     NEGATIVE_CURVATURE_POLICIES,
+    STEP_KINDS,
     DistributedArguments,
     EraseArguments,
     LoraArguments,
@@ -188,6 +189,7 @@ def erase(
         "relative_residual": cg.relative_residual,
         "negative_curvature": result.negative_curvature,
         "on_negative_curvature": args.on_negative_curvature,
+        "step": args.step,
         "tol": args.tol,
         "hessian_rows": result.hessian_rows,
         "rhs_norm": result.rhs_norm,
@@ -231,6 +233,8 @@ def _check_erase_arguments(args: EraseArguments) -> None:
     if args.on_negative_curvature not in NEGATIVE_CURVATURE_POLICIES:
         raise EraserError(f"unknown --on-negative-curvature {args.on_negative_curvature!r}; "
                           f"choose one of {', '.join(NEGATIVE_CURVATURE_POLICIES)}")
+    if args.step not in STEP_KINDS:
+        raise EraserError(f"unknown --step {args.step!r}; choose one of {', '.join(STEP_KINDS)}")
     if not args.tol > 0:
         raise EraserError(f"--tol must be positive, got {args.tol}")
     if args.max_iter < 1:

@@ -12,6 +12,8 @@ HVP_KINDS: tuple[str, ...] = ("exact", "fd", "ggn")
 CurvatureData = Literal["original", "edited"]
 CURVATURE_DATA: tuple[str, ...] = ("original", "edited")
 NegativeCurvaturePolicy = Literal["ggn", "truncate", "fail"]
+StepKind = Literal["cg", "least_residual"]
+STEP_KINDS: tuple[str, ...] = ("cg", "least_residual")
 NEGATIVE_CURVATURE_POLICIES: tuple[str, ...] = ("ggn", "truncate", "fail")
 
 
@@ -68,6 +70,14 @@ class EraseArguments:
     does at an adapter that Adam left short of a minimum): ``ggn`` solves again with the
     Gauss-Newton matrix, positive semi-definite by construction; ``truncate`` keeps CG's
     last iterate; ``fail`` raises. The report says which happened.
+
+    ``step`` is the vector taken from the Krylov space CG built: ``cg``, CG's own iterate, or
+    ``least_residual``, the vector of that space with the least ‖(H + damping·I)Δ − b‖.
+    They agree where CG converges. Where the product is not exactly symmetric (the
+    Gauss-Newton product is a finite difference of logits) CG's short recurrence can
+    derail: on the qm experiment its residual grew to 3.97 while the least-residual vector
+    of the same 16 directions had 0.22 (docs/experiments/damping_qm.json). It keeps the
+    directions and their products, 2·max_iter·d floats.
     """
 
     hvp: HvpKind = "exact"
@@ -80,6 +90,7 @@ class EraseArguments:
     batch_size: int = 8
     seed: int = 0
     fd_step: float | None = None
+    step: StepKind = "cg"
 
 
 @dataclass

@@ -17,6 +17,7 @@ from .arguments import (
     HVP_KINDS,
     LR_SCHEDULES,
     NEGATIVE_CURVATURE_POLICIES,
+    STEP_KINDS,
     DistributedArguments,
     EraseArguments,
     GenreArguments,
@@ -87,6 +88,7 @@ def _erase_arguments(ns: argparse.Namespace, distributed: DistributedArguments |
         hvp=hvp, curvature=ns.curvature, on_negative_curvature=ns.on_negative_curvature,
         damping=ns.damping, tol=ns.tol, max_iter=ns.max_iter,
         hessian_samples=ns.hessian_samples, batch_size=ns.batch_size, seed=ns.seed,
+        step=ns.step,
     )
 
 
@@ -197,6 +199,9 @@ def solver_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tol", type=float, default=EraseArguments.tol,
                    help="CG stops at this relative residual")
     p.add_argument("--max-iter", type=int, default=EraseArguments.max_iter)
+    p.add_argument("--step", choices=STEP_KINDS, default=EraseArguments.step,
+                   help="CG's iterate (cg) or the least-residual vector of its Krylov space "
+                   "(least_residual: robust where CG derails, keeps 2·max-iter vectors)")
     p.add_argument("--hessian-samples", type=int, default=None,
                    help="estimate H on this many rows (seeded); default: all")
     p.add_argument("--batch-size", type=int, default=EraseArguments.batch_size)

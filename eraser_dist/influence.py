@@ -120,16 +120,26 @@ def newton_step(
         with cg_progress(args, kind, progress) as report:
             return conjugate_gradient(lambda v: hvp(v).double().cpu() * scale, b, damping=damping,
                                       tol=args.tol, max_iter=args.max_iter, callback=report,
-                                      record=len(parts_rhs) > 1)
+                                      record=keeps_directions(parts_rhs, args))
 
     cg, hvp = solve_with_policy(solve, args)
     return influence_result(cg, hvp, parts_rhs, damping, len(rows), args)
 
 
+def keeps_directions(parts_rhs: torch.Tensor, args: EraseArguments) -> bool:
+    """Whether CG must record its directions: to split a batch, or for a least-residual step."""
+    return parts_rhs.shape[0] > 1 or args.step == "least_residual"
+
+
 def influence_result(cg: CGResult, hvp: str, parts_rhs: torch.Tensor, damping: float,
                      hessian_rows: int, args: EraseArguments) -> InfluenceResult:
     """The figures of a finished solve of Σ_k b_k (``parts_rhs`` [K, d]), with each request's
-    own ΔΘ_k; the recorded directions are dropped once used."""
+    own ΔΘ_k; with ``args.step`` ``least_residual`` the step (and its residual) is the
+    least-residual vector of CG's span instead of CG's iterate. The recorded directions are
+    dropped once used."""
+    if args.step == "least_residual":
+        total, residual = galerkin_split(cg, parts_rhs.sum(0, keepdim=True))
+        cg = replace(cg, x=total[0], relative_residual=float(residual[0]))
     if parts_rhs.shape[0] == 1:
         parts = cg.x[None].clone()
         residuals = torch.tensor([cg.relative_residual], dtype=torch.float64)

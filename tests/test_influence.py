@@ -61,6 +61,33 @@ def _rhs(model, edited):
     return newton_rhs(model, edited, WEIGHT_DECAY, 8).sum(0)
 
 
+def test_least_residual_step_is_the_best_vector_of_cgs_krylov_space():
+    rows = regression_rows(20, 5)
+    model = QuadraticModel(5)
+    model.set_flat(ridge_solution(model, rows, WEIGHT_DECAY))
+    edited = apply_request(parse_request(QUADRATIC_REQUESTS[0]), rows)
+
+    def step(kind, iterations):
+        args = EraseArguments(hvp="exact", tol=1e-13, max_iter=iterations, step=kind)
+        return newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
+
+    x, _ = model.collate(rows)
+    a = x.T @ x / len(rows) + WEIGHT_DECAY * torch.eye(5, dtype=torch.float64)
+    b = _rhs(model, edited)
+    krylov = torch.stack([b, a @ b], 1)  # 2 of 5 dimensions: CG has not converged
+    best = krylov @ torch.linalg.lstsq(a @ krylov, b[:, None]).solution[:, 0]
+    cg, least = step("cg", 2), step("least_residual", 2)
+
+    def residual(delta):
+        return float((a @ delta - b).norm() / b.norm())
+
+    assert float((least.delta - best).norm() / best.norm()) <= 1e-8
+    assert least.cg.relative_residual == pytest.approx(residual(least.delta), abs=1e-10)
+    assert residual(least.delta) < 0.99 * residual(cg.delta)
+    # where CG converges the two steps are one
+    assert torch.allclose(step("least_residual", 50).delta, step("cg", 50).delta, rtol=1e-8)
+
+
 # -- batches: one solve, each request's own ΔΘ_k -------------------------------------------
 
 def test_batch_is_one_solve_whose_parts_are_each_requests_own_step():
@@ -235,3 +262,11 @@ def test_negative_curvature_policies(converged):
     assert fallback.negative_curvature and fallback.hvp == "ggn" and fallback.cg.converged
     assert torch.allclose(fallback.delta, run("fail", hvp="ggn").delta)
     assert torch.equal(model.get_flat(), theta_hat)
+
+
+def test_an_unknown_step_is_refused_before_anything_is_read(tmp_path):
+    from eraser_dist import api
+
+    with pytest.raises(EraserError, match="unknown --step 'newton'; choose one of cg, least_res"):
+        api.erase("tiny-llama", tmp_path / "none", tmp_path / "none.parquet",
+                  tmp_path / "none.json", tmp_path / "out", EraseArguments(step="newton"))
