@@ -28,10 +28,9 @@ import torch
 from eraser_dist.adapters import adapter_vector, load_adapter
 from eraser_dist.curvature import hessian_vector_product
 from eraser_dist.data import read_examples
-from eraser_dist.experiments import PRESETS, Trainings
+from eraser_dist.experiments import PRESETS, Trainings, measured_rows, row_losses
 from eraser_dist.influence import hessian_subset, newton_rhs
 from eraser_dist.models import load_base
-from eraser_dist.objective import loss_values
 from eraser_dist.reference import cosine
 from eraser_dist.requests import apply_request, load_request
 from eraser_dist.solve import conjugate_gradient, galerkin_split
@@ -68,15 +67,11 @@ def main() -> None:
     start = time.perf_counter()
     b = newton_rhs(model, edited, meta.weight_decay, preset.erase.batch_size).sum(0)
     rhs_seconds = time.perf_counter() - start
-    affected = [r for r, w in zip(edited.changed_rows, edited.weight_changes.tolist(),
-                                  strict=True) if w > 0] or edited.changed_rows
-    touched = set(request.ids)
-    kept = [r for r in rows if r.id not in touched][: preset.kept_sample]
+    affected, kept = measured_rows(edited, request, rows, preset.kept_sample)
 
     def losses(delta: torch.Tensor) -> dict[str, float]:
         model.set_flat(theta0 + delta)
-        figures = {"edited_loss": float(loss_values(model, affected, 8).mean()),
-                   "kept_loss": float(loss_values(model, kept, 8).mean())}
+        figures = row_losses(model, affected, kept, preset.eval_batch_size)
         model.set_flat(theta0)
         return figures
 

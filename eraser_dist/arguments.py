@@ -12,9 +12,9 @@ HVP_KINDS: tuple[str, ...] = ("exact", "fd", "ggn")
 CurvatureData = Literal["original", "edited"]
 CURVATURE_DATA: tuple[str, ...] = ("original", "edited")
 NegativeCurvaturePolicy = Literal["ggn", "truncate", "fail"]
+NEGATIVE_CURVATURE_POLICIES: tuple[str, ...] = ("ggn", "truncate", "fail")
 StepKind = Literal["cg", "least_residual"]
 STEP_KINDS: tuple[str, ...] = ("cg", "least_residual")
-NEGATIVE_CURVATURE_POLICIES: tuple[str, ...] = ("ggn", "truncate", "fail")
 
 
 @dataclass

@@ -62,8 +62,8 @@ class ExperimentPreset:
     warm_lr: float | None = None  # the warm retrain's rate; None: the training's
     # damping 0.1 rather than λ = 0.01, and 16 iterations: on rc40 (bench/erase_damping.py)
     # they took the edited rows' loss 0.35–0.41 of the way to retraining where λ and 6
-    # iterations took it 0.06 and raised the kept rows' loss by 0.1
-    # the least-residual step: CG's own iterate derailed on qm (residual 3.97)
+    # iterations took it 0.06 and raised the kept rows' loss by 0.1; the least-residual
+    # step because CG's own iterate derailed on qm (residual 3.97)
     erase: EraseArguments = field(default_factory=lambda: EraseArguments(
         damping=0.1, hessian_samples=24, max_iter=16, tol=1e-3, step="least_residual"))
     # exact and fd meet negative curvature at these adapters and fall back to ggn (measured
@@ -97,7 +97,7 @@ def recovery(method: float, corrupted: float, retrain: float) -> float | None:
 
 
 class Trainings:
-    """Fine-tunings cached under ``root`` by (data, init adapter, epochs, preset)."""
+    """Fine-tunings cached under ``root`` by (data, init adapter, seed, preset)."""
 
     def __init__(self, root: Path, preset: ExperimentPreset, progress: bool):
         self.root, self.preset, self.progress = root, preset, progress
@@ -131,7 +131,7 @@ def run_experiment(task_dir: str | Path, name: str, preset: ExperimentPreset,
     task = read_task_set(task_dir)
     data, request_file = task.experiment_data(name), task.experiment_request(name)
     work = Path(work)
-    result_file = work / name / "result.json"
+    result_file = result_path(work, name)
     if result_file.is_file():
         result = json.loads(result_file.read_text())
         add_recoveries(result["methods"])  # a result written by an earlier rule
@@ -180,24 +180,15 @@ def run_experiment(task_dir: str | Path, name: str, preset: ExperimentPreset,
     warm_change = thetas["warm"] - adapter_vector(model, drift).double()
     reseeded_change = (adapter_vector(model, reseeded[0]).double()
                        - adapter_vector(model, reseeded[1]).double())
-    affected = [r for r, w in zip(edited.changed_rows, edited.weight_changes.tolist(),
-                                  strict=True) if w > 0] or edited.changed_rows
-    touched = set(request.ids)
-    kept = [r for r in rows if r.id not in touched][: preset.kept_sample]
+    affected, kept = measured_rows(edited, request, rows, preset.kept_sample)
     test = task.split("test")
-
-    def row_losses() -> dict[str, float]:
-        """Mean loss of the model as it is now on the edited rows and on the kept sample."""
-        return {key: float(loss_values(model, some, preset.eval_batch_size).mean())
-                for key, some in (("edited_loss", affected), ("kept_loss", kept))}
-
     methods: dict[str, Any] = {}
     for label, theta in thetas.items():
         say(f"[{name}] evaluating {label} ...")
         model.set_flat(theta)
         figures = evaluate_recommendations(model, test, task.candidates,
                                            preset.eval_batch_size, preset.generate)
-        figures.update(row_losses())
+        figures.update(row_losses(model, affected, kept, preset.eval_batch_size))
         delta = theta - theta0
         if label != "corrupted":
             figures["cosine_to_warm"] = cosine(delta, warm_change)
@@ -208,7 +199,7 @@ def run_experiment(task_dir: str | Path, name: str, preset: ExperimentPreset,
     warm_reference = {
         "reseeded_cosine": cosine(reseeded_change, warm_change),
         "reseeded_norm_ratio": float(reseeded_change.norm() / warm_change.norm()),
-        **row_losses()}
+        **row_losses(model, affected, kept, preset.eval_batch_size)}
     model.set_flat(theta0)
     result = {"experiment": name, "kind": request.kind, "n_train": len(rows),
               "n_affected": len(request.ids), "n_test": len(test), "preset": asdict(preset),
@@ -217,6 +208,26 @@ def run_experiment(task_dir: str | Path, name: str, preset: ExperimentPreset,
     add_recoveries(result["methods"])
     write_json(result_file, result)
     return result
+
+
+def result_path(work: Path, name: str) -> Path:
+    return Path(work) / name / "result.json"
+
+
+def measured_rows(edited, request, rows, kept_sample: int) -> tuple[list, list]:
+    """(affected, kept): the rows an experiment measures the loss on. Affected rows are the
+    new versions of the edited rows (for a removal, the removed rows); kept rows are the
+    first ``kept_sample`` rows the request does not touch."""
+    affected = [r for r, w in zip(edited.changed_rows, edited.weight_changes.tolist(),
+                                  strict=True) if w > 0] or edited.changed_rows
+    touched = set(request.ids)
+    return affected, [r for r in rows if r.id not in touched][:kept_sample]
+
+
+def row_losses(model, affected, kept, batch_size: int) -> dict[str, float]:
+    """Mean loss of ``model`` as it is now on the affected rows and on the kept rows."""
+    return {key: float(loss_values(model, some, batch_size).mean())
+            for key, some in (("edited_loss", affected), ("kept_loss", kept))}
 
 
 RECOVERED = ("target_loglik", "hit_rate_likelihood", "edited_loss")
@@ -290,7 +301,7 @@ def run_experiments(task_dir: str | Path | None, names: list[str] | None,
     if unknown:
         raise EraserError(f"no experiment {', '.join(unknown)} in {task_dir}; it has "
                           f"{', '.join(task.experiments)}")
-    resumed = [n for n in names if (Path(work) / n / "result.json").is_file()]
+    resumed = [n for n in names if result_path(work, n).is_file()]
     start = time.perf_counter()
     results = {n: run_experiment(task_dir, n, preset, work, progress) for n in names}
     # seconds of this call: the experiments in ``resumed`` were read back, not run

@@ -199,15 +199,14 @@ def check_device(device: str) -> torch.device:
     """``device`` as a torch device, or a one-line error when this machine lacks it."""
     try:
         parsed = torch.device(device)
-    except RuntimeError as err:
-        raise EraserError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from err
-    if parsed.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (parsed.index or 0) >= count:
-            raise EraserError(f"device {device!r} requested but torch sees {count} CUDA "
-                              "device(s) here")
-    elif parsed.type != "cpu":
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
         raise EraserError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if parsed.type == "cuda" and (parsed.index or 0) >= count:
+        raise EraserError(f"device {device!r} requested but torch sees {count} CUDA "
+                          "device(s) here")
     return parsed
 
 
