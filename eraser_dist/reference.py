@@ -33,9 +33,7 @@ def flat_loss_fn(model: LoraCausalLM, rows: Sequence[Example], weights: torch.Te
             params[name] = theta[offset : offset + shape.numel()].view(shape)
             offset += shape.numel()
         logits = torch.func.functional_call(
-            model.peft_model, params, (),
-            {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
-        ).logits
+            model.peft_model, params, (), model.model_inputs(batch)).logits
         return (weights.to(logits.dtype) * model.losses(logits, batch)).sum()
 
     return f

@@ -38,9 +38,7 @@ def test_ggn_matches_explicit_jacobian_form(tiny_float32):
             params[name] = theta[offset : offset + shape.numel()].view(shape)
             offset += shape.numel()
         return torch.func.functional_call(
-            model.peft_model, params, (),
-            {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
-        ).logits
+            model.peft_model, params, (), model.model_inputs(batch)).logits
 
     theta = model.get_flat()
     jacobian = torch.func.jacrev(logits_of)(theta)  # [B, T, V, d]

@@ -193,8 +193,11 @@ def tiny_model():
 
 
 def scored_targets(batch, i: int) -> list[int]:
-    """The target tokens of row i at its scored positions."""
-    return batch["input_ids"][i, 1:][batch["scored"][i]].tolist()
+    """The tokens that follow row i's scored positions in its own sequence."""
+    scored = batch["scored"][i]
+    following = batch["input_ids"][i, batch["positions"][i][scored] + 1]
+    assert torch.equal(batch["targets"][i][scored], following)
+    return following.tolist()
 
 
 def test_scored_positions_are_exactly_response_and_eos(tiny_model):
@@ -204,14 +207,15 @@ def test_scored_positions_are_exactly_response_and_eos(tiny_model):
     batch = tiny_model.collate(rows)
     length = max(len(r.query) + 1 + len(r.response) + 1 for r in rows)
     assert batch["input_ids"].shape == (3, length)
-    assert batch["scored"].shape == (3, length - 1)
+    longest_response = max(len(r.response) + 1 for r in rows)
+    assert batch["positions"].shape == batch["scored"].shape == (3, longest_response)
     for i, row in enumerate(rows):
         assert scored_targets(batch, i) == encode(row.response) + [EOS]
         n = len(row.query) + 1 + len(row.response) + 1
         assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (length - n)
         assert (batch["input_ids"][i, n:] == ByteTokenizer.pad_id).all()
-        # scored marks a contiguous run that starts at the last prompt token.
-        where = batch["scored"][i].nonzero().flatten().tolist()
+        # the scored positions are a contiguous run that starts at the last prompt token
+        where = batch["positions"][i][batch["scored"][i]].tolist()
         assert where == list(range(len(row.query), n - 1))
     # A row's tokens do not depend on the batch it is in.
     alone = tiny_model.collate(rows[:1])
@@ -224,5 +228,23 @@ def test_scored_positions_after_truncation():
     model = LoraCausalLM(attach_lora(base, LoraArguments(rank=2)), base.tokenizer, 10)
     batch = model.collate([Example("a", "a rather long question", "yes")])
     assert batch["input_ids"][0].tolist() == encode("stion\n") + encode("yes") + [EOS]
-    assert batch["scored"][0].tolist() == [False] * 5 + [True] * 4
+    assert batch["positions"][0].tolist() == [5, 6, 7, 8]
     assert scored_targets(batch, 0) == encode("yes") + [EOS]
+
+
+def test_losses_from_scored_logits_equal_those_of_the_full_sequence(tiny_model):
+    """Logits are computed at the scored positions only; the per-row losses must be the mean
+    cross-entropy of the response tokens and EOS read off the full sequence's logits."""
+    rows = [Example("a", "What is 12 plus 12?", "24"), Example("b", "Hi", "a longer one"),
+            Example("c", "Long long long question here", "")]
+    batch = tiny_model.collate(rows)
+    with torch.no_grad():
+        losses = tiny_model.losses(tiny_model.outputs(batch), batch)
+        full = tiny_model.peft_model(input_ids=batch["input_ids"],
+                                     attention_mask=batch["attention_mask"]).logits
+    for i, row in enumerate(rows):
+        start, ids = len(row.query), batch["input_ids"][i]
+        count = len(row.response) + 1
+        nll = torch.nn.functional.cross_entropy(full[i, start : start + count],
+                                                ids[start + 1 : start + 1 + count])
+        assert float(losses[i]) == pytest.approx(float(nll), rel=1e-5)
