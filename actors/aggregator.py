@@ -95,10 +95,12 @@ class Aggregator:
         self._set(phase="preparing the request")
         totals = self.pool.run("prepare", requests, args)[0]
         self._set(phase="computing b")
+        rhs_start = time.perf_counter()
         changed = torch.stack([g.double() for g in self.pool.run("changed_gradient")]).sum(0)
         parts_rhs = rhs_from_gradients(changed, info["theta"], totals["removed_weights"],
                                        totals["weight_after"], info["weight_decay"])
         b = parts_rhs.sum(0)
+        rhs_seconds = time.perf_counter() - rhs_start
         damping = erase_damping(args, info["weight_decay"])
         scale = 1.0 / totals["hessian_weight"]
         vector_dtype = info["dtype"]  # the adapter's: what the HVP computes in anyway
@@ -140,7 +142,8 @@ class Aggregator:
         self._set(phase="done")
         d = b.numel()
         return {
-            "result": influence_result(cg, hvp, parts_rhs, damping, totals["hessian_rows"], args),
+            "result": influence_result(cg, hvp, parts_rhs, damping, totals["hessian_rows"], args,
+                                       (rhs_seconds, cg_seconds)),
             "keys": info["keys"], "shapes": info["shapes"], "theta": info["theta"],
             "group_restarts": list(self.pool.restarts), "resumed_at_iteration": resumed_at,
             "seconds_per_hvp": timings, "cg_seconds": cg_seconds,

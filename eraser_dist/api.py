@@ -196,6 +196,8 @@ def erase(
         "delta_norm": float(result.delta.norm()),
         "adapter_norm": float(theta.norm()),
         "seconds": seconds,
+        "rhs_seconds": result.rhs_seconds,
+        "solve_seconds": result.solve_seconds,
         "requests": [
             {"kind": r.kind, "n_affected": len(r.ids), "rhs_norm": float(rhs_norm),
              "delta_norm": float(part.norm()), "relative_residual": float(residual)}

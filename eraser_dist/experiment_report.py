@@ -57,6 +57,8 @@ def results_table(summary: dict[str, Any]) -> str:
             f"{label}: {s['cg_iterations']} CG iterations with the {s['hvp_used']} HVP, "
             f"residual {s['relative_residual']:.2f}"
             + (" (negative curvature met)" if s["negative_curvature"] else "")
+            + (f", b in {s['rhs_seconds']:.0f} s and the solve in {s['solve_seconds']:.0f} s"
+               if "rhs_seconds" in s else "")
             for label, s in result["solver"].items())
         lines += ["", f"Solver: {solver}."]
         ref = result.get("warm_reference")

@@ -165,7 +165,8 @@ def run_experiment(task_dir: str | Path, name: str, preset: ExperimentPreset,
         seconds[f"erase-{hvp}"] = time.perf_counter() - start
         adapters[f"erase-{hvp}"] = out
         solver[f"erase-{hvp}"] = {k: report[k] for k in (
-            "hvp_used", "cg_iterations", "relative_residual", "negative_curvature")}
+            "hvp_used", "cg_iterations", "relative_residual", "negative_curvature", "rhs_seconds",
+            "solve_seconds")}
 
     model, meta = load_adapter(load_base(preset.base, device=preset.device), corrupted)
     theta0 = model.get_flat().double().cpu()
@@ -271,7 +272,7 @@ def build_task_set(task: str, out: Path) -> dict[str, Any]:
 def paper_step(model, edited, weight_decay: float, preset: ExperimentPreset) -> torch.Tensor:
     """ΔΘ of the paper's solver: its b, 20 Adam steps, each on the exact HVP of one seeded
     training row (its batch of 1), damped by λ."""
-    b = paper_rhs(model, edited, preset.eval_batch_size)
+    b = paper_rhs(model, edited, preset.erase.batch_size)
     rows = edited.rows_before
     picks = torch.randint(len(rows), (64,), generator=torch.Generator().manual_seed(0)).tolist()
     one = torch.ones(1)
@@ -297,10 +298,7 @@ def run_experiments(task_dir: str | Path | None, names: list[str] | None,
             build_task_set(preset.task, task_dir)
     task = read_task_set(task_dir)
     names = names or task.experiments
-    unknown = [n for n in names if n not in task.experiments]
-    if unknown:
-        raise EraserError(f"no experiment {', '.join(unknown)} in {task_dir}; it has "
-                          f"{', '.join(task.experiments)}")
+    task.check_experiments(names)
     resumed = [n for n in names if result_path(work, n).is_file()]
     start = time.perf_counter()
     results = {n: run_experiment(task_dir, n, preset, work, progress) for n in names}

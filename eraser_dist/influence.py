@@ -24,6 +24,7 @@ with its own exact residual.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -47,6 +48,8 @@ class InfluenceResult:
     when the requested back-end met negative curvature (then ``hvp`` may be the fallback).
     ``parts`` [K, d] is each request's own ΔΘ_k and ``part_residuals`` [K] its relative
     residual ‖(H + damping·I)ΔΘ_k − b_k‖/‖b_k‖ (K = 1: ``delta`` itself and CG's residual).
+    ``rhs_seconds`` is the wall time of b (gradients of the changed rows, a floor on any
+    erase's cost that grows with the request) and ``solve_seconds`` that of the solve.
     """
 
     delta: torch.Tensor
@@ -59,6 +62,8 @@ class InfluenceResult:
     parts: torch.Tensor
     part_residuals: torch.Tensor
     part_rhs_norms: torch.Tensor
+    rhs_seconds: float
+    solve_seconds: float
 
 
 def newton_rhs(model: LossModel, edited: EditedObjective, weight_decay: float, batch_size: int):
@@ -110,7 +115,9 @@ def newton_step(
 ) -> InfluenceResult:
     """ΔΘ = (H + damping·I)⁻¹ b by CG in this process; damping defaults to the objective's λ."""
     damping = erase_damping(args, weight_decay)
+    start = time.perf_counter()
     parts_rhs = newton_rhs(model, edited, weight_decay, args.batch_size)
+    rhs_seconds = time.perf_counter() - start
     b = parts_rhs.sum(0)
     rows, weights = hessian_subset(edited, args.curvature, args.hessian_samples, args.seed)
     scale = 1.0 / float(weights.sum())
@@ -122,8 +129,10 @@ def newton_step(
                                       tol=args.tol, max_iter=args.max_iter, callback=report,
                                       record=keeps_directions(parts_rhs, args))
 
+    start = time.perf_counter()
     cg, hvp = solve_with_policy(solve, args)
-    return influence_result(cg, hvp, parts_rhs, damping, len(rows), args)
+    seconds = (rhs_seconds, time.perf_counter() - start)
+    return influence_result(cg, hvp, parts_rhs, damping, len(rows), args, seconds)
 
 
 def keeps_directions(parts_rhs: torch.Tensor, args: EraseArguments) -> bool:
@@ -132,11 +141,12 @@ def keeps_directions(parts_rhs: torch.Tensor, args: EraseArguments) -> bool:
 
 
 def influence_result(cg: CGResult, hvp: str, parts_rhs: torch.Tensor, damping: float,
-                     hessian_rows: int, args: EraseArguments) -> InfluenceResult:
+                     hessian_rows: int, args: EraseArguments,
+                     seconds: tuple[float, float]) -> InfluenceResult:
     """The figures of a finished solve of Σ_k b_k (``parts_rhs`` [K, d]), with each request's
-    own ΔΘ_k; with ``args.step`` ``least_residual`` the step (and its residual) is the
-    least-residual vector of CG's span instead of CG's iterate. The recorded directions are
-    dropped once used."""
+    own ΔΘ_k and the (b, solve) wall ``seconds``; with ``args.step`` ``least_residual`` the
+    step (and its residual) is the least-residual vector of CG's span instead of CG's
+    iterate. The recorded directions are dropped once used."""
     if args.step == "least_residual":
         total, residual = galerkin_split(cg, parts_rhs.sum(0, keepdim=True))
         cg = replace(cg, x=total[0], relative_residual=float(residual[0]))
@@ -148,7 +158,7 @@ def influence_result(cg: CGResult, hvp: str, parts_rhs: torch.Tensor, damping: f
     cg = replace(cg, directions=None, products=None)
     return InfluenceResult(cg.x, cg, float(parts_rhs.sum(0).norm()), damping, hessian_rows, hvp,
                            cg.negative_curvature or hvp != args.hvp, parts, residuals,
-                           parts_rhs.norm(dim=1))
+                           parts_rhs.norm(dim=1), *seconds)
 
 
 def erase_damping(args: EraseArguments, weight_decay: float) -> float:

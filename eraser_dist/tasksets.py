@@ -85,17 +85,19 @@ class TaskSet:
         return read_examples(self.root / f"{name}.parquet")
 
     def experiment_data(self, name: str) -> Path:
-        self._check(name)
+        self.check_experiments([name])
         return self.root / name / "train.parquet"
 
     def experiment_request(self, name: str) -> Path:
-        self._check(name)
+        self.check_experiments([name])
         return self.root / name / "request.json"
 
-    def _check(self, name: str) -> None:
-        if name not in self.manifest["experiments"]:
-            raise EraserError(f"no experiment {name!r} in {self.root}; it has "
-                              f"{', '.join(self.experiments)}")
+    def check_experiments(self, names: list[str]) -> None:
+        """Refuse, in one message, every name that is not one of this set's experiments."""
+        unknown = [n for n in names if n not in self.manifest["experiments"]]
+        if unknown:
+            raise EraserError(f"no experiment {', '.join(map(repr, unknown))} in {self.root}; "
+                              f"it has {', '.join(self.experiments)}")
 
 
 def read_task_set(root: str | Path) -> TaskSet:

@@ -99,6 +99,7 @@ def test_distributed_delta_equals_single_process(cluster, fitted, kind):
     report = json.loads((fitted / f"dist-{kind}" / "erase_report.json").read_text())
     assert report["workers"] == 2 and report["group_size"] == 2
     assert report["group_restarts"] == [0, 0]
+    assert 0 < report["rhs_seconds"] + report["solve_seconds"] <= report["seconds"]
     # Only adapter-sized vectors move: v out once, one total back per group.
     assert report["bytes_per_iteration"] == 3 * 4 * single.numel()
 
