@@ -41,7 +41,7 @@ def test_ggn_matches_explicit_jacobian_form(tiny_float32):
             model.peft_model, params, (), model.model_inputs(batch)).logits
 
     theta = model.get_flat()
-    jacobian = torch.func.jacrev(logits_of)(theta)  # [B, T, V, d]
+    jacobian = torch.func.jacrev(logits_of)(theta)  # [B, R, V, d]: the scored positions
     jacobian = jacobian.reshape(-1, model.dim)
     logits = logits_of(theta).detach()
 
