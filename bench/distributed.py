@@ -95,7 +95,7 @@ def bench_base(base: str, root: Path, iterations: int) -> dict:
             "seconds_per_hvp_median": statistics.median(hvps),
             "hvps": len(hvps),
             # one HVP per iteration; a solve that met negative curvature ends on an extra one
-            "seconds_per_cg_iteration": found["cg_seconds"] / len(hvps),
+            "seconds_per_cg_iteration": found["result"].solve_seconds / len(hvps),
             "seconds_total_incl_startup": found["wall_seconds"],
             "bytes_per_iteration": found["bytes_per_iteration"],
             "bytes_per_iteration_over_base_bytes": found["bytes_per_iteration"] / size,
