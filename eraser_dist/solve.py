@@ -37,15 +37,17 @@ class CGState:
     """Everything CG needs to continue after ``iterations`` steps: iterate ``x``, residual
     ``r``, next search direction ``p`` (all [d] float64) and ``rr`` = rᵀr. Saving it after
     every iteration makes a solve resumable (the distributed aggregator checkpoints it).
-    ``directions``/``products`` [m, d] are the steps taken so far when they are recorded."""
+    ``directions``/``products`` are the steps taken so far when they are recorded: one [d]
+    tensor per iteration, in lists that only grow, so a checkpoint can write each step once
+    rather than all m of them after every iteration."""
 
     x: torch.Tensor
     r: torch.Tensor
     p: torch.Tensor
     rr: float
     iterations: int
-    directions: torch.Tensor | None = None
-    products: torch.Tensor | None = None
+    directions: list[torch.Tensor] | None = None
+    products: list[torch.Tensor] | None = None
 
 
 def conjugate_gradient(
@@ -82,8 +84,10 @@ def conjugate_gradient(
     if start is None:
         start = CGState(torch.zeros_like(b), b.clone(), b.clone(), float(b @ b), 0)
     x, r, p, rr, iterations = start.x, start.r, start.p, start.rr, start.iterations
-    directions = list(start.directions) if start.directions is not None else []
-    products = list(start.products) if start.products is not None else []
+    if record and start.iterations and start.directions is None:
+        raise ValueError("a recorded solve cannot resume from a state saved without record")
+    directions = list(start.directions or [])
+    products = list(start.products or [])
 
     def result(converged: bool, negative: bool, curvature: float | None = None) -> CGResult:
         kept = (torch.stack(directions), torch.stack(products)) if directions else (
@@ -112,9 +116,9 @@ def conjugate_gradient(
         if rel <= tol:
             return result(True, False)
         if checkpoint is not None:
+            # copies of the lists, not of the tensors: a kept state must not grow later
             checkpoint(CGState(x, r, p, rr, iterations,
-                               *((torch.stack(directions), torch.stack(products)) if record
-                                 else (None, None))))
+                               *((directions[:], products[:]) if record else (None, None))))
     return result(False, False)
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import ray
 import torch
 from conftest import word_rows
 
-from actors import driver
+from actors import aggregator, driver
 from actors.replica import ServingReplica, broadcast_delta
 from eraser_dist import api
 from eraser_dist.adapters import adapter_version, load_adapter, read_delta
@@ -29,6 +30,7 @@ from eraser_dist.faults import FaultPlan
 from eraser_dist.models import load_base
 from eraser_dist.objective import loss_values
 from eraser_dist.sharding import RankPlace, owner, rank_rows
+from eraser_dist.solve import conjugate_gradient
 
 REQUESTS = {
     "remove": {"kind": "remove", "ids": ["r1", "r5", "r6"]},
@@ -155,14 +157,46 @@ def test_killed_worker_is_restarted_and_gives_the_fault_free_delta(
 
 
 def test_killed_aggregator_resumes_from_its_checkpoint(cluster, fitted, tmp_path, monkeypatch):
-    clean = run_erase(fitted, "modify_query", "clean-aggregator")
+    # the least-residual step: its checkpoint also carries the recorded steps
+    args = replace(ARGS, step="least_residual")
+    clean = run_erase(fitted, "modify_query", "clean-aggregator", args)
     with_faults(monkeypatch, FaultPlan("aggregator", "iteration", 3, 1, str(tmp_path)))
-    recovered = run_erase(fitted, "modify_query", "killed-aggregator")
+    recovered = run_erase(fitted, "modify_query", "killed-aggregator", args)
     report = json.loads((fitted / "killed-aggregator" / "erase_report.json").read_text())
     assert report["resumed_at_iteration"] == [3]
     assert report["cg_iterations"] == ARGS.max_iter
     assert rel(recovered, clean) <= 1e-10
     assert not (fitted / ".killed-aggregator.cg-checkpoint").exists()
+
+
+def test_checkpoint_writes_each_recorded_step_once_and_resumes_the_same_solve(
+        tmp_path, monkeypatch):
+    """A recorded solve (least-residual step, batches) checkpointed every iteration: each
+    save writes the small state and only the new step, never the earlier ones again, and a
+    solve resumed from the files takes the same steps as an uninterrupted one."""
+    q = torch.randn(12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    a, b = q @ q.T + torch.eye(12, dtype=torch.float64), q[0]
+    whole = conjugate_gradient(lambda v: a @ v, b, tol=0.0, max_iter=8, record=True)
+    written: list[list[str]] = []
+    save = aggregator.atomic_save
+    monkeypatch.setattr(aggregator, "atomic_save",
+                        lambda obj, path: (written[-1].append(path.name), save(obj, path)))
+    checkpoint = aggregator.CheckpointFile(str(tmp_path), "key")
+
+    def saved(state):
+        written.append([])
+        checkpoint.save(state)
+
+    conjugate_gradient(lambda v: a @ v, b, tol=0.0, max_iter=4, record=True, checkpoint=saved)
+    assert written == [[f"step-{i:05d}.pt", "state.pt"] for i in range(4)]
+    # a crash after a step's file and before its state: that step file is not read back
+    torch.save((torch.ones(12), torch.ones(12)), checkpoint.step_file(4))
+    state = aggregator.CheckpointFile(str(tmp_path), "key").load()
+    assert state.iterations == 4 and len(state.directions) == len(state.products) == 4
+    resumed = conjugate_gradient(lambda v: a @ v, b, tol=0.0, max_iter=8, record=True,
+                                 start=state)
+    assert torch.equal(resumed.directions, whole.directions)
+    assert torch.equal(resumed.products, whole.products) and torch.equal(resumed.x, whole.x)
 
 
 def test_permanently_failing_worker_ends_with_a_clear_error_and_publishes_nothing(

@@ -84,3 +84,7 @@ def test_galerkin_split_of_a_resumed_solve_equals_an_uninterrupted_one():
     assert torch.allclose(galerkin_split(resumed, rhs)[0], parts)
     with pytest.raises(ValueError, match="record=True"):
         galerkin_split(conjugate_gradient(lambda v: a @ v, rhs.sum(0)), rhs)
+    unrecorded = []
+    conjugate_gradient(lambda v: a @ v, rhs.sum(0), max_iter=2, checkpoint=unrecorded.append)
+    with pytest.raises(ValueError, match="saved without record"):
+        conjugate_gradient(lambda v: a @ v, rhs.sum(0), record=True, start=unrecorded[-1])
