@@ -8,7 +8,9 @@ directions by :func:`eraser_dist.solve.galerkin_split` with no further HVP. For 
 (samples, d, m) it reports the cosine and norm ratio of ΔΘ to the warm retrain's ΔΘ net of
 drift (as ``eraser experiment`` does), and at the ``--evaluate-at`` iteration counts also the
 loss on the edited rows and on kept rows (the warm change net of drift is measured the same
-way). The limit d → ∞ is the direction of b itself (scaled to the warm change's norm).
+way). The limit d → ∞ is the direction of b itself (scaled to the warm change's norm). Where
+the experiment's ``result.json`` is in WORK, each measured row also gets its recovery of the
+edited rows' loss toward retraining's (``edited_recovery``, as the experiment's table defines it).
 
     .venv/bin/python bench/erase_damping.py --work runs/experiments --experiment rc40
 
@@ -28,7 +30,14 @@ import torch
 from eraser_dist.adapters import adapter_vector, load_adapter
 from eraser_dist.curvature import hessian_vector_product
 from eraser_dist.data import read_examples
-from eraser_dist.experiments import PRESETS, Trainings, measured_rows, row_losses
+from eraser_dist.experiments import (
+    PRESETS,
+    Trainings,
+    measured_rows,
+    recovery,
+    result_path,
+    row_losses,
+)
 from eraser_dist.influence import hessian_subset, newton_rhs
 from eraser_dist.models import load_base
 from eraser_dist.reference import cosine
@@ -109,6 +118,15 @@ def main() -> None:
     rows_out[0].update(losses(b * float(warm_change.norm() / b.norm())))
     reference = {"corrupted": losses(torch.zeros_like(theta0)),
                  "warm": losses(warm_change)}
+    run = result_path(work, args.experiment)
+    if run.is_file():
+        reference["retrain"] = {k: json.loads(run.read_text())["methods"]["retrain"][k]
+                                for k in ("edited_loss", "kept_loss")}
+        for row in rows_out:
+            if "edited_loss" in row:
+                row["edited_recovery"] = recovery(row["edited_loss"],
+                                                  reference["corrupted"]["edited_loss"],
+                                                  reference["retrain"]["edited_loss"])
     result = {"experiment": args.experiment, "rhs_seconds": rhs_seconds, "solves": solves,
               "reference": reference,
               "grid": [{k: v for k, v in r.items() if k != "_delta"} for r in rows_out]}
