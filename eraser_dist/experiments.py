@@ -60,12 +60,12 @@ class ExperimentPreset:
         lr_schedule="linear"))
     warm_epochs: int = 1
     warm_lr: float | None = None  # the warm retrain's rate; None: the training's
-    # damping 0.1 rather than λ = 0.01, and 16 iterations: on rc40 (bench/erase_damping.py)
-    # they took the edited rows' loss 0.35–0.41 of the way to retraining where λ and 6
-    # iterations took it 0.06 and raised the kept rows' loss by 0.1; the least-residual
-    # step because CG's own iterate derailed on qm (residual 3.97)
+    # 96 Hessian rows and damping 0.03 (bench/erase_damping.py, docs/experiments/
+    # samples.json): with 24 rows a damping low enough to recover rc10 and qm raised the
+    # kept rows' loss (rc10 +0.10 at 0.03), with 96 it does not (+0.02) and 96 did about as
+    # well as all 300; the least-residual step because CG's own iterate derailed on qm
     erase: EraseArguments = field(default_factory=lambda: EraseArguments(
-        damping=0.1, hessian_samples=24, max_iter=16, tol=1e-3, step="least_residual"))
+        damping=0.03, hessian_samples=96, max_iter=16, tol=1e-3, step="least_residual"))
     # exact and fd meet negative curvature at these adapters and fall back to ggn (measured
     # on rc40), so on 2 cores only ggn is run
     hvps: tuple[str, ...] = ("ggn",)
