@@ -12,7 +12,6 @@ different erase never resumes from it.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 
 from eraser_dist.arguments import EraseArguments
 from eraser_dist.faults import FaultPlan, check_all
+from eraser_dist.files import atomic_write
 from eraser_dist.influence import (
     erase_damping,
     influence_result,
@@ -76,9 +76,7 @@ class CheckpointFile:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def solve_key(rhs: torch.Tensor, kind: str, damping: float, args: EraseArguments) -> str:

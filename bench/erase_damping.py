@@ -120,8 +120,8 @@ def main() -> None:
                  "warm": losses(warm_change)}
     run = result_path(work, args.experiment)
     if run.is_file():
-        reference["retrain"] = {k: json.loads(run.read_text())["methods"]["retrain"][k]
-                                for k in ("edited_loss", "kept_loss")}
+        retrain = json.loads(run.read_text())["methods"]["retrain"]
+        reference["retrain"] = {k: retrain[k] for k in ("edited_loss", "kept_loss")}
         for row in rows_out:
             if "edited_loss" in row:
                 row["edited_recovery"] = recovery(row["edited_loss"],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import EraserError
+from .files import atomic_write
 
 COLUMNS = ("id", "query", "response")
 
@@ -61,14 +61,7 @@ def write_examples(path: str | os.PathLike, examples: Sequence[Example]) -> None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table({c: [getattr(e, c) for e in examples] for c in COLUMNS})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def examples_digest(examples: Sequence[Example]) -> str:

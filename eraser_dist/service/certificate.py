@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import torch
 
 from ..data import Example
+from ..files import atomic_write
 
 CERTIFICATE_VERSION = 1
 
@@ -76,8 +75,8 @@ def write_certificate(folder: Path, certificate: dict[str, Any]) -> Path:
     0.17 s, most of a batch's time when drawn for every request."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{certificate['request']['id']}.json"
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(certificate, indent=2,
-                                                        sort_keys=True) + "\n"))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(certificate, indent=2,
+                                                             sort_keys=True) + "\n"))
     return path
 
 
@@ -86,20 +85,8 @@ def certificate_png(json_path: Path) -> bytes:
     png = json_path.with_suffix(".png")
     if not png.is_file():
         certificate = json.loads(json_path.read_text(encoding="utf-8"))
-        _atomic(png, lambda tmp: plot_certificate(certificate, tmp))
+        atomic_write(png, lambda tmp: plot_certificate(certificate, tmp))
     return png.read_bytes()
-
-
-def _atomic(path: Path, write) -> None:
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def plot_certificate(certificate: dict[str, Any], path: Path) -> None:
