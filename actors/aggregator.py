@@ -27,6 +27,7 @@ from eraser_dist.influence import (
     erase_damping,
     influence_result,
     keeps_directions,
+    preconditioner,
     rhs_from_gradients,
     solve_with_policy,
 )
@@ -67,7 +68,7 @@ class CheckpointFile:
             for i in range(self.steps_on_disk, len(state.directions)):
                 atomic_save((state.directions[i], state.products[i]), self.step_file(i))
             self.steps_on_disk = len(state.directions)
-        atomic_save({"x": state.x, "r": state.r, "p": state.p, "rr": state.rr,
+        atomic_save({"x": state.x, "r": state.r, "p": state.p, "rz": state.rz,
                      "iterations": state.iterations, "recorded": recorded},
                     self.folder / "state.pt")
 
@@ -83,7 +84,7 @@ def solve_key(rhs: torch.Tensor, kind: str, damping: float, args: EraseArguments
     h = hashlib.sha256(rhs.double().numpy().tobytes())
     h.update(repr((kind, damping, args.tol, args.max_iter, args.curvature,
                    args.hessian_samples, args.seed, args.fd_step, args.batch_size,
-                   args.step)).encode())
+                   args.step, args.preconditioner)).encode())
     return h.hexdigest()[:24]
 
 
@@ -131,6 +132,9 @@ class Aggregator:
         vector_dtype = info["dtype"]  # the adapter's: what the HVP computes in anyway
         timings: list[float] = []
         resumed_at: list[int] = []
+        cg_start = time.perf_counter()
+        inverse_diagonal = preconditioner(
+            args, lambda: torch.stack(self.pool.run("fisher_diagonal")).sum(0), scale, damping)
 
         def solve(kind: str) -> CGResult:
             checkpoint = CheckpointFile(self.checkpoint_dir,
@@ -158,10 +162,10 @@ class Aggregator:
             return conjugate_gradient(matvec, b, damping=damping, tol=args.tol,
                                       max_iter=args.max_iter, callback=report, start=state,
                                       checkpoint=save,
-                                      record=keeps_directions(parts_rhs, args))
+                                      record=keeps_directions(parts_rhs, args),
+                                      inverse_diagonal=inverse_diagonal)
 
         self._set(phase="CG", hvp=args.hvp, iteration=0, residual=1.0, max_iter=args.max_iter)
-        cg_start = time.perf_counter()
         cg, hvp = solve_with_policy(solve, args)
         cg_seconds = time.perf_counter() - cg_start
         self._set(phase="done")

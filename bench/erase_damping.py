@@ -12,6 +12,9 @@ way). The limit d → ∞ is the direction of b itself (scaled to the warm chang
 the experiment's ``result.json`` is in WORK, each measured row also gets its recovery of the
 edited rows' loss toward retraining's (``edited_recovery``, as the experiment's table defines it).
 
+With ``--preconditioner fisher_diagonal`` the Krylov space is that of M⁻¹(H + dI), with
+M = F/W + d, which changes with d: then each damping gets a solve of its own.
+
     .venv/bin/python bench/erase_damping.py --work runs/experiments --experiment rc40
 
 Prints JSON; ``--out FILE`` also writes it.
@@ -28,7 +31,8 @@ from pathlib import Path
 import torch
 
 from eraser_dist.adapters import adapter_vector, load_adapter
-from eraser_dist.curvature import hessian_vector_product
+from eraser_dist.arguments import PRECONDITIONERS
+from eraser_dist.curvature import fisher_diagonal, hessian_vector_product
 from eraser_dist.data import read_examples
 from eraser_dist.experiments import (
     PRESETS,
@@ -38,7 +42,7 @@ from eraser_dist.experiments import (
     result_path,
     row_losses,
 )
-from eraser_dist.influence import hessian_subset, newton_rhs
+from eraser_dist.influence import hessian_subset, newton_rhs, preconditioner
 from eraser_dist.models import load_base
 from eraser_dist.reference import cosine
 from eraser_dist.requests import apply_request, load_request
@@ -57,6 +61,7 @@ def main() -> None:
                         default=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
     parser.add_argument("--evaluate-at", type=int, nargs="+", default=[8, 16],
                         help="iteration counts at which the losses are measured (every damping)")
+    parser.add_argument("--preconditioner", choices=PRECONDITIONERS, default="none")
     parser.add_argument("--out")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
@@ -87,19 +92,27 @@ def main() -> None:
     rows_out = [{"samples": None, "damping": float("inf"), "iterations": 0,
                  "cosine_to_warm": cosine(b, warm_change)}]
     solves = {}
-    for samples in args.samples:
+    preconditioned = args.preconditioner != "none"
+    # plain CG: one solve per sample size, every damping read off it; preconditioned: one each
+    solve_dampings = args.dampings if preconditioned else [meta.weight_decay]
+    for samples, solve_damping in ((s, d) for s in args.samples for d in solve_dampings):
         h_rows, weights = hessian_subset(edited, "original", samples, preset.erase.seed)
         hvp = hessian_vector_product("ggn", model, h_rows, weights, preset.erase.batch_size)
         scale = 1.0 / float(weights.sum())
         start = time.perf_counter()
+        inverse_diagonal = preconditioner(
+            replace(preset.erase, preconditioner=args.preconditioner),
+            lambda h_rows=h_rows, weights=weights: fisher_diagonal(model, h_rows, weights),
+            scale, solve_damping)
         cg = conjugate_gradient(lambda v, hvp=hvp, scale=scale: hvp(v).double().cpu() * scale, b,
-                                damping=meta.weight_decay, tol=0.0, max_iter=args.iterations,
-                                record=True)
+                                damping=solve_damping, tol=0.0, max_iter=args.iterations,
+                                record=True, inverse_diagonal=inverse_diagonal)
         seconds = time.perf_counter() - start
-        solves[samples] = {"seconds": seconds, "iterations": cg.iterations,
-                           "seconds_per_row_hvp": seconds / (cg.iterations * len(h_rows))}
-        for damping in args.dampings:
-            shift = damping - meta.weight_decay
+        solves[f"{samples}" + (f"@{solve_damping}" if preconditioned else "")] = {
+            "seconds": seconds, "iterations": cg.iterations,
+            "seconds_per_row_hvp": seconds / (cg.iterations * len(h_rows))}
+        for damping in [solve_damping] if preconditioned else args.dampings:
+            shift = damping - solve_damping
             for m in sorted({2, 4, 6, 8, 12, cg.iterations, *args.evaluate_at}):
                 if m > cg.iterations:
                     continue
@@ -108,6 +121,7 @@ def main() -> None:
                 delta, residual = galerkin_split(sub, b[None])
                 delta = delta[0]
                 rows_out.append({"samples": samples, "damping": damping, "iterations": m,
+                                 "preconditioner": args.preconditioner,
                                  "relative_residual": float(residual[0]),
                                  "cosine_to_warm": cosine(delta, warm_change),
                                  "norm_ratio_to_warm": float(delta.norm() / warm_change.norm()),
@@ -127,7 +141,8 @@ def main() -> None:
                 row["edited_recovery"] = recovery(row["edited_loss"],
                                                   reference["corrupted"]["edited_loss"],
                                                   reference["retrain"]["edited_loss"])
-    result = {"experiment": args.experiment, "rhs_seconds": rhs_seconds, "solves": solves,
+    result = {"experiment": args.experiment, "preconditioner": args.preconditioner,
+              "rhs_seconds": rhs_seconds, "solves": solves,
               "reference": reference,
               "grid": [{k: v for k, v in r.items() if k != "_delta"} for r in rows_out]}
     text = json.dumps(result, indent=1)

@@ -30,6 +30,7 @@ from .arguments import (
     CURVATURE_DATA,
     HVP_KINDS,
     NEGATIVE_CURVATURE_POLICIES,
+    PRECONDITIONERS,
     STEP_KINDS,
     DistributedArguments,
     EraseArguments,
@@ -190,6 +191,7 @@ def erase(
         "negative_curvature": result.negative_curvature,
         "on_negative_curvature": args.on_negative_curvature,
         "step": args.step,
+        "preconditioner": args.preconditioner,
         "tol": args.tol,
         "hessian_rows": result.hessian_rows,
         "rhs_norm": result.rhs_norm,
@@ -227,16 +229,15 @@ def erase(
 
 
 def _check_erase_arguments(args: EraseArguments) -> None:
-    if args.hvp not in HVP_KINDS:
-        raise EraserError(f"unknown --hvp {args.hvp!r}; choose one of {', '.join(HVP_KINDS)}")
-    if args.curvature not in CURVATURE_DATA:
-        raise EraserError(f"unknown --curvature {args.curvature!r}; choose one of "
-                          f"{', '.join(CURVATURE_DATA)}")
-    if args.on_negative_curvature not in NEGATIVE_CURVATURE_POLICIES:
-        raise EraserError(f"unknown --on-negative-curvature {args.on_negative_curvature!r}; "
-                          f"choose one of {', '.join(NEGATIVE_CURVATURE_POLICIES)}")
-    if args.step not in STEP_KINDS:
-        raise EraserError(f"unknown --step {args.step!r}; choose one of {', '.join(STEP_KINDS)}")
+    for flag, value, choices in (
+        ("--hvp", args.hvp, HVP_KINDS),
+        ("--curvature", args.curvature, CURVATURE_DATA),
+        ("--on-negative-curvature", args.on_negative_curvature, NEGATIVE_CURVATURE_POLICIES),
+        ("--step", args.step, STEP_KINDS),
+        ("--preconditioner", args.preconditioner, PRECONDITIONERS),
+    ):
+        if value not in choices:
+            raise EraserError(f"unknown {flag} {value!r}; choose one of {', '.join(choices)}")
     if not args.tol > 0:
         raise EraserError(f"--tol must be positive, got {args.tol}")
     if args.max_iter < 1:

@@ -15,6 +15,8 @@ NegativeCurvaturePolicy = Literal["ggn", "truncate", "fail"]
 NEGATIVE_CURVATURE_POLICIES: tuple[str, ...] = ("ggn", "truncate", "fail")
 StepKind = Literal["cg", "least_residual"]
 STEP_KINDS: tuple[str, ...] = ("cg", "least_residual")
+PreconditionerKind = Literal["none", "fisher_diagonal"]
+PRECONDITIONERS: tuple[str, ...] = ("none", "fisher_diagonal")
 
 
 @dataclass
@@ -78,6 +80,13 @@ class EraseArguments:
     derail: on the qm experiment its residual grew to 3.97 while the least-residual vector
     of the same 16 directions had 0.22 (docs/experiments/damping_qm.json). It keeps the
     directions and their products, 2·max_iter·d floats.
+
+    ``preconditioner`` ``fisher_diagonal`` runs preconditioned CG with M = diag(F) + damping,
+    F the empirical Fisher of the Hessian rows (one gradient per row, about one iteration's
+    cost); ``none`` is plain CG. The solution is the same; the Krylov space is a better one
+    for a fixed number of iterations: on the qm experiment 16 iterations recovered 1.11 of
+    retraining's edited-row loss against 0.77 without it, and rc10, rc40 and ir moved by
+    ≤ 0.02 (docs/experiments/preconditioner.json).
     """
 
     hvp: HvpKind = "exact"
@@ -91,6 +100,7 @@ class EraseArguments:
     seed: int = 0
     fd_step: float | None = None
     step: StepKind = "cg"
+    preconditioner: PreconditionerKind = "fisher_diagonal"
 
 
 @dataclass

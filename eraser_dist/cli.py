@@ -17,6 +17,7 @@ from .arguments import (
     HVP_KINDS,
     LR_SCHEDULES,
     NEGATIVE_CURVATURE_POLICIES,
+    PRECONDITIONERS,
     STEP_KINDS,
     DistributedArguments,
     EraseArguments,
@@ -88,7 +89,7 @@ def _erase_arguments(ns: argparse.Namespace, distributed: DistributedArguments |
         hvp=hvp, curvature=ns.curvature, on_negative_curvature=ns.on_negative_curvature,
         damping=ns.damping, tol=ns.tol, max_iter=ns.max_iter,
         hessian_samples=ns.hessian_samples, batch_size=ns.batch_size, seed=ns.seed,
-        step=ns.step,
+        step=ns.step, preconditioner=ns.preconditioner,
     )
 
 
@@ -202,6 +203,11 @@ def solver_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step", choices=STEP_KINDS, default=EraseArguments.step,
                    help="CG's iterate (cg) or the least-residual vector of its Krylov space "
                    "(least_residual: robust where CG derails, keeps 2·max-iter vectors)")
+    p.add_argument("--preconditioner", choices=PRECONDITIONERS,
+                   default=EraseArguments.preconditioner,
+                   help="fisher_diagonal: preconditioned CG with the empirical Fisher's "
+                   "diagonal (one gradient per Hessian row; fewer iterations for the same "
+                   "solve)")
     p.add_argument("--hessian-samples", type=int, default=None,
                    help="estimate H on this many rows (seeded); default: all")
     p.add_argument("--batch-size", type=int, default=EraseArguments.batch_size)

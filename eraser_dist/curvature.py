@@ -10,6 +10,9 @@
 
 Each returns Σ_i w_i (∇²L_i) v as a vector [d] in the model's dtype, unnormalised; the
 caller divides by W and adds damping. Θ is always restored, also when a pass raises.
+
+:func:`fisher_diagonal` is a cheap diagonal estimate of the same curvature, CG's
+preconditioner.
 """
 
 from __future__ import annotations
@@ -151,3 +154,19 @@ def hessian_vector_product(
         return check_finite(out, "a Hessian-vector product")
 
     return product
+
+
+def fisher_diagonal(model: LossModel, rows: Sequence[Any], weights: torch.Tensor) -> torch.Tensor:
+    """Σ_i w_i ∇L_i ⊙ ∇L_i [d] float64: the diagonal of the empirical Fisher, unnormalised.
+
+    Near a fitted Θ̂ it approximates the diagonal of the Gauss-Newton matrix, within a
+    small factor, which is all a preconditioner needs. One gradient per row (batch 1:
+    a batch's gradient would square the sum, not sum the squares), so it costs about one
+    CG iteration's products. Rows of weight 0 (a rank's padding) add nothing but still run:
+    under ZeRO-3 every rank of a group must make the same passes.
+    """
+    total = torch.zeros(model.dim, dtype=torch.float64, device=model.device)
+    one = torch.ones(1)
+    for row, w in zip(rows, weights, strict=True):
+        total += float(w) * gradient_sum(model, [row], one, 1).double().square()
+    return total.cpu()

@@ -54,7 +54,9 @@ def results_table(summary: dict[str, Any]) -> str:
                 f"{_number(f.get('norm_ratio_to_warm'), 2)} | "
                 f"{f['seconds']:.0f} ({f['seconds'] / retrain_s:.2f}×) |")
         solver = "; ".join(
-            f"{label}: {s['cg_iterations']} CG iterations with the {s['hvp_used']} HVP, "
+            f"{label}: {s['cg_iterations']} CG iterations with the {s['hvp_used']} HVP"
+            + ("" if s.get("preconditioner", "none") == "none"
+               else f" ({s['preconditioner'].replace('_', ' ')} preconditioner)") + ", "
             f"residual {s['relative_residual']:.2f}"
             + (" (negative curvature met)" if s["negative_curvature"] else "")
             + (f", b in {s['rhs_seconds']:.0f} s and the solve in {s['solve_seconds']:.0f} s"

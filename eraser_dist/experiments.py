@@ -63,9 +63,12 @@ class ExperimentPreset:
     # 96 Hessian rows and damping 0.03 (bench/erase_damping.py, docs/experiments/
     # samples.json): with 24 rows a damping low enough to recover rc10 and qm raised the
     # kept rows' loss (rc10 +0.10 at 0.03), with 96 it does not (+0.02) and 96 did about as
-    # well as all 300; the least-residual step because CG's own iterate derailed on qm
+    # well as all 300; the least-residual step because CG's own iterate derailed on qm; the
+    # Fisher-diagonal preconditioner took qm from 0.77 to 1.11 of retraining's edited-row
+    # loss at 16 iterations (docs/experiments/preconditioner.json)
     erase: EraseArguments = field(default_factory=lambda: EraseArguments(
-        damping=0.03, hessian_samples=96, max_iter=16, tol=1e-3, step="least_residual"))
+        damping=0.03, hessian_samples=96, max_iter=16, tol=1e-3, step="least_residual",
+        preconditioner="fisher_diagonal"))
     # exact and fd meet negative curvature at these adapters and fall back to ggn (measured
     # on rc40), so on 2 cores only ggn is run
     hvps: tuple[str, ...] = ("ggn",)
@@ -165,8 +168,8 @@ def run_experiment(task_dir: str | Path, name: str, preset: ExperimentPreset,
         seconds[f"erase-{hvp}"] = time.perf_counter() - start
         adapters[f"erase-{hvp}"] = out
         solver[f"erase-{hvp}"] = {k: report[k] for k in (
-            "hvp_used", "cg_iterations", "relative_residual", "negative_curvature", "rhs_seconds",
-            "solve_seconds")}
+            "hvp_used", "cg_iterations", "preconditioner", "relative_residual",
+            "negative_curvature", "rhs_seconds", "solve_seconds")}
 
     model, meta = load_adapter(load_base(preset.base, device=preset.device), corrupted)
     theta0 = model.get_flat().double().cpu()

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .arguments import CURVATURE_DATA, EraseArguments
-from .curvature import hessian_vector_product
+from .curvature import fisher_diagonal, hessian_vector_product
 from .errors import EraserError
 from .objective import LossModel, check_finite, gradient_sum
 from .requests import EditedObjective
@@ -121,18 +121,32 @@ def newton_step(
     b = parts_rhs.sum(0)
     rows, weights = hessian_subset(edited, args.curvature, args.hessian_samples, args.seed)
     scale = 1.0 / float(weights.sum())
+    start = time.perf_counter()
+    inverse_diagonal = preconditioner(args, lambda: fisher_diagonal(model, rows, weights),
+                                      scale, damping)
 
     def solve(kind: str) -> CGResult:
         hvp = hessian_vector_product(kind, model, rows, weights, args.batch_size, args.fd_step)
         with cg_progress(args, kind, progress) as report:
             return conjugate_gradient(lambda v: hvp(v).double().cpu() * scale, b, damping=damping,
                                       tol=args.tol, max_iter=args.max_iter, callback=report,
-                                      record=keeps_directions(parts_rhs, args))
+                                      record=keeps_directions(parts_rhs, args),
+                                      inverse_diagonal=inverse_diagonal)
 
-    start = time.perf_counter()
     cg, hvp = solve_with_policy(solve, args)
     seconds = (rhs_seconds, time.perf_counter() - start)
     return influence_result(cg, hvp, parts_rhs, damping, len(rows), args, seconds)
+
+
+def preconditioner(args: EraseArguments, fisher_sum: Callable[[], torch.Tensor], scale: float,
+                   damping: float) -> torch.Tensor | None:
+    """M⁻¹ [d] float64 of ``args.preconditioner`` (None for plain CG): M = F/W + damping,
+    with ``fisher_sum`` computing Σ_i w_i ∇L_i ⊙ ∇L_i over H's rows and ``scale`` = 1/W.
+    A weight with neither curvature nor damping is left unscaled."""
+    if args.preconditioner == "none":
+        return None
+    diagonal = fisher_sum().double() * scale + damping
+    return torch.where(diagonal > 0, 1.0 / diagonal, 1.0)
 
 
 def keeps_directions(parts_rhs: torch.Tensor, args: EraseArguments) -> bool:

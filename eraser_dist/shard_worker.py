@@ -16,7 +16,7 @@ import torch
 
 from .adapters import check_fitted_on, file_key, load_adapter
 from .arguments import EraseArguments
-from .curvature import hessian_vector_product
+from .curvature import fisher_diagonal, hessian_vector_product
 from .data import read_examples
 from .influence import hessian_subset
 from .models import load_base
@@ -108,6 +108,11 @@ class ShardWorker:
         product = hessian_vector_product(kind, self.model, *self.hessian_rows,
                                          self.args.batch_size, self.args.fd_step)
         return all_reduce_sum(product(v)).cpu()
+
+    def fisher_diagonal(self) -> torch.Tensor:
+        """Σ_i w_i ∇L_i ⊙ ∇L_i over the group's Hessian rows [d] (CPU float64)."""
+        self._edited()
+        return all_reduce_sum(fisher_diagonal(self.model, *self.hessian_rows)).cpu()
 
     def memory(self) -> dict[str, int]:
         """This rank's bytes: base weights it holds, its process's resident set now and peak.

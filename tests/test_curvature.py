@@ -3,7 +3,8 @@
 import torch
 from conftest import word_rows
 
-from eraser_dist.curvature import exact_hvp, fd_hvp, ggn_hvp
+from eraser_dist.curvature import exact_hvp, fd_hvp, fisher_diagonal, ggn_hvp
+from eraser_dist.objective import gradient_sum
 from eraser_dist.reference import explicit_hessian, flat_loss_fn
 
 
@@ -98,3 +99,20 @@ def test_fd_hvp_with_a_bf16_base_stays_within_bf16_noise_of_fp32(tiny_float32):
     print(f"bf16 base: fd HVP error {error:.3g} (fp32 step rule {fp32_rule:.3g})")
     assert error <= 0.07
     assert fp32_rule > 2 * error
+
+
+def test_fisher_diagonal_sums_each_rows_squared_gradient(tiny_float32):
+    """Σ_i w_i ∇L_i ⊙ ∇L_i from one gradient per row, not the square of a batch's gradient;
+    a weight-0 row (a rank's padding) adds nothing."""
+    model = tiny_float32
+    rows = word_rows(4)
+    weights = torch.tensor([1.0, 2.0, 0.0, 0.5], dtype=torch.float64)
+    expected = torch.zeros(model.dim, dtype=torch.float64)
+    for row, w in zip(rows, weights, strict=True):
+        loss = model.losses(model.outputs(model.collate([row])), model.collate([row])).sum()
+        grad = model.flatten(torch.autograd.grad(loss, model.params, allow_unused=True))
+        expected += w * grad.double() ** 2
+    found = fisher_diagonal(model, rows, weights)
+    assert found.dtype == torch.float64 and rel_err(found, expected) <= 1e-6
+    batch_gradient = gradient_sum(model, rows, weights, batch_size=4).double()
+    assert rel_err(batch_gradient**2, expected) > 0.1

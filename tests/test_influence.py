@@ -37,15 +37,17 @@ QUADRATIC_REQUESTS = [
 ]
 
 
+@pytest.mark.parametrize("preconditioner", ["none", "fisher_diagonal"])
 @pytest.mark.parametrize("hvp", ["exact", "fd", "ggn"])
 @pytest.mark.parametrize("request_json", QUADRATIC_REQUESTS, ids=lambda r: r["kind"])
-def test_erase_is_exact_for_a_quadratic_loss(request_json, hvp):
+def test_erase_is_exact_for_a_quadratic_loss(request_json, hvp, preconditioner):
     rows = regression_rows(20, 5)
     model = QuadraticModel(5)
     model.set_flat(ridge_solution(model, rows, WEIGHT_DECAY))
     edited = apply_request(parse_request(request_json), rows)
     # Exact for a quadratic needs H_new: the Hessian of the data the retrained optimum sees.
-    args = EraseArguments(hvp=hvp, curvature="edited", tol=1e-13, max_iter=50)
+    args = EraseArguments(hvp=hvp, curvature="edited", tol=1e-13, max_iter=50,
+                          preconditioner=preconditioner)
     result = newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
     erased = model.get_flat() + result.delta
     retrained = ridge_solution(model, edited.rows_after, WEIGHT_DECAY)
