@@ -63,20 +63,27 @@ def _rhs(model, edited):
     return newton_rhs(model, edited, WEIGHT_DECAY, 8).sum(0)
 
 
-def test_least_residual_step_is_the_best_vector_of_cgs_krylov_space():
+@pytest.mark.parametrize("preconditioner", ["none", "fisher_diagonal"])
+def test_least_residual_step_is_the_best_vector_of_cgs_krylov_space(preconditioner):
     rows = regression_rows(20, 5)
     model = QuadraticModel(5)
     model.set_flat(ridge_solution(model, rows, WEIGHT_DECAY))
     edited = apply_request(parse_request(QUADRATIC_REQUESTS[0]), rows)
 
     def step(kind, iterations):
-        args = EraseArguments(hvp="exact", tol=1e-13, max_iter=iterations, step=kind)
+        args = EraseArguments(hvp="exact", tol=1e-13, max_iter=iterations, step=kind,
+                              preconditioner=preconditioner)
         return newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
 
     x, _ = model.collate(rows)
     a = x.T @ x / len(rows) + WEIGHT_DECAY * torch.eye(5, dtype=torch.float64)
     b = _rhs(model, edited)
-    krylov = torch.stack([b, a @ b], 1)  # 2 of 5 dimensions: CG has not converged
+    # PCG's space is that of M⁻¹A and M⁻¹b, M = diag(Σ_i g_i²)/n + λ (the residuals ∝ x_i)
+    residuals = model.outputs(model.collate(rows)).detach() - model.collate(rows)[1]
+    fisher = (x * residuals[:, None]).square().mean(0) + WEIGHT_DECAY
+    m_inv = 1.0 / fisher if preconditioner == "fisher_diagonal" else torch.ones(5).double()
+    z = m_inv * b
+    krylov = torch.stack([z, m_inv * (a @ z)], 1)  # 2 of 5 dimensions: CG has not converged
     best = krylov @ torch.linalg.lstsq(a @ krylov, b[:, None]).solution[:, 0]
     cg, least = step("cg", 2), step("least_residual", 2)
 
