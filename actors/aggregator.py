@@ -133,8 +133,10 @@ class Aggregator:
         timings: list[float] = []
         resumed_at: list[int] = []
         cg_start = time.perf_counter()
+        self._set(phase="computing the preconditioner")
         inverse_diagonal = preconditioner(
-            args, lambda: torch.stack(self.pool.run("fisher_diagonal")).sum(0), scale, damping)
+            args.preconditioner, lambda: torch.stack(self.pool.run("fisher_diagonal")).sum(0),
+            scale, damping)
 
         def solve(kind: str) -> CGResult:
             checkpoint = CheckpointFile(self.checkpoint_dir,

@@ -101,7 +101,7 @@ def main() -> None:
         scale = 1.0 / float(weights.sum())
         start = time.perf_counter()
         inverse_diagonal = preconditioner(
-            replace(preset.erase, preconditioner=args.preconditioner),
+            args.preconditioner,
             lambda h_rows=h_rows, weights=weights: fisher_diagonal(model, h_rows, weights),
             scale, solve_damping)
         cg = conjugate_gradient(lambda v, hvp=hvp, scale=scale: hvp(v).double().cpu() * scale, b,

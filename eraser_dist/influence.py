@@ -122,8 +122,8 @@ def newton_step(
     rows, weights = hessian_subset(edited, args.curvature, args.hessian_samples, args.seed)
     scale = 1.0 / float(weights.sum())
     start = time.perf_counter()
-    inverse_diagonal = preconditioner(args, lambda: fisher_diagonal(model, rows, weights),
-                                      scale, damping)
+    inverse_diagonal = preconditioner(args.preconditioner,
+                                      lambda: fisher_diagonal(model, rows, weights), scale, damping)
 
     def solve(kind: str) -> CGResult:
         hvp = hessian_vector_product(kind, model, rows, weights, args.batch_size, args.fd_step)
@@ -138,12 +138,12 @@ def newton_step(
     return influence_result(cg, hvp, parts_rhs, damping, len(rows), args, seconds)
 
 
-def preconditioner(args: EraseArguments, fisher_sum: Callable[[], torch.Tensor], scale: float,
+def preconditioner(kind: str, fisher_sum: Callable[[], torch.Tensor], scale: float,
                    damping: float) -> torch.Tensor | None:
-    """M⁻¹ [d] float64 of ``args.preconditioner`` (None for plain CG): M = F/W + damping,
-    with ``fisher_sum`` computing Σ_i w_i ∇L_i ⊙ ∇L_i over H's rows and ``scale`` = 1/W.
-    A weight with neither curvature nor damping is left unscaled."""
-    if args.preconditioner == "none":
+    """M⁻¹ [d] float64 of the preconditioner ``kind`` (None for ``none``, plain CG):
+    M = F/W + damping, with ``fisher_sum`` computing Σ_i w_i ∇L_i ⊙ ∇L_i over H's rows and
+    ``scale`` = 1/W. A weight with neither curvature nor damping is left unscaled."""
+    if kind == "none":
         return None
     diagonal = fisher_sum().double() * scale + damping
     return torch.where(diagonal > 0, 1.0 / diagonal, 1.0)
