@@ -122,8 +122,8 @@ class Aggregator:
         totals = self.pool.run("prepare", requests, args)[0]
         self._set(phase="computing b")
         rhs_start = time.perf_counter()
-        changed = torch.stack([g.double() for g in self.pool.run("changed_gradient")]).sum(0)
-        parts_rhs = rhs_from_gradients(changed, info["theta"], totals["removed_weights"],
+        gradients = torch.stack([g.double() for g in self.pool.run("rhs_gradients")]).sum(0)
+        parts_rhs = rhs_from_gradients(gradients, info["theta"], totals["removed_weights"],
                                        totals["weight_after"], info["weight_decay"])
         b = parts_rhs.sum(0)
         rhs_seconds = time.perf_counter() - rhs_start

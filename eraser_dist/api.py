@@ -31,6 +31,7 @@ from .arguments import (
     HVP_KINDS,
     NEGATIVE_CURVATURE_POLICIES,
     PRECONDITIONERS,
+    RHS_GRADIENTS,
     STEP_KINDS,
     DistributedArguments,
     EraseArguments,
@@ -176,6 +177,9 @@ def erase(
     seconds = time.perf_counter() - start
     cg = result.cg
     kinds = {r.kind for r in batch}
+    parts_total = result.parts.sum(0)
+    if result.stationarity is not None:
+        parts_total = parts_total + result.stationarity
     report = {
         "kind": kinds.pop() if len(kinds) == 1 else "mixed",
         "n_train": len(examples),
@@ -192,6 +196,7 @@ def erase(
         "on_negative_curvature": args.on_negative_curvature,
         "step": args.step,
         "preconditioner": args.preconditioner,
+        "gradient": args.gradient,
         "tol": args.tol,
         "hessian_rows": result.hessian_rows,
         "rhs_norm": result.rhs_norm,
@@ -206,8 +211,13 @@ def erase(
             for r, part, residual, rhs_norm in zip(batch, result.parts, result.part_residuals,
                                                    result.part_rhs_norms, strict=True)
         ],
-        # ‖Σ_k ΔΘ_k − ΔΘ‖/‖ΔΘ‖: how exactly the per-request parts add up to the step applied
-        "parts_sum_error": float((result.parts.sum(0) - result.delta).norm()
+        # the share of ΔΘ that finishes the fit (--gradient all_rows): −(W/W')∇f(Θ̂)'s solve
+        "stationarity": None if result.stationarity is None else {
+            "rhs_norm": result.stationarity_rhs_norm,
+            "delta_norm": float(result.stationarity.norm()),
+            "relative_residual": result.stationarity_residual},
+        # ‖Σ_k ΔΘ_k (+ stationarity) − ΔΘ‖/‖ΔΘ‖: how exactly the parts add up to the step
+        "parts_sum_error": float((parts_total - result.delta).norm()
                                  / max(float(result.delta.norm()), 1e-300)),
         **extra,
     }
@@ -235,6 +245,7 @@ def _check_erase_arguments(args: EraseArguments) -> None:
         ("--on-negative-curvature", args.on_negative_curvature, NEGATIVE_CURVATURE_POLICIES),
         ("--step", args.step, STEP_KINDS),
         ("--preconditioner", args.preconditioner, PRECONDITIONERS),
+        ("--gradient", args.gradient, RHS_GRADIENTS),
     ):
         if value not in choices:
             raise EraserError(f"unknown {flag} {value!r}; choose one of {', '.join(choices)}")

@@ -18,6 +18,7 @@ from .arguments import (
     LR_SCHEDULES,
     NEGATIVE_CURVATURE_POLICIES,
     PRECONDITIONERS,
+    RHS_GRADIENTS,
     STEP_KINDS,
     DistributedArguments,
     EraseArguments,
@@ -89,7 +90,7 @@ def _erase_arguments(ns: argparse.Namespace, distributed: DistributedArguments |
         hvp=hvp, curvature=ns.curvature, on_negative_curvature=ns.on_negative_curvature,
         damping=ns.damping, tol=ns.tol, max_iter=ns.max_iter,
         hessian_samples=ns.hessian_samples, batch_size=ns.batch_size, seed=ns.seed,
-        step=ns.step, preconditioner=ns.preconditioner,
+        step=ns.step, preconditioner=ns.preconditioner, gradient=ns.gradient,
     )
 
 
@@ -208,6 +209,10 @@ def solver_options(p: argparse.ArgumentParser) -> None:
                    help="fisher_diagonal: preconditioned CG with the empirical Fisher's "
                    "diagonal (one gradient per Hessian row; fewer iterations for the same "
                    "solve)")
+    p.add_argument("--gradient", choices=RHS_GRADIENTS, default=EraseArguments.gradient,
+                   help="b from the request's rows alone, assuming the adapter minimises its "
+                   "objective (changed_rows), or from one pass over every row, which also "
+                   "finishes a fit that training left short (all_rows)")
     p.add_argument("--hessian-samples", type=int, default=None,
                    help="estimate H on this many rows (seeded); default: all")
     p.add_argument("--batch-size", type=int, default=EraseArguments.batch_size)

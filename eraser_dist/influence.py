@@ -15,11 +15,15 @@ loss. H is positive definite at a converged Θ̂; H_new need not be, and where i
 CG's truncated iterate overshot retraining 20×. The paper's b = Σ_S G / n (no λ term, wrong
 normalisation) is far worse for removals (DESIGN.md §1).
 
+The shortcut assumes ∇f(Θ̂) = 0, which an adapter trained for a few epochs need not reach.
+With ``EraseArguments.gradient`` ``all_rows`` b is the full −∇f_new(Θ̂): the same terms plus
+−(W/W')∇f(Θ̂) = −(Σ_D w_i G_i + WλΘ̂)/W', one more pass over the data.
+
 A batch of K requests against one adapter is one solve: b is linear in the changed rows, so
 b = Σ_k b_k with b_k the terms of request k's rows (and its removed weight), all over the
 batch's W'. The solve of Σ_k b_k records its Krylov directions, and each request's own
 ΔΘ_k = H⁻¹ b_k is then read off in that space with no further HVP (``galerkin_split``),
-with its own exact residual.
+with its own exact residual (and Θ̂'s own gradient term, with ``all_rows``, likewise).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from dataclasses import dataclass, replace
 import torch
 from tqdm.auto import tqdm
 
-from .arguments import CURVATURE_DATA, EraseArguments
+from .arguments import CURVATURE_DATA, RHS_GRADIENTS, EraseArguments
 from .curvature import fisher_diagonal, hessian_vector_product
 from .errors import EraserError
 from .objective import LossModel, check_finite, gradient_sum
@@ -50,6 +54,9 @@ class InfluenceResult:
     residual ‖(H + damping·I)ΔΘ_k − b_k‖/‖b_k‖ (K = 1: ``delta`` itself and CG's residual).
     ``rhs_seconds`` is the wall time of b (gradients of the changed rows, a floor on any
     erase's cost that grows with the request) and ``solve_seconds`` that of the solve.
+    With ``gradient`` ``all_rows``, ``stationarity`` [d] is the share of ``delta`` due to
+    ∇f(Θ̂) ≠ 0 (``delta`` = Σ_k parts_k + stationarity), with its right-hand side's norm and
+    relative residual; None otherwise.
     """
 
     delta: torch.Tensor
@@ -64,26 +71,46 @@ class InfluenceResult:
     part_rhs_norms: torch.Tensor
     rhs_seconds: float
     solve_seconds: float
+    stationarity: torch.Tensor | None = None
+    stationarity_rhs_norm: float = 0.0
+    stationarity_residual: float = 0.0
 
 
-def newton_rhs(model: LossModel, edited: EditedObjective, weight_decay: float, batch_size: int):
-    """b_k = the part of −∇f_new(Θ̂) due to request k [K, d] float64; b = Σ_k b_k."""
-    gradients = torch.stack([gradient_sum(model, rows, -changes, batch_size).double().cpu()
-                             for rows, changes in edited.request_parts()])
-    return rhs_from_gradients(gradients, model.get_flat(), edited.removed_weights(),
-                              edited.weight_after, weight_decay)
+def newton_rhs(model: LossModel, edited: EditedObjective, weight_decay: float, batch_size: int,
+               gradient: str = "changed_rows"):
+    """The terms b_t of b = −∇f_new(Θ̂) = Σ_t b_t [T, d] float64 (see :func:`rhs_terms`)."""
+    terms, removed = rhs_terms(edited, gradient)
+    gradients = torch.stack([gradient_sum(model, rows, coefficients, batch_size).double().cpu()
+                             for rows, coefficients in terms])
+    return rhs_from_gradients(gradients, model.get_flat(), removed, edited.weight_after,
+                              weight_decay)
+
+
+def rhs_terms(edited: EditedObjective, gradient: str):
+    """What b's terms are summed from: per request k its changed rows with coefficients
+    −Δw_i and the weight W − W' it removes (T = K terms); with ``gradient`` ``all_rows`` one
+    more, every row of D with −w_i and −W, which :func:`rhs_from_gradients` turns into
+    −(W/W')∇f(Θ̂) (T = K + 1). Returns ([(rows, coefficients [n_t])], removed weights [T])."""
+    if gradient not in RHS_GRADIENTS:
+        raise EraserError(f"unknown gradient {gradient!r}; choose {', '.join(RHS_GRADIENTS)}")
+    terms = [(rows, -changes) for rows, changes in edited.request_parts()]
+    removed = edited.removed_weights()
+    if gradient == "all_rows":
+        terms.append((edited.rows_before, -edited.weights_before))
+        removed = torch.cat([removed, removed.new_tensor([-edited.weight_before])])
+    return terms, removed
 
 
 def rhs_from_gradients(
-    changed_gradients: torch.Tensor,
+    term_gradients: torch.Tensor,
     theta: torch.Tensor,
     removed_weights: torch.Tensor,
     weight_after: float,
     weight_decay: float,
 ) -> torch.Tensor:
-    """b_k [K, d] float64 from each request's −Σ_{i∈k} Δw_i G_i [K, d] (however it was
-    summed), Θ̂ [d], each request's removed weight W − W' [K] and the batch's W'."""
-    b = changed_gradients.double().cpu() + (
+    """b_t [T, d] float64 from each term's Σ_i c_i G_i [T, d] (however it was summed), Θ̂ [d],
+    each term's removed weight [T] and the batch's W' (terms as :func:`rhs_terms`)."""
+    b = term_gradients.double().cpu() + (
         removed_weights.double()[:, None] * weight_decay * theta.double().cpu()[None, :])
     return check_finite(b / weight_after, "b")
 
@@ -116,7 +143,7 @@ def newton_step(
     """ΔΘ = (H + damping·I)⁻¹ b by CG in this process; damping defaults to the objective's λ."""
     damping = erase_damping(args, weight_decay)
     start = time.perf_counter()
-    parts_rhs = newton_rhs(model, edited, weight_decay, args.batch_size)
+    parts_rhs = newton_rhs(model, edited, weight_decay, args.batch_size, args.gradient)
     rhs_seconds = time.perf_counter() - start
     b = parts_rhs.sum(0)
     rows, weights = hessian_subset(edited, args.curvature, args.hessian_samples, args.seed)
@@ -157,10 +184,10 @@ def keeps_directions(parts_rhs: torch.Tensor, args: EraseArguments) -> bool:
 def influence_result(cg: CGResult, hvp: str, parts_rhs: torch.Tensor, damping: float,
                      hessian_rows: int, args: EraseArguments,
                      seconds: tuple[float, float]) -> InfluenceResult:
-    """The figures of a finished solve of Σ_k b_k (``parts_rhs`` [K, d]), with each request's
-    own ΔΘ_k and the (b, solve) wall ``seconds``; with ``args.step`` ``least_residual`` the
-    step (and its residual) is the least-residual vector of CG's span instead of CG's
-    iterate. The recorded directions are dropped once used."""
+    """The figures of a finished solve of Σ_t b_t (``parts_rhs`` [T, d], as
+    :func:`newton_rhs`), with each term's own ΔΘ_t and the (b, solve) wall ``seconds``; with
+    ``args.step`` ``least_residual`` the step (and its residual) is the least-residual vector
+    of CG's span instead of CG's iterate. The recorded directions are dropped once used."""
     if args.step == "least_residual":
         total, residual = galerkin_split(cg, parts_rhs.sum(0, keepdim=True))
         cg = replace(cg, x=total[0], relative_residual=float(residual[0]))
@@ -170,9 +197,15 @@ def influence_result(cg: CGResult, hvp: str, parts_rhs: torch.Tensor, damping: f
     else:
         parts, residuals = galerkin_split(cg, parts_rhs)
     cg = replace(cg, directions=None, products=None)
+    norms = parts_rhs.norm(dim=1)
+    stationarity = {}
+    if args.gradient == "all_rows":  # the last term is Θ̂'s own gradient, not a request's
+        stationarity = {"stationarity": parts[-1], "stationarity_rhs_norm": float(norms[-1]),
+                        "stationarity_residual": float(residuals[-1])}
+        parts, residuals, norms = parts[:-1], residuals[:-1], norms[:-1]
     return InfluenceResult(cg.x, cg, float(parts_rhs.sum(0).norm()), damping, hessian_rows, hvp,
                            cg.negative_curvature or hvp != args.hvp, parts, residuals,
-                           parts_rhs.norm(dim=1), *seconds)
+                           norms, *seconds, **stationarity)
 
 
 def erase_damping(args: EraseArguments, weight_decay: float) -> float:

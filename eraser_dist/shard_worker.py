@@ -18,7 +18,7 @@ from .adapters import check_fitted_on, file_key, load_adapter
 from .arguments import EraseArguments
 from .curvature import fisher_diagonal, hessian_vector_product
 from .data import read_examples
-from .influence import hessian_subset
+from .influence import hessian_subset, rhs_terms
 from .models import load_base
 from .objective import gradient_sum, loss_values
 from .requests import apply_requests, parse_request
@@ -76,16 +76,17 @@ class ShardWorker:
 
     def prepare(self, requests: list[dict[str, Any]], args: EraseArguments) -> dict[str, Any]:
         """Build this rank's rows for a batch of requests (dicts, as in request files): its
-        share of each request's changed rows and of H's rows."""
+        share of the rows of each of b's terms and of H's rows."""
         check_hvp_supported(args.hvp)
         self.args = args
         self.edited = apply_requests([parse_request(r) for r in requests], self.examples)
-        self.rhs_rows = [rank_rows(rows, -changes, self.place)
-                         for rows, changes in self.edited.request_parts()]
+        terms, removed = rhs_terms(self.edited, args.gradient)
+        self.rhs_rows = [rank_rows(rows, coefficients, self.place)
+                         for rows, coefficients in terms]
         rows, weights = hessian_subset(self.edited, args.curvature, args.hessian_samples,
                                        args.seed)
         self.hessian_rows = rank_rows(rows, weights, self.place)
-        return {"removed_weights": self.edited.removed_weights(),
+        return {"removed_weights": removed,
                 "weight_after": self.edited.weight_after,
                 "hessian_rows": len(rows), "hessian_weight": float(weights.sum())}
 
@@ -94,9 +95,9 @@ class ShardWorker:
             raise RuntimeError("prepare() a request first")
         return self.edited
 
-    def changed_gradient(self) -> torch.Tensor:
-        """−Σ_{i∈k} Δw_i G_i over the group's changed rows of each request k [K, d]
-        (CPU, the adapter's dtype)."""
+    def rhs_gradients(self) -> torch.Tensor:
+        """Σ_i c_i G_i over the group's rows of each of b's terms [T, d] (as
+        :func:`~eraser_dist.influence.rhs_terms`; CPU, the adapter's dtype)."""
         self._edited()
         g = torch.stack([gradient_sum(self.model, *part, self.args.batch_size)
                          for part in self.rhs_rows])

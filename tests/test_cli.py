@@ -34,7 +34,8 @@ WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 ADAPTER_FILES = {CONFIG, WEIGHTS, "eraser_adapter.json"}
 REPORT_KEYS = {"kind", "n_train", "n_affected", "hvp", "damping", "cg_iterations",
-               "relative_residual", "negative_curvature", "delta_norm", "seconds"}
+               "relative_residual", "negative_curvature", "delta_norm", "seconds", "gradient",
+               "stationarity"}
 
 
 def make_rows(n: int = N_ROWS) -> list[Example]:
@@ -235,6 +236,37 @@ def test_erase_damping_flag_and_text_output(work, tmp_path, capsys):
     assert captured.out.startswith("remove of 2 of 16 rows: CG ")
     assert str(out) in captured.out
     assert lora_delta_norm(work.adapter, out) == pytest.approx(report["delta_norm"], rel=1e-5)
+
+
+def test_erase_all_rows_gradient_reports_the_training_shortfall_apart(work, tmp_path, capsys):
+    from eraser_dist.adapters import load_adapter
+    from eraser_dist.objective import gradient_sum
+
+    request = write_request(tmp_path, {"kind": "remove", "ids": ["r0", "r7"]})
+    reports = {}
+    for gradient in ("changed_rows", "all_rows"):
+        out = tmp_path / gradient
+        captured = run_ok(capsys, erase_argv("tiny-llama", work.adapter, work.data, request, out,
+                                             "--hvp", "ggn", "--max-iter", "30",
+                                             "--gradient", gradient, "--json", "--quiet"))
+        reports[gradient] = json.loads(captured.out)
+    shortcut, full = reports["changed_rows"], reports["all_rows"]
+    assert shortcut["gradient"] == "changed_rows" and shortcut["stationarity"] is None
+    # The extra term is −(W/W')∇f(Θ̂) of the adapter as trained: nonzero, short of a minimum.
+    model, _ = load_adapter(load_base("tiny-llama"), work.adapter)
+    theta = model.get_flat().double()
+    grad_f = gradient_sum(model, make_rows(), torch.ones(N_ROWS), 8).double() / N_ROWS + (
+        WEIGHT_DECAY * theta)
+    expected = float(grad_f.norm()) * N_ROWS / (N_ROWS - 2)
+    assert full["stationarity"]["rhs_norm"] == pytest.approx(expected, rel=1e-4)
+    assert full["stationarity"]["delta_norm"] > 0
+    # The request's own b is the shortcut's whole b; the parts add up to the step applied.
+    assert full["requests"][0]["rhs_norm"] == pytest.approx(shortcut["rhs_norm"], rel=1e-9)
+    assert full["rhs_norm"] != pytest.approx(shortcut["rhs_norm"], rel=1e-2)
+    assert full["parts_sum_error"] <= 1e-4  # CG's iterate vs its span's least-residual sum
+    assert full["cg_converged"] and full["relative_residual"] <= 1e-4
+    assert lora_delta_norm(work.adapter, tmp_path / "all_rows") == pytest.approx(
+        full["delta_norm"], rel=1e-5)
 
 
 def test_eval_json_matches_api(work, capsys):

@@ -113,6 +113,22 @@ def test_fd_backend_matches_single_process(cluster, fitted):
     assert rel(distributed, single) <= 1e-3
 
 
+def test_all_rows_gradient_matches_single_process(cluster, fitted):
+    args = replace(ARGS, gradient="all_rows")
+    single = run_erase(fitted, "correct_response", "single-all-rows", args, distributed=None)
+    distributed = run_erase(fitted, "correct_response", "dist-all-rows", args)
+    assert rel(distributed, single) <= 1e-3
+    reports = [json.loads((fitted / out / "erase_report.json").read_text())
+               for out in ("single-all-rows", "dist-all-rows")]
+    # every row's gradient counted once over the 2 × 2 ranks: the same ∇f(Θ̂) term
+    assert reports[1]["stationarity"]["rhs_norm"] == pytest.approx(
+        reports[0]["stationarity"]["rhs_norm"], rel=1e-5)
+    assert reports[0]["stationarity"]["rhs_norm"] > 0
+    # and the step differs from the shortcut's
+    shortcut = run_erase(fitted, "correct_response", "single-changed", distributed=None)
+    assert rel(single, shortcut) > 1e-2
+
+
 def test_ranks_hold_only_their_partition_and_whole_lora(cluster, fitted, tmp_path):
     found = driver.distributed_erase(
         spec_for(fitted), [REQUESTS["remove"]], EraseArguments(hvp="ggn", max_iter=1),

@@ -59,6 +59,43 @@ def test_erase_is_exact_for_a_quadratic_loss(request_json, hvp, preconditioner):
         assert float((paper_b - _rhs(model, edited)).norm()) > 1e-3 * float(paper_b.norm())
 
 
+@pytest.mark.parametrize("hvp", ["exact", "ggn"])
+def test_all_rows_gradient_makes_the_step_exact_from_short_of_the_minimum(hvp):
+    rows = regression_rows(20, 5)
+    model = QuadraticModel(5)
+    optimum = ridge_solution(model, rows, WEIGHT_DECAY)
+    # training stopped short of the minimum: ∇f(Θ̂) ≠ 0
+    theta_hat = optimum + 0.3 * torch.randn(5, generator=torch.Generator().manual_seed(3),
+                                            dtype=torch.float64)
+    model.set_flat(theta_hat)
+    edited = apply_requests([parse_request(r) for r in QUADRATIC_REQUESTS[:2]], rows)
+    retrained = ridge_solution(model, edited.rows_after, WEIGHT_DECAY)
+
+    def step(gradient):
+        args = EraseArguments(hvp=hvp, curvature="edited", tol=1e-13, max_iter=50,
+                              gradient=gradient)
+        return newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
+
+    full, shortcut = step("all_rows"), step("changed_rows")
+    assert float((theta_hat + full.delta - retrained).norm() / retrained.norm()) <= 1e-6
+    # The shortcut keeps training's shortfall.
+    assert float((theta_hat + shortcut.delta - retrained).norm() / retrained.norm()) > 1e-2
+    assert shortcut.stationarity is None
+    # Each request's own part is the shortcut's; the rest is H_new⁻¹ of −(W/W')∇f(Θ̂).
+    assert full.parts.shape == (2, 5)
+    assert torch.allclose(full.parts, shortcut.parts, atol=1e-9)
+    x, y = model.collate(edited.rows_after)
+    h_new = x.T @ x / len(x) + WEIGHT_DECAY * torch.eye(5, dtype=torch.float64)
+    x, y = model.collate(rows)
+    grad_f = x.T @ (x @ theta_hat - y) / len(rows) + WEIGHT_DECAY * theta_hat
+    expected = torch.linalg.solve(h_new, -grad_f * len(rows) / len(edited.rows_after))
+    assert torch.allclose(full.stationarity, expected, atol=1e-9)
+    assert full.stationarity_rhs_norm == pytest.approx(
+        float(grad_f.norm()) * len(rows) / len(edited.rows_after))
+    assert torch.allclose(full.parts.sum(0) + full.stationarity, full.delta, atol=1e-9)
+    assert torch.equal(model.get_flat(), theta_hat)
+
+
 def _rhs(model, edited):
     return newton_rhs(model, edited, WEIGHT_DECAY, 8).sum(0)
 
@@ -273,9 +310,13 @@ def test_negative_curvature_policies(converged):
     assert torch.equal(model.get_flat(), theta_hat)
 
 
-def test_an_unknown_step_is_refused_before_anything_is_read(tmp_path):
+@pytest.mark.parametrize(("field", "message"), [
+    ("step", "unknown --step 'newton'; choose one of cg, least_residual"),
+    ("gradient", "unknown --gradient 'newton'; choose one of changed_rows, all_rows"),
+])
+def test_an_unknown_choice_is_refused_before_anything_is_read(tmp_path, field, message):
     from eraser_dist import api
 
-    with pytest.raises(EraserError, match="unknown --step 'newton'; choose one of cg, least_res"):
+    with pytest.raises(EraserError, match=message):
         api.erase("tiny-llama", tmp_path / "none", tmp_path / "none.parquet",
-                  tmp_path / "none.json", tmp_path / "out", EraseArguments(step="newton"))
+                  tmp_path / "none.json", tmp_path / "out", EraseArguments(**{field: "newton"}))
