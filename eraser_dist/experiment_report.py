@@ -59,6 +59,10 @@ def results_table(summary: dict[str, Any]) -> str:
                else f" ({s['preconditioner'].replace('_', ' ')} preconditioner)") + ", "
             f"residual {s['relative_residual']:.2f}"
             + (" (negative curvature met)" if s["negative_curvature"] else "")
+            # results written before --gradient existed took b from the changed rows
+            + (f", b over every row (‖b‖ {s['rhs_norm']:.2f}, of which Θ̂'s own gradient "
+               f"term {s['stationarity']['rhs_norm']:.2f})"
+               if s.get("gradient") == "all_rows" else ", b from the changed rows")
             + (f", b in {s['rhs_seconds']:.0f} s and the solve in {s['solve_seconds']:.0f} s"
                if "rhs_seconds" in s else "")
             for label, s in result["solver"].items())

@@ -84,6 +84,14 @@ def test_same_seed_gives_the_same_table_and_a_rerun_resumes(task, tmp_path):
     row = next(line for line in table.splitlines() if line.startswith("| erase-ggn |"))
     assert f"| {ggn['edited_loss']:.3f} | {ggn['kept_loss']:.3f} |" in row
     assert f"| {ggn['cosine_to_warm']:.2f} |" in row
+    assert f"erase-ggn: {rc['solver']['erase-ggn']['cg_iterations']} CG iterations" in table
+    assert "b from the changed rows" in table and rc["solver"]["erase-ggn"]["gradient"] == (
+        "changed_rows")
+    over_all_rows = json.loads(json.dumps(first))
+    over_all_rows["experiments"]["rc40"]["solver"]["erase-ggn"].update(
+        gradient="all_rows", rhs_norm=0.5, stationarity={"rhs_norm": 0.25})
+    assert "b over every row (‖b‖ 0.50, of which Θ̂'s own gradient term 0.25)" in (
+        results_table(over_all_rows))
     assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")
             and "---" not in line and "method" not in line][:6] == [
         "| corrupted", "| erase-ggn", "| erase-exact", "| paper", "| warm", "| retrain"]

@@ -1,0 +1,112 @@
+"""How b's gradient, the changed rows alone or every row, moves the erase toward retraining.
+
+Run after ``eraser experiment NAME --work WORK`` (it reuses that run's cached fine-tunings
+and its ``result.json``): per experiment, erases the corrupted adapter as the experiment
+does (``api.erase`` with the preset's arguments) once per ``--gradients`` value and reports,
+beside the experiment's corrupted model, retraining and erase, each erase's loss on the edited
+and kept rows, the test targets' log-likelihood, their recoveries toward retraining, the
+cosine of ΔΘ to the warm retrain's change net of drift, ‖b‖, the norm of the term
+−(W/W')∇f(Θ̂) that ``all_rows`` adds, and the wall time of b and of the solve.
+
+    .venv/bin/python bench/erase_gradient.py --work runs/experiments --experiments qm rc40
+
+Prints JSON; ``--out FILE`` also writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from eraser_dist import api
+from eraser_dist.adapters import adapter_vector, load_adapter
+from eraser_dist.arguments import RHS_GRADIENTS
+from eraser_dist.data import read_examples
+from eraser_dist.experiments import (
+    PRESETS,
+    Trainings,
+    measured_rows,
+    recovery,
+    result_path,
+    row_losses,
+)
+from eraser_dist.models import load_base
+from eraser_dist.recommend import evaluate_recommendations
+from eraser_dist.reference import cosine
+from eraser_dist.requests import apply_request, load_request
+from eraser_dist.tasksets import read_task_set
+
+RECOVERED = ("edited_loss", "target_loglik")
+
+
+def measure(work: Path, name: str, preset_name: str, gradients: list[str]) -> dict:
+    preset = PRESETS[preset_name]
+    task = read_task_set(work / "task")
+    data, request_file = task.experiment_data(name), task.experiment_request(name)
+    rows, request = read_examples(data), load_request(request_file)
+    edited = apply_request(request, rows)
+    train = Trainings(work / "trainings", preset, progress=False)
+    corrupted, _ = train(data)
+    warm, _ = train(work / name / "edited.parquet", corrupted)
+    drift, _ = train(data, corrupted)
+    reference = json.loads(result_path(work, name).read_text())["methods"]
+    model, _ = load_adapter(load_base(preset.base, device=preset.device), corrupted)
+    theta0 = model.get_flat().double().cpu()
+    warm_change = adapter_vector(model, warm).double() - adapter_vector(model, drift).double()
+    affected, kept = measured_rows(edited, request, rows, preset.kept_sample)
+    test = task.split("test")
+    out = {"experiment": name,
+           "reference": {label: {key: reference[label][key] for key in
+                                 ("edited_loss", "kept_loss", "target_loglik", "seconds")}
+                         for label in ("corrupted", "retrain", "warm", "erase-ggn")}}
+    for gradient in gradients:
+        folder = work / name / f"erase-gradient-{gradient}"
+        report = api.erase(preset.base, corrupted, data, request, folder,
+                           replace(preset.erase, gradient=gradient), overwrite=True,
+                           progress=False, device=preset.device)
+        theta = adapter_vector(model, folder).double()
+        model.set_flat(theta)
+        figures = row_losses(model, affected, kept, preset.eval_batch_size)
+        figures["target_loglik"] = evaluate_recommendations(
+            model, test, task.candidates, preset.eval_batch_size)["target_loglik"]
+        model.set_flat(theta0)
+        figures["recovery"] = {key: recovery(_mean(figures[key]),
+                                             _mean(reference["corrupted"][key]),
+                                             _mean(reference["retrain"][key]))
+                               for key in RECOVERED}
+        figures["kept_loss_change"] = figures["kept_loss"] - reference["corrupted"]["kept_loss"]
+        figures["cosine_to_warm"] = cosine(theta - theta0, warm_change)
+        figures.update({key: report[key] for key in (
+            "rhs_norm", "stationarity", "relative_residual", "delta_norm", "seconds",
+            "rhs_seconds", "solve_seconds")})
+        out[gradient] = figures
+        print(json.dumps({name: {gradient: figures["recovery"]}}), flush=True)
+    return out
+
+
+def _mean(figure) -> float:
+    return figure["mean"] if isinstance(figure, dict) else figure
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", required=True, help="the work folder of eraser experiment")
+    parser.add_argument("--experiments", nargs="+", default=["qm", "rc10", "rc40", "ir"])
+    parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    parser.add_argument("--gradients", nargs="+", choices=RHS_GRADIENTS, default=["all_rows"])
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    work = Path(args.work)
+    result = {"preset": args.preset,
+              "experiments": [measure(work, name, args.preset, args.gradients)
+                              for name in args.experiments]}
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
