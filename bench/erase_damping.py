@@ -30,24 +30,18 @@ from pathlib import Path
 
 import torch
 
-from eraser_dist.adapters import adapter_vector, load_adapter
 from eraser_dist.arguments import PRECONDITIONERS
 from eraser_dist.curvature import fisher_diagonal, hessian_vector_product
-from eraser_dist.data import read_examples
 from eraser_dist.experiments import (
     PRESETS,
-    Trainings,
-    measured_rows,
     recovery,
+    reopen_experiment,
     result_path,
     row_losses,
 )
 from eraser_dist.influence import hessian_subset, newton_rhs, preconditioner
-from eraser_dist.models import load_base
 from eraser_dist.reference import cosine
-from eraser_dist.requests import apply_request, load_request
 from eraser_dist.solve import conjugate_gradient, galerkin_split
-from eraser_dist.tasksets import read_task_set
 
 
 def main() -> None:
@@ -66,26 +60,15 @@ def main() -> None:
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     work = Path(args.work)
-    task = read_task_set(work / "task")
-    data = task.experiment_data(args.experiment)
-    rows, request = read_examples(data), load_request(task.experiment_request(args.experiment))
-    edited = apply_request(request, rows)
-    train = Trainings(work / "trainings", preset, progress=True)
-    corrupted, _ = train(data)
-    warm, _ = train(work / args.experiment / "edited.parquet", corrupted)
-    drift, _ = train(data, corrupted)
-
-    model, meta = load_adapter(load_base(preset.base), corrupted)
-    theta0 = model.get_flat().double()
-    warm_change = adapter_vector(model, warm).double() - adapter_vector(model, drift).double()
+    found = reopen_experiment(work, args.experiment, preset, progress=True)
+    model, edited, theta0, warm_change = found.model, found.edited, found.theta0, found.warm_change
     start = time.perf_counter()
-    b = newton_rhs(model, edited, meta.weight_decay, preset.erase.batch_size).sum(0)
+    b = newton_rhs(model, edited, found.weight_decay, preset.erase.batch_size).sum(0)
     rhs_seconds = time.perf_counter() - start
-    affected, kept = measured_rows(edited, request, rows, preset.kept_sample)
 
     def losses(delta: torch.Tensor) -> dict[str, float]:
         model.set_flat(theta0 + delta)
-        figures = row_losses(model, affected, kept, preset.eval_batch_size)
+        figures = row_losses(model, found.affected, found.kept, preset.eval_batch_size)
         model.set_flat(theta0)
         return figures
 
@@ -94,7 +77,7 @@ def main() -> None:
     solves = {}
     preconditioned = args.preconditioner != "none"
     # plain CG: one solve per sample size, every damping read off it; preconditioned: one each
-    solve_dampings = args.dampings if preconditioned else [meta.weight_decay]
+    solve_dampings = args.dampings if preconditioned else [found.weight_decay]
     for samples, solve_damping in ((s, d) for s in args.samples for d in solve_dampings):
         h_rows, weights = hessian_subset(edited, "original", samples, preset.erase.seed)
         hvp = hessian_vector_product("ggn", model, h_rows, weights, preset.erase.batch_size)

@@ -21,63 +21,48 @@ from dataclasses import replace
 from pathlib import Path
 
 from eraser_dist import api
-from eraser_dist.adapters import adapter_vector, load_adapter
+from eraser_dist.adapters import adapter_vector
 from eraser_dist.arguments import RHS_GRADIENTS
-from eraser_dist.data import read_examples
 from eraser_dist.experiments import (
     PRESETS,
-    Trainings,
-    measured_rows,
     recovery,
+    reopen_experiment,
     result_path,
     row_losses,
 )
-from eraser_dist.models import load_base
 from eraser_dist.recommend import evaluate_recommendations
 from eraser_dist.reference import cosine
-from eraser_dist.requests import apply_request, load_request
-from eraser_dist.tasksets import read_task_set
 
 RECOVERED = ("edited_loss", "target_loglik")
 
 
 def measure(work: Path, name: str, preset_name: str, gradients: list[str]) -> dict:
     preset = PRESETS[preset_name]
-    task = read_task_set(work / "task")
-    data, request_file = task.experiment_data(name), task.experiment_request(name)
-    rows, request = read_examples(data), load_request(request_file)
-    edited = apply_request(request, rows)
-    train = Trainings(work / "trainings", preset, progress=False)
-    corrupted, _ = train(data)
-    warm, _ = train(work / name / "edited.parquet", corrupted)
-    drift, _ = train(data, corrupted)
+    found = reopen_experiment(work, name, preset)
+    model, theta0 = found.model, found.theta0
     reference = json.loads(result_path(work, name).read_text())["methods"]
-    model, _ = load_adapter(load_base(preset.base, device=preset.device), corrupted)
-    theta0 = model.get_flat().double().cpu()
-    warm_change = adapter_vector(model, warm).double() - adapter_vector(model, drift).double()
-    affected, kept = measured_rows(edited, request, rows, preset.kept_sample)
-    test = task.split("test")
+    test = found.task.split("test")
     out = {"experiment": name,
            "reference": {label: {key: reference[label][key] for key in
                                  ("edited_loss", "kept_loss", "target_loglik", "seconds")}
                          for label in ("corrupted", "retrain", "warm", "erase-ggn")}}
     for gradient in gradients:
         folder = work / name / f"erase-gradient-{gradient}"
-        report = api.erase(preset.base, corrupted, data, request, folder,
+        report = api.erase(preset.base, found.corrupted, found.data, found.request, folder,
                            replace(preset.erase, gradient=gradient), overwrite=True,
                            progress=False, device=preset.device)
         theta = adapter_vector(model, folder).double()
         model.set_flat(theta)
-        figures = row_losses(model, affected, kept, preset.eval_batch_size)
+        figures = row_losses(model, found.affected, found.kept, preset.eval_batch_size)
         figures["target_loglik"] = evaluate_recommendations(
-            model, test, task.candidates, preset.eval_batch_size)["target_loglik"]
+            model, test, found.task.candidates, preset.eval_batch_size)["target_loglik"]
         model.set_flat(theta0)
         figures["recovery"] = {key: recovery(_mean(figures[key]),
                                              _mean(reference["corrupted"][key]),
                                              _mean(reference["retrain"][key]))
                                for key in RECOVERED}
         figures["kept_loss_change"] = figures["kept_loss"] - reference["corrupted"]["kept_loss"]
-        figures["cosine_to_warm"] = cosine(theta - theta0, warm_change)
+        figures["cosine_to_warm"] = cosine(theta - theta0, found.warm_change)
         figures.update({key: report[key] for key in (
             "rhs_norm", "stationarity", "relative_residual", "delta_norm", "seconds",
             "rhs_seconds", "solve_seconds")})

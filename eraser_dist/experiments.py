@@ -40,12 +40,12 @@ from .curvature import hessian_vector_product
 from .data import examples_digest, read_examples, write_examples
 from .errors import EraserError
 from .experiment_report import write_report
-from .models import check_device, load_base
+from .models import LoraCausalLM, check_device, load_base
 from .objective import loss_values
 from .recommend import evaluate_recommendations
 from .reference import cosine
-from .requests import apply_request, load_request
-from .tasksets import read_task_set
+from .requests import EditedObjective, EraseRequest, apply_request, load_request
+from .tasksets import TaskSet, read_task_set
 
 
 @dataclass(frozen=True)
@@ -217,6 +217,45 @@ def run_experiment(task_dir: str | Path, name: str, preset: ExperimentPreset,
 
 def result_path(work: Path, name: str) -> Path:
     return Path(work) / name / "result.json"
+
+
+@dataclass
+class FinishedExperiment:
+    """What a bench that reworks a finished experiment's erase starts from: its data and
+    request, the corrupted adapter loaded (Θ̂ = ``theta0`` [d] float64), the warm retrain's
+    change net of drift [d] float64 and the rows its losses are measured on."""
+
+    task: TaskSet
+    data: Path
+    request: EraseRequest
+    edited: EditedObjective
+    corrupted: Path
+    model: LoraCausalLM
+    weight_decay: float
+    theta0: torch.Tensor
+    warm_change: torch.Tensor
+    affected: list
+    kept: list
+
+
+def reopen_experiment(work: str | Path, name: str, preset: ExperimentPreset,
+                      progress: bool = False) -> FinishedExperiment:
+    """Reload experiment ``name`` of ``eraser experiment --work WORK`` (its fine-tunings are
+    read from the cache, or trained where missing)."""
+    work = Path(work)
+    task = read_task_set(work / "task")
+    data = task.experiment_data(name)
+    rows, request = read_examples(data), load_request(task.experiment_request(name))
+    edited = apply_request(request, rows)
+    train = Trainings(work / "trainings", preset, progress)
+    corrupted, _ = train(data)
+    warm, _ = train(work / name / "edited.parquet", corrupted)
+    drift, _ = train(data, corrupted)
+    model, meta = load_adapter(load_base(preset.base, device=preset.device), corrupted)
+    warm_change = adapter_vector(model, warm).double() - adapter_vector(model, drift).double()
+    affected, kept = measured_rows(edited, request, rows, preset.kept_sample)
+    return FinishedExperiment(task, data, request, edited, corrupted, model, meta.weight_decay,
+                              model.get_flat().double().cpu(), warm_change, affected, kept)
 
 
 def measured_rows(edited, request, rows, kept_sample: int) -> tuple[list, list]:
