@@ -53,7 +53,8 @@ class InfluenceResult:
     ``parts`` [K, d] is each request's own ΔΘ_k and ``part_residuals`` [K] its relative
     residual ‖(H + damping·I)ΔΘ_k − b_k‖/‖b_k‖ (K = 1: ``delta`` itself and CG's residual).
     ``rhs_seconds`` is the wall time of b (gradients of the changed rows, a floor on any
-    erase's cost that grows with the request) and ``solve_seconds`` that of the solve.
+    erase's cost that grows with the request; with ``all_rows`` also a pass over every row)
+    and ``solve_seconds`` that of the solve.
     With ``gradient`` ``all_rows``, ``stationarity`` [d] is the share of ``delta`` due to
     ∇f(Θ̂) ≠ 0 (``delta`` = Σ_k parts_k + stationarity), with its right-hand side's norm and
     relative residual; None otherwise.
