@@ -95,11 +95,12 @@ class EraseArguments:
     with the request, not the data set. ``all_rows`` drops that assumption: one pass over
     every row adds the term −(W/W')∇f(Θ̂), so the step also finishes the fit that training
     left short (the report gives that term's share of ΔΘ apart, as ``stationarity``). For a
-    quadratic loss it makes the step exact from any Θ̂. On the cpu experiments that term is
-    as large as the request's own (‖·‖ 0.15–0.25 against 0.14–0.78), and it helps only where
-    the edit is large: the share of retraining's edited-row loss recovered went from 0.62 to
-    1.27 on rc40, but from 1.11 to 0.88 on qm, 1.14 to 0.28 on rc10 and 0.96 to 0.89 on ir
-    (docs/experiments/gradient.json). So it is not the default.
+    quadratic loss it makes the step exact from any Θ̂. On the cpu experiments that term
+    (‖·‖ 0.15–0.25) is 3–5× the request's own b on qm and ir (0.05, 0.06), about equal on
+    rc10 (0.21) and a third of it on rc40 (0.70), and it helped only rc40: the share of
+    retraining's edited-row loss recovered went from 0.62 to 1.27 there, but from 1.11 to
+    0.88 on qm, 1.14 to 0.28 on rc10 and 0.96 to 0.89 on ir (docs/experiments/gradient.json).
+    So it is not the default.
     """
 
     hvp: HvpKind = "exact"
