@@ -3,10 +3,12 @@
 Run after ``eraser experiment NAME --work WORK`` (it reuses that run's cached fine-tunings
 and its ``result.json``): per experiment, erases the corrupted adapter as the experiment
 does (``api.erase`` with the preset's arguments) once per ``--gradients`` value and reports,
-beside the experiment's corrupted model, retraining and erase, each erase's loss on the edited
-and kept rows, the test targets' log-likelihood, their recoveries toward retraining, the
-cosine of ΔΘ to the warm retrain's change net of drift, ‖b‖, the norm of the term
-−(W/W')∇f(Θ̂) that ``all_rows`` adds, and the wall time of b and of the solve.
+beside the experiment's corrupted model, retraining and erase, each erase's loss on the
+edited and kept rows, HR@1 and the test targets' log-likelihood, their recoveries toward
+retraining (None where retraining's gap is inside the corrupted model's 95% interval, as in
+the experiment), the cosine of ΔΘ to the warm retrain's change net of drift, ‖b‖, the norm
+of the term −(W/W')∇f(Θ̂) that ``all_rows`` adds, and the wall time of b and of the solve.
+``--reuse`` measures the erases an earlier run left in WORK instead of erasing again.
 
     .venv/bin/python bench/erase_gradient.py --work runs/experiments --experiments qm rc40
 
@@ -22,10 +24,11 @@ from pathlib import Path
 
 from eraser_dist import api
 from eraser_dist.adapters import adapter_vector
+from eraser_dist.api import REPORT_FILE
 from eraser_dist.arguments import RHS_GRADIENTS
 from eraser_dist.experiments import (
     PRESETS,
-    recovery,
+    add_recoveries,
     reopen_experiment,
     result_path,
     row_losses,
@@ -33,10 +36,9 @@ from eraser_dist.experiments import (
 from eraser_dist.recommend import evaluate_recommendations
 from eraser_dist.reference import cosine
 
-RECOVERED = ("edited_loss", "target_loglik")
 
-
-def measure(work: Path, name: str, preset_name: str, gradients: list[str]) -> dict:
+def measure(work: Path, name: str, preset_name: str, gradients: list[str],
+            reuse: bool) -> dict:
     preset = PRESETS[preset_name]
     found = reopen_experiment(work, name, preset)
     model, theta0 = found.model, found.theta0
@@ -44,23 +46,26 @@ def measure(work: Path, name: str, preset_name: str, gradients: list[str]) -> di
     test = found.task.split("test")
     out = {"experiment": name,
            "reference": {label: {key: reference[label][key] for key in
-                                 ("edited_loss", "kept_loss", "target_loglik", "seconds")}
+                                 ("edited_loss", "kept_loss", "target_loglik",
+                                  "hit_rate_likelihood", "seconds")}
                          for label in ("corrupted", "retrain", "warm", "erase-ggn")}}
     for gradient in gradients:
         folder = work / name / f"erase-gradient-{gradient}"
-        report = api.erase(preset.base, found.corrupted, found.data, found.request, folder,
-                           replace(preset.erase, gradient=gradient), overwrite=True,
-                           progress=False, device=preset.device)
+        if reuse and (folder / REPORT_FILE).is_file():
+            report = json.loads((folder / REPORT_FILE).read_text())
+        else:
+            report = api.erase(preset.base, found.corrupted, found.data, found.request, folder,
+                               replace(preset.erase, gradient=gradient), overwrite=True,
+                               progress=False, device=preset.device)
         theta = adapter_vector(model, folder).double()
         model.set_flat(theta)
-        figures = row_losses(model, found.affected, found.kept, preset.eval_batch_size)
-        figures["target_loglik"] = evaluate_recommendations(
-            model, test, found.task.candidates, preset.eval_batch_size)["target_loglik"]
+        figures = evaluate_recommendations(model, test, found.task.candidates,
+                                           preset.eval_batch_size)
+        figures.update(row_losses(model, found.affected, found.kept, preset.eval_batch_size))
         model.set_flat(theta0)
-        figures["recovery"] = {key: recovery(_mean(figures[key]),
-                                             _mean(reference["corrupted"][key]),
-                                             _mean(reference["retrain"][key]))
-                               for key in RECOVERED}
+        # the experiment's rule: no share of a gap that lies inside the noise
+        add_recoveries({"corrupted": reference["corrupted"], "retrain": reference["retrain"],
+                        gradient: figures})
         figures["kept_loss_change"] = figures["kept_loss"] - reference["corrupted"]["kept_loss"]
         figures["cosine_to_warm"] = cosine(theta - theta0, found.warm_change)
         figures.update({key: report[key] for key in (
@@ -71,21 +76,19 @@ def measure(work: Path, name: str, preset_name: str, gradients: list[str]) -> di
     return out
 
 
-def _mean(figure) -> float:
-    return figure["mean"] if isinstance(figure, dict) else figure
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True, help="the work folder of eraser experiment")
     parser.add_argument("--experiments", nargs="+", default=["qm", "rc10", "rc40", "ir"])
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     parser.add_argument("--gradients", nargs="+", choices=RHS_GRADIENTS, default=["all_rows"])
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure the erases an earlier run left in WORK, not new ones")
     parser.add_argument("--out")
     args = parser.parse_args()
     work = Path(args.work)
     result = {"preset": args.preset,
-              "experiments": [measure(work, name, args.preset, args.gradients)
+              "experiments": [measure(work, name, args.preset, args.gradients, args.reuse)
                               for name in args.experiments]}
     text = json.dumps(result, indent=1)
     print(text)
