@@ -39,8 +39,8 @@ class CGResult:
 class CGState:
     """Everything CG needs to continue after ``iterations`` steps: iterate ``x``, residual
     ``r``, next search direction ``p`` (all [d] float64) and ``rz`` = rᵀM⁻¹r (rᵀr without a
-    preconditioner). Saving it after
-    every iteration makes a solve resumable (the distributed aggregator checkpoints it).
+    preconditioner). Saving it after every iteration makes a solve resumable (the
+    distributed aggregator checkpoints it).
     ``directions``/``products`` are the steps taken so far when they are recorded: one [d]
     tensor per iteration, in lists that only grow, so a checkpoint can write each step once
     rather than all m of them after every iteration."""
@@ -88,6 +88,7 @@ def conjugate_gradient(
     if b_norm == 0.0:
         empty = torch.zeros(0, b.numel(), dtype=torch.float64) if record else None
         return CGResult(torch.zeros_like(b), 0, 0.0, True, False, None, empty, empty)
+
     def precondition(v: torch.Tensor) -> torch.Tensor:
         return v if inverse_diagonal is None else inverse_diagonal.double() * v
 
