@@ -40,7 +40,7 @@ from .arguments import (
 )
 from .data import examples_digest, read_examples
 from .errors import EraserError
-from .influence import newton_step
+from .influence import check_stages, newton_step
 from .models import LoraCausalLM, attach_lora, load_base
 from .objective import loss_values
 from .requests import EraseRequest, apply_requests, load_request
@@ -138,7 +138,7 @@ def erase(
     returns (``erase_report.json``).
     """
     args = args or EraseArguments()
-    _check_erase_arguments(args)
+    check_erase_arguments(args, distributed)
     check_output_dir(out, overwrite)
     if Path(out).resolve() == Path(adapter).resolve():
         raise EraserError("the output directory must differ from the input adapter")
@@ -197,6 +197,7 @@ def erase(
         "step": args.step,
         "preconditioner": args.preconditioner,
         "gradient": args.gradient,
+        "stages": args.stages,
         "tol": args.tol,
         "hessian_rows": result.hessian_rows,
         "rhs_norm": result.rhs_norm,
@@ -216,6 +217,8 @@ def erase(
             "rhs_norm": result.stationarity_rhs_norm,
             "delta_norm": float(result.stationarity.norm()),
             "relative_residual": result.stationarity_residual},
+        # each stage's own figures (--stages above 1); the totals above add them up
+        "stage_steps": result.stages,
         # ‖Σ_k ΔΘ_k (+ stationarity) − ΔΘ‖/‖ΔΘ‖: how exactly the parts add up to the step
         "parts_sum_error": float((parts_total - result.delta).norm()
                                  / max(float(result.delta.norm()), 1e-300)),
@@ -238,7 +241,9 @@ def erase(
     return report
 
 
-def _check_erase_arguments(args: EraseArguments) -> None:
+def check_erase_arguments(args: EraseArguments,
+                          distributed: DistributedArguments | None = None) -> None:
+    """Refuse a bad choice before any file is read (EraserError)."""
     for flag, value, choices in (
         ("--hvp", args.hvp, HVP_KINDS),
         ("--curvature", args.curvature, CURVATURE_DATA),
@@ -255,6 +260,9 @@ def _check_erase_arguments(args: EraseArguments) -> None:
         raise EraserError(f"--max-iter must be at least 1, got {args.max_iter}")
     if args.batch_size < 1:
         raise EraserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_stages(args)
+    if distributed is not None and args.stages > 1:
+        raise EraserError("--stages above 1 runs in one process only, not with --workers")
 
 
 def evaluate(

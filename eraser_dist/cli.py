@@ -91,6 +91,7 @@ def _erase_arguments(ns: argparse.Namespace, distributed: DistributedArguments |
         damping=ns.damping, tol=ns.tol, max_iter=ns.max_iter,
         hessian_samples=ns.hessian_samples, batch_size=ns.batch_size, seed=ns.seed,
         step=ns.step, preconditioner=ns.preconditioner, gradient=ns.gradient,
+        stages=ns.stages,
     )
 
 
@@ -213,6 +214,10 @@ def solver_options(p: argparse.ArgumentParser) -> None:
                    help="b from the request's rows alone, assuming the adapter minimises its "
                    "objective (changed_rows), or from one pass over every row, which also "
                    "finishes a fit that training left short (all_rows)")
+    p.add_argument("--stages", type=int, default=EraseArguments.stages,
+                   help="apply the request in this many equal parts, each step taken from "
+                   "where the last ended: follows large edits further, costs a solve per "
+                   "stage (one process only)")
     p.add_argument("--hessian-samples", type=int, default=None,
                    help="estimate H on this many rows (seeded); default: all")
     p.add_argument("--batch-size", type=int, default=EraseArguments.batch_size)

@@ -56,8 +56,11 @@ def results_table(summary: dict[str, Any]) -> str:
         solver = "; ".join(
             f"{label}: {s['cg_iterations']} CG iterations with the {s['hvp_used']} HVP"
             + ("" if s.get("preconditioner", "none") == "none"
-               else f" ({s['preconditioner'].replace('_', ' ')} preconditioner)") + ", "
-            f"residual {s['relative_residual']:.2f}"
+               else f" ({s['preconditioner'].replace('_', ' ')} preconditioner)")
+            + (f" over {s['stages']} stages, each from where the last ended"
+               if s.get("stages", 1) > 1 else "")
+            + f", {'worst stage ' if s.get('stages', 1) > 1 else ''}residual "
+            f"{s['relative_residual']:.2f}"
             + (" (negative curvature met)" if s["negative_curvature"] else "")
             # results written before --gradient existed took b from the changed rows
             + (f", b over every row (‖b‖ {s['rhs_norm']:.2f}, of which Θ̂'s own gradient "

@@ -170,7 +170,7 @@ def run_experiment(task_dir: str | Path, name: str, preset: ExperimentPreset,
         solver[f"erase-{hvp}"] = {k: report[k] for k in (
             "hvp_used", "cg_iterations", "preconditioner", "relative_residual",
             "negative_curvature", "rhs_seconds", "solve_seconds", "gradient", "rhs_norm",
-            "stationarity")}
+            "stationarity", "stages")}
 
     model, meta = load_adapter(load_base(preset.base, device=preset.device), corrupted)
     theta0 = model.get_flat().double().cpu()

@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -58,6 +58,7 @@ class InfluenceResult:
     With ``gradient`` ``all_rows``, ``stationarity`` [d] is the share of ``delta`` due to
     ∇f(Θ̂) ≠ 0 (``delta`` = Σ_k parts_k + stationarity), with its right-hand side's norm and
     relative residual; None otherwise.
+    ``stages`` lists each stage's figures (``EraseArguments.stages`` > 1; else empty).
     """
 
     delta: torch.Tensor
@@ -75,6 +76,7 @@ class InfluenceResult:
     stationarity: torch.Tensor | None = None
     stationarity_rhs_norm: float = 0.0
     stationarity_residual: float = 0.0
+    stages: list[dict] = field(default_factory=list)
 
 
 def newton_rhs(model: LossModel, edited: EditedObjective, weight_decay: float, batch_size: int,
@@ -141,7 +143,63 @@ def newton_step(
     args: EraseArguments,
     progress: bool = True,
 ) -> InfluenceResult:
-    """ΔΘ = (H + damping·I)⁻¹ b by CG in this process; damping defaults to the objective's λ."""
+    """ΔΘ = (H + damping·I)⁻¹ b by CG in this process; damping defaults to the objective's λ.
+
+    With ``args.stages`` k > 1, ΔΘ is the sum of k such steps, each for 1/k of the edit from
+    where the previous one ended (:meth:`EditedObjective.stage`); Θ is restored after."""
+    check_stages(args)
+    if args.stages == 1:
+        return one_newton_step(model, edited, weight_decay, args, progress)
+    theta = model.get_flat()
+    steps: list[InfluenceResult] = []
+    try:
+        for index in range(1, args.stages + 1):
+            steps.append(one_newton_step(model, edited.stage(index, args.stages),
+                                         weight_decay, args, progress))
+            model.set_flat(theta + sum(step.delta for step in steps).to(theta))
+    finally:
+        model.set_flat(theta)
+    return combine_stages(steps)
+
+
+def check_stages(args: EraseArguments) -> None:
+    if args.stages < 1:
+        raise EraserError(f"--stages must be at least 1, got {args.stages}")
+    if args.stages > 1 and args.gradient != "changed_rows":
+        # all_rows's term is ∇f at t = 0; a later stage would need f_t's
+        raise EraserError("--stages above 1 needs --gradient changed_rows")
+
+
+def combine_stages(steps: list[InfluenceResult]) -> InfluenceResult:
+    """One result for a path of steps: ΔΘ, each request's part, norms of b, iterations and
+    seconds add up; a residual is the worst stage's, the HVP back-ends used are listed once
+    each; ``stages`` gives each stage's own figures."""
+    def total(field: str):
+        return sum(getattr(step, field) for step in steps)
+
+    last = steps[-1]
+    cg = replace(last.cg, x=total("delta"), iterations=sum(s.cg.iterations for s in steps),
+                 relative_residual=max(s.cg.relative_residual for s in steps),
+                 converged=all(s.cg.converged for s in steps))
+    return replace(
+        last, delta=cg.x, cg=cg, rhs_norm=total("rhs_norm"), parts=total("parts"),
+        hvp="/".join(dict.fromkeys(s.hvp for s in steps)),  # "exact/ggn" if one fell back
+        negative_curvature=any(s.negative_curvature for s in steps),
+        part_residuals=torch.stack([s.part_residuals for s in steps]).amax(0),
+        part_rhs_norms=total("part_rhs_norms"), rhs_seconds=total("rhs_seconds"),
+        solve_seconds=total("solve_seconds"),
+        stages=[stage_figures(s) for s in steps])
+
+
+def stage_figures(step: InfluenceResult) -> dict:
+    return {"rhs_norm": step.rhs_norm, "delta_norm": float(step.delta.norm()),
+            "cg_iterations": step.cg.iterations, "relative_residual": step.cg.relative_residual,
+            "hvp_used": step.hvp, "rhs_seconds": step.rhs_seconds,
+            "solve_seconds": step.solve_seconds}
+
+
+def one_newton_step(model: LossModel, edited: EditedObjective, weight_decay: float,
+                    args: EraseArguments, progress: bool) -> InfluenceResult:
     damping = erase_damping(args, weight_decay)
     start = time.perf_counter()
     parts_rhs = newton_rhs(model, edited, weight_decay, args.batch_size, args.gradient)

@@ -154,6 +154,34 @@ class EditedObjective:
             parts.append(([self.changed_rows[i] for i in picked], self.weight_changes[picked]))
         return parts
 
+    def at(self, t: float) -> tuple[list[Example], torch.Tensor]:
+        """Rows and weights [m] of f_t = f + t·(f_new − f), weights w + t·Δw, 0 ≤ t ≤ 1: D at
+        t = 0 and D' at 1 (same order); in between an edited row's old and new versions are
+        both there, with weights 1 − t and t."""
+        change = dict(zip(self.changed_rows, self.weight_changes.tolist(), strict=True))
+        new_versions = {row.id: (row, w) for row, w in change.items() if w > 0}
+        rows, weights = [], []
+        for row, w in zip(self.rows_before, self.weights_before.tolist(), strict=True):
+            versions = [(row, w + t * change.get(row, 0.0))]
+            if row.id in new_versions:
+                new, dw = new_versions[row.id]
+                versions.append((new, t * dw))
+            for version, weight in versions:
+                if weight > 0:
+                    rows.append(version)
+                    weights.append(weight)
+        return rows, torch.tensor(weights, dtype=torch.float64)
+
+    def stage(self, index: int, stages: int) -> EditedObjective:
+        """Part ``index`` (1 … ``stages``) of the edit cut into equal parts along f_t: the
+        edit from f at t = (index − 1)/stages to f at t = index/stages, with weight changes
+        Δw/stages."""
+        if not 1 <= index <= stages:
+            raise EraserError(f"stage {index} of {stages} does not exist")
+        before, after = self.at((index - 1) / stages), self.at(index / stages)
+        return EditedObjective(*before, *after, self.changed_rows,
+                               self.weight_changes / stages, self.segments)
+
     def removed_weights(self) -> torch.Tensor:
         """W − W' per request [K] float64: the weight it takes out of the objective."""
         return -torch.zeros(self.n_requests, dtype=torch.float64).index_add(

@@ -269,6 +269,32 @@ def test_erase_all_rows_gradient_reports_the_training_shortfall_apart(work, tmp_
         full["delta_norm"], rel=1e-5)
 
 
+def test_erase_in_stages_reports_each_stage(work, tmp_path, capsys):
+    request = write_request(tmp_path, {"kind": "correct_response", "edits": [
+        {"id": "r2", "response": "5"}, {"id": "r9", "response": "7"}]})
+    reports = {}
+    for stages in (1, 2):
+        out = tmp_path / f"stages{stages}"
+        captured = run_ok(capsys, erase_argv("tiny-llama", work.adapter, work.data, request, out,
+                                             "--hvp", "ggn", "--max-iter", "30", "--stages",
+                                             str(stages), "--json", "--quiet"))
+        reports[stages] = json.loads(captured.out)
+    one, two = reports[1], reports[2]
+    assert one["stages"] == 1 and one["stage_steps"] == []
+    assert two["stages"] == 2 and len(two["stage_steps"]) == 2
+    first, second = two["stage_steps"]
+    # The first stage is half the one-stage step (b is linear in Δw, H the same); the
+    # second is taken from there, so the two do not simply add up to the one-stage step.
+    assert first["rhs_norm"] == pytest.approx(one["rhs_norm"] / 2, rel=1e-6)
+    assert first["delta_norm"] == pytest.approx(one["delta_norm"] / 2, rel=1e-3)
+    assert second["rhs_norm"] != pytest.approx(first["rhs_norm"], rel=1e-3)
+    assert two["cg_iterations"] == first["cg_iterations"] + second["cg_iterations"]
+    assert two["rhs_norm"] == pytest.approx(first["rhs_norm"] + second["rhs_norm"])
+    assert lora_delta_norm(work.adapter, tmp_path / "stages2") == pytest.approx(
+        two["delta_norm"], rel=1e-5)
+    assert two["delta_norm"] != pytest.approx(one["delta_norm"], rel=1e-3)
+
+
 def test_eval_json_matches_api(work, capsys):
     captured = run_ok(capsys, ["eval", "--base", "tiny-llama", "--adapter", str(work.adapter),
                                "--data", str(work.data), "--json", "--quiet"])
@@ -517,6 +543,11 @@ MISTAKES = {
     "distributed-negative-restarts": (
         _distributed_case("--group-size", "2", "--max-group-restarts", "-1"),
         "restart limits must not be negative"),
+    "distributed-stages": (_distributed_case("--workers", "2", "--stages", "2"),
+                           "--stages above 1 runs in one process only"),
+    "zero-stages": (_distributed_case("--stages", "0"), "--stages must be at least 1, got 0"),
+    "stages-all-rows": (_distributed_case("--stages", "3", "--gradient", "all_rows"),
+                        "--stages above 1 needs --gradient changed_rows"),
 }
 
 
@@ -525,7 +556,8 @@ FOUND_BEFORE_LOADING = {"unknown-ids", "duplicate-ids", "edit-equals-original",
                         "edit-query-equals-original", "empty-ids", "empty-edits", "empty-file",
                         "invalid-json", "unknown-kind", "remove-everything", "missing-columns",
                         "duplicate-rows", "not-parquet", "distributed-exact-hvp",
-                        "distributed-zero-workers", "distributed-negative-restarts"}
+                        "distributed-zero-workers", "distributed-negative-restarts",
+                        "distributed-stages", "zero-stages", "stages-all-rows"}
 
 
 def forbid_model_loading(monkeypatch) -> None:

@@ -92,6 +92,13 @@ def test_same_seed_gives_the_same_table_and_a_rerun_resumes(task, tmp_path):
         gradient="all_rows", rhs_norm=0.5, stationarity={"rhs_norm": 0.25})
     assert "b over every row (‖b‖ 0.50, of which Θ̂'s own gradient term 0.25)" in (
         results_table(over_all_rows))
+    in_stages = json.loads(json.dumps(first))
+    in_stages["experiments"]["rc40"]["solver"]["erase-ggn"].update(
+        stages=2, cg_iterations=7, relative_residual=0.125)
+    assert "erase-ggn: 7 CG iterations with the ggn HVP (fisher diagonal preconditioner) over " \
+        "2 stages, each from where the last ended, worst stage residual 0.12" in (
+            results_table(in_stages))
+    assert "stages" not in table and rc["solver"]["erase-ggn"]["stages"] == 1
     assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")
             and "---" not in line and "method" not in line][:6] == [
         "| corrupted", "| erase-ggn", "| erase-exact", "| paper", "| warm", "| retrain"]

@@ -96,6 +96,41 @@ def test_all_rows_gradient_makes_the_step_exact_from_short_of_the_minimum(hvp):
     assert torch.equal(model.get_flat(), theta_hat)
 
 
+@pytest.mark.parametrize("request_json", QUADRATIC_REQUESTS[:2], ids=lambda r: r["kind"])
+def test_stages_follow_the_path_of_optima(request_json):
+    """Each stage starts at f_t's optimum when the one before was exact: with H_new every
+    stage is (the quadratic's Newton step is exact for any Θ), and with the original H the
+    error of the path shrinks as the stages get shorter."""
+    rows = regression_rows(20, 5)
+    model = QuadraticModel(5)
+    theta_hat = ridge_solution(model, rows, WEIGHT_DECAY)
+    model.set_flat(theta_hat)
+    edited = apply_request(parse_request(request_json), rows)
+    retrained = ridge_solution(model, edited.rows_after, WEIGHT_DECAY)
+
+    def error(curvature, stages):
+        args = EraseArguments(hvp="exact", curvature=curvature, tol=1e-13, max_iter=50,
+                              stages=stages)
+        result = newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
+        assert torch.equal(model.get_flat(), theta_hat)
+        assert len(result.stages) == (stages if stages > 1 else 0)
+        assert result.parts.sum(0).allclose(result.delta, atol=1e-12)
+        return float((theta_hat + result.delta - retrained).norm() / retrained.norm())
+
+    assert error("edited", 3) <= 1e-9
+    one, three, nine = error("original", 1), error("original", 3), error("original", 9)
+    assert one > 1e-3 and three < 0.6 * one and nine < 0.6 * three
+
+
+def test_stages_refuse_all_rows_gradient():
+    model = QuadraticModel(5)
+    edited = apply_request(parse_request(QUADRATIC_REQUESTS[0]), regression_rows(20, 5))
+    for args, message in ((EraseArguments(stages=2, gradient="all_rows"), "changed_rows"),
+                          (EraseArguments(stages=0), "at least 1, got 0")):
+        with pytest.raises(EraserError, match=message):
+            newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
+
+
 def _rhs(model, edited):
     return newton_rhs(model, edited, WEIGHT_DECAY, 8).sum(0)
 

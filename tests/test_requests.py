@@ -9,7 +9,13 @@ import torch
 
 from eraser_dist.data import Example
 from eraser_dist.errors import EraserError
-from eraser_dist.requests import EraseRequest, apply_request, load_request, parse_request
+from eraser_dist.requests import (
+    EraseRequest,
+    apply_request,
+    apply_requests,
+    load_request,
+    parse_request,
+)
 
 
 def rows(n: int = 6) -> list[Example]:
@@ -164,6 +170,33 @@ def test_apply_edit(kind, field):
     assert torch.equal(edited.weights_after, torch.ones(5, dtype=torch.float64))
     assert data == snapshot
     assert getattr(data[3], field) != "new three"
+
+
+def test_stages_walk_from_d_to_d_prime_in_equal_parts():
+    data = rows(5)
+    edited = apply_requests([EraseRequest("remove", ("r4",)),
+                             EraseRequest("correct_response", ("r1",), ("three",))], data)
+    new_r1 = edited.rows_after[1]
+    # f_t keeps an edited row's old and new versions side by side, weights 1 − t and t
+    middle, weights = edited.at(0.25)
+    assert middle == [data[0], data[1], new_r1, data[2], data[3], data[4]]
+    assert weights.tolist() == [1.0, 0.75, 0.25, 1.0, 1.0, 0.75]
+    for t, expected_rows, expected_weights in ((0.0, data, edited.weights_before),
+                                               (1.0, edited.rows_after, edited.weights_after)):
+        at_t, weights_t = edited.at(t)
+        assert at_t == expected_rows and torch.equal(weights_t, expected_weights)
+
+    parts = [edited.stage(i, 4) for i in range(1, 5)]
+    assert parts[0].rows_before == data and parts[-1].rows_after == edited.rows_after
+    for earlier, later in zip(parts, parts[1:], strict=False):  # each starts where one ended
+        assert later.rows_before == earlier.rows_after
+        assert torch.equal(later.weights_before, earlier.weights_after)
+    assert [p.weight_after for p in parts] == [4.75, 4.5, 4.25, 4.0]
+    assert torch.equal(sum(p.weight_changes for p in parts), edited.weight_changes)
+    assert torch.equal(parts[2].removed_weights(),
+                       torch.tensor([0.25, 0.0], dtype=torch.float64))
+    with pytest.raises(EraserError, match="stage 5 of 4 does not exist"):
+        edited.stage(5, 4)
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,7 @@ class BatchWorker:
             raise EraserError("batch limits, holdout sample and batch size must be at least 1, "
                               "and the poll interval positive")
         self.erase_args = erase_args or EraseArguments()
+        api.check_erase_arguments(self.erase_args, distributed)
         self.distributed = distributed
         self.on_published = on_published
         self.faults = faults

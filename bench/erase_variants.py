@@ -1,16 +1,19 @@
-"""How b's gradient, the changed rows alone or every row, moves the erase toward retraining.
+"""How a change of the erase's options moves it toward retraining, on finished experiments.
 
 Run after ``eraser experiment NAME --work WORK`` (it reuses that run's cached fine-tunings
 and its ``result.json``): per experiment, erases the corrupted adapter as the experiment
-does (``api.erase`` with the preset's arguments) once per ``--gradients`` value and reports,
-beside the experiment's corrupted model, retraining and erase, each erase's loss on the
-edited and kept rows, HR@1 and the test targets' log-likelihood, their recoveries toward
-retraining (None where retraining's gap is inside the corrupted model's 95% interval, as in
-the experiment), the cosine of ΔΘ to the warm retrain's change net of drift, ‖b‖, the norm
-of the term −(W/W')∇f(Θ̂) that ``all_rows`` adds, and the wall time of b and of the solve.
-``--reuse`` measures the erases an earlier run left in WORK instead of erasing again.
+does (``api.erase`` with the preset's arguments) once per ``--variants`` value, each a
+comma-separated list of ``EraseArguments`` fields set on top of the preset's (values read
+as JSON where they parse, as text otherwise: ``gradient=all_rows``, ``stages=2``,
+``damping=0.1,max_iter=24``). It reports, beside the experiment's corrupted model,
+retraining and erase, each variant's loss on the edited and kept rows, HR@1 and the test
+targets' log-likelihood, their recoveries toward retraining (None where retraining's gap is
+inside the corrupted model's 95% interval, as in the experiment), the cosine of ΔΘ to the
+warm retrain's change net of drift, ‖b‖, the share of ΔΘ that ``all_rows``'s gradient term
+makes, each stage's figures, and the wall time of b and of the solve. ``--reuse`` measures
+the erases an earlier run left in WORK instead of erasing again.
 
-    .venv/bin/python bench/erase_gradient.py --work runs/experiments --experiments qm rc40
+    .venv/bin/python bench/erase_variants.py --work runs/experiments --variants stages=2
 
 Prints JSON; ``--out FILE`` also writes it.
 """
@@ -19,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from eraser_dist import api
 from eraser_dist.adapters import adapter_vector
 from eraser_dist.api import REPORT_FILE
-from eraser_dist.arguments import RHS_GRADIENTS
+from eraser_dist.arguments import EraseArguments
 from eraser_dist.experiments import (
     PRESETS,
     add_recoveries,
@@ -37,7 +40,23 @@ from eraser_dist.recommend import evaluate_recommendations
 from eraser_dist.reference import cosine
 
 
-def measure(work: Path, name: str, preset_name: str, gradients: list[str],
+def parse_variant(text: str) -> dict:
+    """"stages=2,gradient=all_rows" → {"stages": 2, "gradient": "all_rows"}."""
+    known = {f.name for f in fields(EraseArguments)}
+    out = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise SystemExit(f"variant {text!r}: {item!r} is not FIELD=VALUE with FIELD one of "
+                             f"{', '.join(sorted(known))}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def measure(work: Path, name: str, preset_name: str, variants: list[str],
             reuse: bool) -> dict:
     preset = PRESETS[preset_name]
     found = reopen_experiment(work, name, preset)
@@ -49,14 +68,14 @@ def measure(work: Path, name: str, preset_name: str, gradients: list[str],
                                  ("edited_loss", "kept_loss", "target_loglik",
                                   "hit_rate_likelihood", "seconds")}
                          for label in ("corrupted", "retrain", "warm", "erase-ggn")}}
-    for gradient in gradients:
-        folder = work / name / f"erase-gradient-{gradient}"
+    for variant in variants:
+        folder = work / name / f"erase-{variant}"
         if reuse and (folder / REPORT_FILE).is_file():
             report = json.loads((folder / REPORT_FILE).read_text())
         else:
             report = api.erase(preset.base, found.corrupted, found.data, found.request, folder,
-                               replace(preset.erase, gradient=gradient), overwrite=True,
-                               progress=False, device=preset.device)
+                               replace(preset.erase, **parse_variant(variant)),
+                               overwrite=True, progress=False, device=preset.device)
         theta = adapter_vector(model, folder).double()
         model.set_flat(theta)
         figures = evaluate_recommendations(model, test, found.task.candidates,
@@ -65,14 +84,14 @@ def measure(work: Path, name: str, preset_name: str, gradients: list[str],
         model.set_flat(theta0)
         # the experiment's rule: no share of a gap that lies inside the noise
         add_recoveries({"corrupted": reference["corrupted"], "retrain": reference["retrain"],
-                        gradient: figures})
+                        variant: figures})
         figures["kept_loss_change"] = figures["kept_loss"] - reference["corrupted"]["kept_loss"]
         figures["cosine_to_warm"] = cosine(theta - theta0, found.warm_change)
-        figures.update({key: report[key] for key in (
-            "rhs_norm", "stationarity", "relative_residual", "delta_norm", "seconds",
-            "rhs_seconds", "solve_seconds")})
-        out[gradient] = figures
-        print(json.dumps({name: {gradient: figures["recovery"]}}), flush=True)
+        figures.update({key: report.get(key) for key in (
+            "rhs_norm", "stationarity", "stage_steps", "relative_residual", "delta_norm",
+            "seconds", "rhs_seconds", "solve_seconds")})
+        out[variant] = figures
+        print(json.dumps({name: {variant: figures["recovery"]}}), flush=True)
     return out
 
 
@@ -81,14 +100,17 @@ def main() -> None:
     parser.add_argument("--work", required=True, help="the work folder of eraser experiment")
     parser.add_argument("--experiments", nargs="+", default=["qm", "rc10", "rc40", "ir"])
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
-    parser.add_argument("--gradients", nargs="+", choices=RHS_GRADIENTS, default=["all_rows"])
+    parser.add_argument("--variants", nargs="+", required=True,
+                        help="FIELD=VALUE[,FIELD=VALUE…] of EraseArguments, one erase each")
     parser.add_argument("--reuse", action="store_true",
                         help="measure the erases an earlier run left in WORK, not new ones")
     parser.add_argument("--out")
     args = parser.parse_args()
     work = Path(args.work)
+    for variant in args.variants:
+        parse_variant(variant)  # a typo stops the bench before the first erase, not after
     result = {"preset": args.preset,
-              "experiments": [measure(work, name, args.preset, args.gradients, args.reuse)
+              "experiments": [measure(work, name, args.preset, args.variants, args.reuse)
                               for name in args.experiments]}
     text = json.dumps(result, indent=1)
     print(text)
