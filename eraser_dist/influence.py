@@ -24,6 +24,11 @@ b = Σ_k b_k with b_k the terms of request k's rows (and its removed weight), al
 batch's W'. The solve of Σ_k b_k records its Krylov directions, and each request's own
 ΔΘ_k = H⁻¹ b_k is then read off in that space with no further HVP (``galerkin_split``),
 with its own exact residual (and Θ̂'s own gradient term, with ``all_rows``, likewise).
+
+One step is first order in the size of the request. For a large one (``EraseArguments.stages``
+k > 1) the edit is cut into k equal parts along f_t = f + t·(f_new − f), and each part is the
+step above for f_{(s−1)/k} → f_{s/k}, taken from where the previous part ended, with b and H
+evaluated there: a path-following (predictor) method whose ΔΘ is the sum of the k steps.
 """
 
 from __future__ import annotations
@@ -174,8 +179,8 @@ def combine_stages(steps: list[InfluenceResult]) -> InfluenceResult:
     """One result for a path of steps: ΔΘ, each request's part, norms of b, iterations and
     seconds add up; a residual is the worst stage's, the HVP back-ends used are listed once
     each; ``stages`` gives each stage's own figures."""
-    def total(field: str):
-        return sum(getattr(step, field) for step in steps)
+    def total(name: str):
+        return sum(getattr(step, name) for step in steps)
 
     last = steps[-1]
     cg = replace(last.cg, x=total("delta"), iterations=sum(s.cg.iterations for s in steps),
