@@ -56,7 +56,7 @@ def parse_variant(text: str) -> dict:
     return out
 
 
-def measure(work: Path, name: str, preset_name: str, variants: list[str],
+def measure(work: Path, name: str, preset_name: str, variants: dict[str, dict],
             reuse: bool) -> dict:
     preset = PRESETS[preset_name]
     found = reopen_experiment(work, name, preset)
@@ -68,13 +68,13 @@ def measure(work: Path, name: str, preset_name: str, variants: list[str],
                                  ("edited_loss", "kept_loss", "target_loglik",
                                   "hit_rate_likelihood", "seconds")}
                          for label in ("corrupted", "retrain", "warm", "erase-ggn")}}
-    for variant in variants:
+    for variant, settings in variants.items():
         folder = work / name / f"erase-{variant}"
         if reuse and (folder / REPORT_FILE).is_file():
             report = json.loads((folder / REPORT_FILE).read_text())
         else:
             report = api.erase(preset.base, found.corrupted, found.data, found.request, folder,
-                               replace(preset.erase, **parse_variant(variant)),
+                               replace(preset.erase, **settings),
                                overwrite=True, progress=False, device=preset.device)
         theta = adapter_vector(model, folder).double()
         model.set_flat(theta)
@@ -107,10 +107,10 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     work = Path(args.work)
-    for variant in args.variants:
-        parse_variant(variant)  # a typo stops the bench before the first erase, not after
+    # parsed up front: a typo stops the bench before the first erase, not after
+    variants = {variant: parse_variant(variant) for variant in args.variants}
     result = {"preset": args.preset,
-              "experiments": [measure(work, name, args.preset, args.variants, args.reuse)
+              "experiments": [measure(work, name, args.preset, variants, args.reuse)
                               for name in args.experiments]}
     text = json.dumps(result, indent=1)
     print(text)
