@@ -21,9 +21,7 @@ import ray
 import torch
 
 from eraser_dist.arguments import EraseArguments
-from eraser_dist.faults import FaultPlan, check_all
-from eraser_dist.files import atomic_write
-from eraser_dist.influence import (
+from eraser_dist.core.influence import (
     erase_damping,
     influence_result,
     keeps_directions,
@@ -31,8 +29,10 @@ from eraser_dist.influence import (
     rhs_from_gradients,
     solve_with_policy,
 )
-from eraser_dist.shard_worker import WorkerSpec
-from eraser_dist.solve import CGResult, CGState, conjugate_gradient
+from eraser_dist.core.solve import CGResult, CGState, conjugate_gradient
+from eraser_dist.distributed.shard_worker import WorkerSpec
+from eraser_dist.faults import FaultPlan, check_all
+from eraser_dist.files import atomic_write
 
 from .group import GroupLayout, GroupPool
 

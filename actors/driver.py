@@ -13,10 +13,10 @@ from ray.exceptions import RayActorError, RayTaskError
 from tqdm.auto import tqdm
 
 from eraser_dist.arguments import DistributedArguments, EraseArguments
+from eraser_dist.distributed.shard_worker import WorkerSpec
+from eraser_dist.distributed.zero import BACKENDS, base_dtype, check_hvp_supported, local_backend
 from eraser_dist.errors import EraserError
 from eraser_dist.faults import FaultPlan
-from eraser_dist.shard_worker import WorkerSpec
-from eraser_dist.zero import BACKENDS, base_dtype, check_hvp_supported, local_backend
 
 from .aggregator import Aggregator
 from .cluster import connect

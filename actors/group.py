@@ -14,10 +14,10 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from eraser_dist.distributed.shard_worker import WorkerSpec
+from eraser_dist.distributed.sharding import RankPlace
 from eraser_dist.errors import EraserError
 from eraser_dist.faults import FaultPlan
-from eraser_dist.shard_worker import WorkerSpec
-from eraser_dist.sharding import RankPlace
 
 from .worker import WorkerRank
 

@@ -1,6 +1,6 @@
 """Serving replicas: a copy of base + adapter that takes new versions as deltas.
 
-A replica holds one adapter version (named by :func:`eraser_dist.adapters.adapter_version`).
+A replica holds one adapter version (named by :func:`eraser_dist.llm.adapters.adapter_version`).
 An erase publishes ΔΘ beside the new adapter; :func:`broadcast_delta` puts it in the object
 store once and every replica adds it, refusing a delta computed from another version than
 the one it holds. Θ + ΔΘ is rounded exactly as the publisher rounds it, so a replica
@@ -15,11 +15,11 @@ from typing import Any
 import ray
 import torch
 
-from eraser_dist.adapters import adapter_version, add_delta, file_key, load_adapter, read_delta
+from eraser_dist.core.objective import loss_values
 from eraser_dist.data import Example
 from eraser_dist.errors import EraserError
-from eraser_dist.models import load_base
-from eraser_dist.objective import loss_values
+from eraser_dist.llm.adapters import adapter_version, add_delta, file_key, load_adapter, read_delta
+from eraser_dist.llm.models import load_base
 
 
 @ray.remote

@@ -8,10 +8,10 @@ from typing import Any
 import ray
 import torch
 
+from eraser_dist.distributed.shard_worker import ShardWorker, WorkerSpec
+from eraser_dist.distributed.sharding import RankPlace
+from eraser_dist.distributed.zero import free_port, init_process_group, node_address
 from eraser_dist.faults import FaultPlan, check_all
-from eraser_dist.shard_worker import ShardWorker, WorkerSpec
-from eraser_dist.sharding import RankPlace
-from eraser_dist.zero import free_port, init_process_group, node_address
 
 
 @ray.remote

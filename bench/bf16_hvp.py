@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from eraser_dist.arguments import LoraArguments
-from eraser_dist.curvature import default_fd_step, exact_hvp, fd_hvp, ggn_hvp
-from eraser_dist.models import LoraCausalLM, attach_lora, load_base
-from eraser_dist.movielens import genre_examples
-from eraser_dist.objective import gradient_sum
+from eraser_dist.core.curvature import default_fd_step, exact_hvp, fd_hvp, ggn_hvp
+from eraser_dist.core.objective import gradient_sum
+from eraser_dist.experiments.movielens import genre_examples
+from eraser_dist.llm.models import LoraCausalLM, attach_lora, load_base
 
 MULTIPLES = (0.3, 1.0, 3.0, 10.0)
 

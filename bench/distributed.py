@@ -30,19 +30,19 @@ import torch
 from actors.aggregator import Aggregator
 from actors.driver import layout_for
 from eraser_dist import api
-from eraser_dist.adapters import load_adapter
 from eraser_dist.arguments import (
     DistributedArguments,
     EraseArguments,
     LoraArguments,
     TrainArguments,
 )
-from eraser_dist.curvature import exact_hvp, fd_hvp
+from eraser_dist.core.curvature import exact_hvp, fd_hvp
+from eraser_dist.core.reference import cosine
 from eraser_dist.data import Example, read_examples, write_examples
-from eraser_dist.models import load_base
-from eraser_dist.movielens import genre_examples
-from eraser_dist.reference import cosine
-from eraser_dist.shard_worker import WorkerSpec
+from eraser_dist.distributed.shard_worker import WorkerSpec
+from eraser_dist.experiments.movielens import genre_examples
+from eraser_dist.llm.adapters import load_adapter
+from eraser_dist.llm.models import load_base
 
 LAYOUTS = ((1, 1), (1, 2), (2, 1))
 

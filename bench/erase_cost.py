@@ -30,9 +30,9 @@ import numpy as np
 
 from eraser_dist import api
 from eraser_dist.arguments import GenreArguments
-from eraser_dist.experiments import PRESETS
-from eraser_dist.genres import build_genres
-from eraser_dist.tasksets import read_task_set
+from eraser_dist.experiments.genres import build_genres
+from eraser_dist.experiments.runner import PRESETS
+from eraser_dist.experiments.tasksets import read_task_set
 
 
 def fit_line(n: list[int], seconds: list[float]) -> tuple[float, float]:

@@ -4,7 +4,7 @@ Run after ``eraser experiment NAME --work WORK`` (it reuses that run's cached fi
 loads the corrupted adapter, computes b once, then per Hessian sample size runs one recorded
 Gauss-Newton CG solve at damping λ. The Krylov space of H + dI does not depend on d, so the
 solution for any other damping d and any first m iterations is read off the recorded
-directions by :func:`eraser_dist.solve.galerkin_split` with no further HVP. For each
+directions by :func:`eraser_dist.core.solve.galerkin_split` with no further HVP. For each
 (samples, d, m) it reports the cosine and norm ratio of ΔΘ to the warm retrain's ΔΘ net of
 drift (as ``eraser experiment`` does), and at the ``--evaluate-at`` iteration counts also the
 loss on the edited rows and on kept rows (the warm change net of drift is measured the same
@@ -31,17 +31,17 @@ from pathlib import Path
 import torch
 
 from eraser_dist.arguments import PRECONDITIONERS
-from eraser_dist.curvature import fisher_diagonal, hessian_vector_product
-from eraser_dist.experiments import (
+from eraser_dist.core.curvature import fisher_diagonal, hessian_vector_product
+from eraser_dist.core.influence import hessian_subset, newton_rhs, preconditioner
+from eraser_dist.core.reference import cosine
+from eraser_dist.core.solve import conjugate_gradient, galerkin_split
+from eraser_dist.experiments.runner import (
     PRESETS,
     recovery,
     reopen_experiment,
     result_path,
     row_losses,
 )
-from eraser_dist.influence import hessian_subset, newton_rhs, preconditioner
-from eraser_dist.reference import cosine
-from eraser_dist.solve import conjugate_gradient, galerkin_split
 
 
 def main() -> None:

@@ -26,18 +26,18 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from eraser_dist import api
-from eraser_dist.adapters import adapter_vector
 from eraser_dist.api import REPORT_FILE
 from eraser_dist.arguments import EraseArguments
-from eraser_dist.experiments import (
+from eraser_dist.core.reference import cosine
+from eraser_dist.experiments.recommend import evaluate_recommendations
+from eraser_dist.experiments.runner import (
     PRESETS,
     add_recoveries,
     reopen_experiment,
     result_path,
     row_losses,
 )
-from eraser_dist.recommend import evaluate_recommendations
-from eraser_dist.reference import cosine
+from eraser_dist.llm.adapters import adapter_vector
 
 
 def parse_variant(text: str) -> dict:

@@ -3,7 +3,7 @@
 On SmolLM2-135M (fp32) with a rank-8 q/v LoRA moved off its initialisation (seeded), over 16
 MovieLens genre rows: relative error ‖Hv_fd − Hv_exact‖/‖Hv_exact‖ and the symmetry error of
 the Gauss-Newton product |uᵀGv − vᵀGu|/|uᵀGv| for shifts ‖hv‖ of several lengths, and for the
-default step (``eraser_dist.curvature.default_fd_step``). Prints JSON::
+default step (``eraser_dist.core.curvature.default_fd_step``). Prints JSON::
 
     .venv/bin/python bench/fd_step.py [--base smollm2-135m] [--rows 16]
 """
@@ -16,9 +16,9 @@ import json
 import torch
 
 from eraser_dist.arguments import LoraArguments
-from eraser_dist.curvature import default_fd_step, exact_hvp, fd_hvp, ggn_hvp
-from eraser_dist.models import LoraCausalLM, attach_lora, load_base
-from eraser_dist.movielens import genre_examples
+from eraser_dist.core.curvature import default_fd_step, exact_hvp, fd_hvp, ggn_hvp
+from eraser_dist.experiments.movielens import genre_examples
+from eraser_dist.llm.models import LoraCausalLM, attach_lora, load_base
 
 
 def main() -> None:

@@ -48,16 +48,16 @@ from pathlib import Path
 import torch
 
 from eraser_dist.arguments import EraseArguments, LoraArguments
-from eraser_dist.baselines import PAPER_LR, PAPER_STEPS, paper_adam, paper_rhs
-from eraser_dist.curvature import hessian_vector_product
+from eraser_dist.core.curvature import hessian_vector_product
+from eraser_dist.core.influence import newton_step
+from eraser_dist.core.reference import cosine, explicit_hessian, newton_polish
+from eraser_dist.core.requests import EditedObjective, apply_request, parse_request
+from eraser_dist.core.solve import conjugate_gradient
 from eraser_dist.data import Example
 from eraser_dist.errors import EraserError
-from eraser_dist.influence import newton_step
-from eraser_dist.models import LoraCausalLM, attach_lora, load_base
-from eraser_dist.reference import cosine, explicit_hessian, newton_polish
-from eraser_dist.requests import EditedObjective, apply_request, parse_request
-from eraser_dist.solve import conjugate_gradient
-from eraser_dist.train import fit_lbfgs
+from eraser_dist.experiments.baselines import PAPER_LR, PAPER_STEPS, paper_adam, paper_rhs
+from eraser_dist.llm.models import LoraCausalLM, attach_lora, load_base
+from eraser_dist.llm.train import fit_lbfgs
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ["cat", "dog", "owl", "elk", "bee", "ant", "cow", "pig", "rat", "emu",

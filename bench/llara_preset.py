@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 
 from eraser_dist import api
-from eraser_dist.adapters import load_adapter
 from eraser_dist.arguments import LlaraArguments, LoraArguments, TrainArguments
 from eraser_dist.cli import quiet_library_warnings
 from eraser_dist.data import read_examples
-from eraser_dist.llara import build_llara, read_sequences, read_titles
-from eraser_dist.models import LoraCausalLM, attach_lora, load_base
-from eraser_dist.recmetrics import hit_by_likelihood, summary
-from eraser_dist.recommend import evaluate_recommendations
+from eraser_dist.experiments.llara import build_llara, read_sequences, read_titles
+from eraser_dist.experiments.metrics import hit_by_likelihood, summary
+from eraser_dist.experiments.recommend import evaluate_recommendations
+from eraser_dist.llm.adapters import load_adapter
+from eraser_dist.llm.models import LoraCausalLM, attach_lora, load_base
 
 
 def main() -> None:

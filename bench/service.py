@@ -25,8 +25,8 @@ import torch
 from eraser_dist import api
 from eraser_dist.arguments import EraseArguments, LoraArguments, ServiceArguments, TrainArguments
 from eraser_dist.cli import quiet_library_warnings
+from eraser_dist.core.requests import EraseRequest
 from eraser_dist.data import Example, write_examples
-from eraser_dist.requests import EraseRequest
 from eraser_dist.service import EraseService
 
 WORDS = ["cat", "dog", "owl", "elk", "bee", "ant", "cow", "pig", "rat", "emu"]

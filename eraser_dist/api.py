@@ -15,17 +15,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from .adapters import (
-    AdapterMeta,
-    check_fitted_on,
-    check_output_dir,
-    file_key,
-    load_adapter,
-    publish_erased,
-    read_meta,
-    save_adapter,
-    split_delta,
-)
 from .arguments import (
     CURVATURE_DATA,
     HVP_KINDS,
@@ -38,14 +27,25 @@ from .arguments import (
     LoraArguments,
     TrainArguments,
 )
+from .core.influence import check_stages, newton_step
+from .core.objective import loss_values
+from .core.requests import EraseRequest, apply_requests, load_request
 from .data import examples_digest, read_examples
+from .distributed.shard_worker import WorkerSpec
 from .errors import EraserError
-from .influence import check_stages, newton_step
-from .models import LoraCausalLM, attach_lora, load_base
-from .objective import loss_values
-from .requests import EraseRequest, apply_requests, load_request
-from .shard_worker import WorkerSpec
-from .train import train_adam
+from .llm.adapters import (
+    AdapterMeta,
+    check_fitted_on,
+    check_output_dir,
+    file_key,
+    load_adapter,
+    publish_erased,
+    read_meta,
+    save_adapter,
+    split_delta,
+)
+from .llm.models import LoraCausalLM, attach_lora, load_base
+from .llm.train import train_adam
 
 REPORT_FILE = "erase_report.json"
 PathLike = str | os.PathLike

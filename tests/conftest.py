@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from eraser_dist.arguments import LoraArguments
+from eraser_dist.core.objective import LossModel
 from eraser_dist.data import Example
-from eraser_dist.models import LoraCausalLM, attach_lora, load_base
-from eraser_dist.objective import LossModel
+from eraser_dist.llm.models import LoraCausalLM, attach_lora, load_base
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from eraser_dist.baselines import PAPER_LR, PAPER_STEPS, paper_adam
+from eraser_dist.experiments.baselines import PAPER_LR, PAPER_STEPS, paper_adam
 
 
 def spd_system(d: int = 6):

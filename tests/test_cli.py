@@ -23,10 +23,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from eraser_dist import adapters, api
+from eraser_dist import api
 from eraser_dist.cli import main
 from eraser_dist.data import Example, read_examples, write_examples
-from eraser_dist.models import load_base
+from eraser_dist.llm import adapters
+from eraser_dist.llm.models import load_base
 
 N_ROWS = 16
 WEIGHT_DECAY = 0.1
@@ -239,8 +240,8 @@ def test_erase_damping_flag_and_text_output(work, tmp_path, capsys):
 
 
 def test_erase_all_rows_gradient_reports_the_training_shortfall_apart(work, tmp_path, capsys):
-    from eraser_dist.adapters import load_adapter
-    from eraser_dist.objective import gradient_sum
+    from eraser_dist.core.objective import gradient_sum
+    from eraser_dist.llm.adapters import load_adapter
 
     request = write_request(tmp_path, {"kind": "remove", "ids": ["r0", "r7"]})
     reports = {}

@@ -3,9 +3,9 @@
 import torch
 from conftest import word_rows
 
-from eraser_dist.curvature import exact_hvp, fd_hvp, fisher_diagonal, ggn_hvp
-from eraser_dist.objective import gradient_sum
-from eraser_dist.reference import explicit_hessian, flat_loss_fn
+from eraser_dist.core.curvature import exact_hvp, fd_hvp, fisher_diagonal, ggn_hvp
+from eraser_dist.core.objective import gradient_sum
+from eraser_dist.core.reference import explicit_hessian, flat_loss_fn
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -81,7 +81,7 @@ def test_fd_hvp_with_a_bf16_base_stays_within_bf16_noise_of_fp32(tiny_float32):
     (0.15·ε^(1/3) per weight) is several times worse."""
     from conftest import tiny_lora
 
-    from eraser_dist.curvature import default_fd_step
+    from eraser_dist.core.curvature import default_fd_step
 
     bf16 = tiny_lora(torch.bfloat16)
     assert bf16.dtype == torch.float32 and bf16.compute_dtype == torch.bfloat16

@@ -10,7 +10,7 @@ import torch
 from eraser_dist.arguments import LoraArguments
 from eraser_dist.data import Example, read_examples, tokenize_example, write_examples
 from eraser_dist.errors import EraserError
-from eraser_dist.models import ByteTokenizer, LoraCausalLM, attach_lora, load_base
+from eraser_dist.llm.models import ByteTokenizer, LoraCausalLM, attach_lora, load_base
 
 EOS = ByteTokenizer.eos_id
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")

@@ -3,7 +3,7 @@
 import json
 
 from eraser_dist.arguments import EraseArguments, LoraArguments, TrainArguments
-from eraser_dist.demo import DemoPreset, run_demo
+from eraser_dist.experiments.demo import DemoPreset, run_demo
 
 
 def test_demo_pipeline_erases_and_compares_with_retraining(tmp_path, capsys):

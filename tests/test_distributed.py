@@ -17,20 +17,20 @@ from conftest import word_rows
 from actors import aggregator, driver
 from actors.replica import ServingReplica, broadcast_delta
 from eraser_dist import api
-from eraser_dist.adapters import adapter_version, load_adapter, read_delta
 from eraser_dist.arguments import (
     DistributedArguments,
     EraseArguments,
     LoraArguments,
     TrainArguments,
 )
+from eraser_dist.core.objective import loss_values
+from eraser_dist.core.solve import conjugate_gradient
 from eraser_dist.data import Example, write_examples
+from eraser_dist.distributed.sharding import RankPlace, owner, rank_rows
 from eraser_dist.errors import EraserError
 from eraser_dist.faults import FaultPlan
-from eraser_dist.models import load_base
-from eraser_dist.objective import loss_values
-from eraser_dist.sharding import RankPlace, owner, rank_rows
-from eraser_dist.solve import conjugate_gradient
+from eraser_dist.llm.adapters import adapter_version, load_adapter, read_delta
+from eraser_dist.llm.models import load_base
 
 REQUESTS = {
     "remove": {"kind": "remove", "ids": ["r1", "r5", "r6"]},
@@ -147,7 +147,7 @@ def test_ranks_hold_only_their_partition_and_whole_lora(cluster, fitted, tmp_pat
 
 
 def spec_for(root):
-    from eraser_dist.shard_worker import WorkerSpec
+    from eraser_dist.distributed.shard_worker import WorkerSpec
 
     return WorkerSpec("tiny-llama", str(root / "adapter"), str(root / "train.parquet"))
 
@@ -278,7 +278,7 @@ def test_service_batch_runs_on_the_distributed_engine_and_reaches_replicas(clust
     the one-process erase of the same batch, and a replica fleet ends at that version."""
     from actors.replica import ReplicaFleet
     from eraser_dist.arguments import ServiceArguments
-    from eraser_dist.requests import parse_request
+    from eraser_dist.core.requests import parse_request
     from eraser_dist.service import EraseService
 
     service = EraseService(tmp_path / "root")

@@ -8,15 +8,15 @@ import torch
 from eraser_dist import cli
 from eraser_dist.arguments import EraseArguments, GenreArguments, LoraArguments, TrainArguments
 from eraser_dist.errors import EraserError
-from eraser_dist.experiment_report import results_table
-from eraser_dist.experiments import (
+from eraser_dist.experiments.genres import build_genres
+from eraser_dist.experiments.report import results_table
+from eraser_dist.experiments.runner import (
     ExperimentPreset,
     add_recoveries,
     recovery,
     run_experiments,
 )
-from eraser_dist.genres import build_genres
-from eraser_dist.models import load_base
+from eraser_dist.llm.models import load_base
 
 TINY = ExperimentPreset(
     base="tiny-llama", lora=LoraArguments(rank=2),

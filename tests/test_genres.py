@@ -6,12 +6,12 @@ import pytest
 
 from eraser_dist import cli
 from eraser_dist.arguments import GenreArguments
+from eraser_dist.core.requests import apply_requests, parse_request
 from eraser_dist.data import read_examples
 from eraser_dist.errors import EraserError
-from eraser_dist.genres import build_genres
-from eraser_dist.movielens import genre_question, read_movies
-from eraser_dist.requests import apply_requests, parse_request
-from eraser_dist.tasksets import read_task_set
+from eraser_dist.experiments.genres import build_genres
+from eraser_dist.experiments.movielens import genre_question, read_movies
+from eraser_dist.experiments.tasksets import read_task_set
 
 SMALL = GenreArguments(train_movies=60, valid_movies=10, test_movies=20, candidates=4, seed=2)
 

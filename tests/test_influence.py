@@ -11,18 +11,18 @@ from conftest import (
 )
 
 from eraser_dist.arguments import EraseArguments
-from eraser_dist.data import Example
-from eraser_dist.errors import EraserError
-from eraser_dist.influence import newton_rhs, newton_step
-from eraser_dist.objective import gradient_sum, loss_values
-from eraser_dist.reference import cosine, explicit_hessian, newton_polish
-from eraser_dist.requests import (
+from eraser_dist.core.influence import newton_rhs, newton_step
+from eraser_dist.core.objective import gradient_sum, loss_values
+from eraser_dist.core.reference import cosine, explicit_hessian, newton_polish
+from eraser_dist.core.requests import (
     EditedObjective,
     apply_request,
     apply_requests,
     parse_request,
 )
-from eraser_dist.train import fit_lbfgs
+from eraser_dist.data import Example
+from eraser_dist.errors import EraserError
+from eraser_dist.llm.train import fit_lbfgs
 
 WEIGHT_DECAY = 0.05
 

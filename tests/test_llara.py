@@ -7,17 +7,17 @@ import pytest
 
 from eraser_dist import cli
 from eraser_dist.arguments import LlaraArguments
+from eraser_dist.core.requests import apply_requests, parse_request
 from eraser_dist.data import read_examples
 from eraser_dist.errors import EraserError
-from eraser_dist.llara import build_llara, read_sequences, read_titles
-from eraser_dist.recmetrics import (
+from eraser_dist.experiments.llara import build_llara, read_sequences, read_titles
+from eraser_dist.experiments.metrics import (
     bootstrap_interval,
     generation_figures,
     hit_by_likelihood,
     named_candidate,
     summary,
 )
-from eraser_dist.requests import apply_requests, parse_request
 
 SMALL = LlaraArguments(history=4, candidates=6, train_users=80, valid_users=20,
                        test_users=30, seed=3, query_share=0.1, response_shares=(0.1, 0.4),
@@ -128,9 +128,9 @@ def test_candidate_scores_are_the_negated_training_loss_of_each_title():
     import torch
     from conftest import tiny_lora
 
+    from eraser_dist.core.objective import loss_values
     from eraser_dist.data import Example
-    from eraser_dist.objective import loss_values
-    from eraser_dist.recommend import candidate_scores, evaluate_recommendations
+    from eraser_dist.experiments.recommend import candidate_scores, evaluate_recommendations
 
     model = tiny_lora(torch.float32)
     rows = [Example("u1", "watched: a; b", "cat"), Example("u2", "watched: c", "owl")]

@@ -3,9 +3,9 @@
 import torch
 from conftest import tiny_lora
 
-from eraser_dist.adapters import AdapterMeta, adapter_vector, save_adapter
-from eraser_dist.demo import corrupt_genres
-from eraser_dist.movielens import genre_examples, read_movies
+from eraser_dist.experiments.demo import corrupt_genres
+from eraser_dist.experiments.movielens import genre_examples, read_movies
+from eraser_dist.llm.adapters import AdapterMeta, adapter_vector, save_adapter
 
 
 def test_movies_are_read_from_the_recbole_package():

@@ -9,8 +9,7 @@ from dataclasses import replace
 import pytest
 
 from eraser_dist.cli import main
-from eraser_dist.errors import EraserError
-from eraser_dist.plan import (
+from eraser_dist.distributed.plan import (
     ARCHITECTURES,
     LORA_TARGETS,
     Plan,
@@ -22,6 +21,7 @@ from eraser_dist.plan import (
     make_plan,
     parse_params,
 )
+from eraser_dist.errors import EraserError
 
 L70 = ARCHITECTURES["llama-2-70b"]
 GB = 1e9

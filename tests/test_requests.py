@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 
-from eraser_dist.data import Example
-from eraser_dist.errors import EraserError
-from eraser_dist.requests import (
+from eraser_dist.core.requests import (
     EraseRequest,
     apply_request,
     apply_requests,
     load_request,
     parse_request,
 )
+from eraser_dist.data import Example
+from eraser_dist.errors import EraserError
 
 
 def rows(n: int = 6) -> list[Example]:

@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 from eraser_dist import api, cli
 from eraser_dist.arguments import EraseArguments, LoraArguments, ServiceArguments, TrainArguments
+from eraser_dist.core.requests import parse_request
 from eraser_dist.data import read_examples, write_examples
-from eraser_dist.requests import parse_request
 from eraser_dist.service import EraseService
 from eraser_dist.service.batching import plan_batch
 from eraser_dist.service.errors import Conflict, Forbidden, NotFound, TooLarge, Unauthorized
@@ -342,7 +342,7 @@ def test_200_requests_over_3_tenants_and_5_adapters(fleet):
             out = service.root.parent / f"replay-{adapter}-{b['id']}"
             api.erase("tiny-llama", current_adapter, current_data, batch, out, ERASE,
                       progress=False)
-            from eraser_dist.requests import apply_requests
+            from eraser_dist.core.requests import apply_requests
             write_examples(out.with_suffix(".parquet"),
                            apply_requests(batch, read_examples(current_data)).rows_after)
             current_adapter, current_data = out, out.with_suffix(".parquet")

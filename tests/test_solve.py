@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from eraser_dist.solve import conjugate_gradient, galerkin_split
+from eraser_dist.core.solve import conjugate_gradient, galerkin_split
 
 
 def random_spd(d: int, seed: int, cond: float = 100.0) -> torch.Tensor:

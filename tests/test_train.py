@@ -6,7 +6,7 @@ from conftest import QuadraticModel, regression_rows
 
 from eraser_dist.arguments import TrainArguments
 from eraser_dist.errors import EraserError
-from eraser_dist.train import train_adam
+from eraser_dist.llm.train import train_adam
 
 
 def iterates(schedule: str, monkeypatch) -> list[torch.Tensor]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..core.requests import apply_requests
 from ..data import Example
 from ..errors import EraserError
-from ..requests import apply_requests
 from .journal import JournalEntry
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from ..core.requests import EraseRequest, parse_request
 from ..errors import EraserError
-from ..requests import EraseRequest, parse_request
 from .errors import BadRequest, Conflict, NotFound, TooLarge
 from .registry import Registry, check_name, dumps
 

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..adapters import adapter_version, check_fitted_on, read_meta
 from ..data import examples_digest, read_examples, write_examples
 from ..errors import EraserError
+from ..llm.adapters import adapter_version, check_fitted_on, read_meta
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

@@ -31,14 +31,14 @@ from typing import Any
 import torch
 
 from .. import api
-from ..adapters import adapter_vector, adapter_version, load_adapter
 from ..arguments import DistributedArguments, EraseArguments, ServiceArguments
+from ..core.objective import loss_values
+from ..core.requests import EditedObjective, apply_requests
 from ..data import examples_digest, read_examples, write_examples
 from ..errors import EraserError
 from ..faults import FaultPlan, check_all
-from ..models import load_base
-from ..objective import loss_values
-from ..requests import EditedObjective, apply_requests
+from ..llm.adapters import adapter_vector, adapter_version, load_adapter
+from ..llm.models import load_base
 from .batching import next_adapter, plan_batch
 from .certificate import CERTIFICATE_VERSION, row_hashes, verification, write_certificate
 from .journal import Journal, JournalEntry

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import torch
 
-from .objective import LossModel, gradient_sum
-from .requests import EditedObjective
+from ..core.objective import LossModel, gradient_sum
+from ..core.requests import EditedObjective
 
 PAPER_STEPS, PAPER_LR = 20, 1e-5
 

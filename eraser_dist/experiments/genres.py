@@ -1,5 +1,5 @@
 """The genre task from MovieLens-100K: "Genres of the movie T (Y)?" → "G1, G2", and the
-paper's three corruptions of it, as a task set (:mod:`eraser_dist.tasksets`).
+paper's three corruptions of it, as a task set (:mod:`eraser_dist.experiments.tasksets`).
 
 Movies are split into train / validation / test. Each movie's candidates are its own genre
 list and ``candidates − 1`` other genre lists seen in training, seeded per movie.
@@ -18,9 +18,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from .arguments import GenreArguments
-from .data import Example
-from .errors import EraserError
+from ..arguments import GenreArguments
+from ..data import Example
+from ..errors import EraserError
 from .movielens import Movie, genre_answer, genre_question, read_movies
 from .tasksets import picked_rows, seeded_split, write_task_set
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from .arguments import HVP_KINDS
-from .errors import EraserError
+from ..arguments import HVP_KINDS
+from ..errors import EraserError
 from .objective import LossModel, batches, check_finite, gradient_sum
 
 HessianVectorProduct = Callable[[torch.Tensor], torch.Tensor]

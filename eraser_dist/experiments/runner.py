@@ -1,11 +1,12 @@
 """The paper's erase experiments on a task set: one command per experiment, one for all.
 
-For an experiment (``qm``, ``rc10``, ``rc40``, ``ir`` of :mod:`eraser_dist.tasksets`) it
+For an experiment (``qm``, ``rc10``, ``rc40``, ``ir`` of :mod:`eraser_dist.experiments.tasksets`) it
 fine-tunes on the corrupted (or full) training set, then changes that adapter by every
 method side by side and measures each on the same loaded model:
 
 - ``erase-<hvp>``: our influence step (:func:`eraser_dist.api.erase`), per HVP back-end;
-- ``paper``: the paper's b and solver (:mod:`eraser_dist.baselines`), batch 1, exact HVP;
+- ``paper``: the paper's b and solver (:mod:`eraser_dist.experiments.baselines`), batch 1,
+  exact HVP;
 - ``retrain``: fine-tuning from scratch on the edited set (the reference);
 - ``warm``: ``warm_epochs`` of fine-tuning from the corrupted adapter on the edited set.
 
@@ -32,19 +33,19 @@ from typing import Any
 
 import torch
 
-from . import api
-from .adapters import adapter_vector, load_adapter, write_json
-from .arguments import EraseArguments, LoraArguments, TrainArguments
+from .. import api
+from ..arguments import EraseArguments, LoraArguments, TrainArguments
+from ..core.curvature import hessian_vector_product
+from ..core.objective import loss_values
+from ..core.reference import cosine
+from ..core.requests import EditedObjective, EraseRequest, apply_request, load_request
+from ..data import examples_digest, read_examples, write_examples
+from ..errors import EraserError
+from ..llm.adapters import adapter_vector, load_adapter, write_json
+from ..llm.models import LoraCausalLM, check_device, load_base
 from .baselines import paper_adam, paper_rhs
-from .curvature import hessian_vector_product
-from .data import examples_digest, read_examples, write_examples
-from .errors import EraserError
-from .experiment_report import write_report
-from .models import LoraCausalLM, check_device, load_base
-from .objective import loss_values
 from .recommend import evaluate_recommendations
-from .reference import cosine
-from .requests import EditedObjective, EraseRequest, apply_request, load_request
+from .report import write_report
 from .tasksets import TaskSet, read_task_set
 
 

@@ -9,8 +9,9 @@ Layout (written by :func:`write_task_set`, read by :func:`read_task_set`)::
     OUT/EXP/request.json               the erase request that turns it into the edited set
     OUT/manifest.json                  arguments, row counts and sha256 of every set
 
-The builders (:mod:`eraser_dist.llara`, :mod:`eraser_dist.genres`) decide what a row is; the
-experiment runner (:mod:`eraser_dist.experiments`) only needs this layout.
+The builders (:mod:`eraser_dist.experiments.llara`, :mod:`eraser_dist.experiments.genres`)
+decide what a row is; the experiment runner (:mod:`eraser_dist.experiments.runner`) only
+needs this layout.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import Example, examples_digest, read_examples, write_examples
-from .errors import EraserError
+from ..data import Example, examples_digest, read_examples, write_examples
+from ..errors import EraserError
 
 SPLITS = ("train", "valid", "test")
 

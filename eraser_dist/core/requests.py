@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from .data import Example
-from .errors import EraserError
+from ..data import Example
+from ..errors import EraserError
 
 REQUEST_KINDS = ("remove", "modify_query", "correct_response")
 EDITED_FIELD = {"modify_query": "query", "correct_response": "response"}

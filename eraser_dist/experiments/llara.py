@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .arguments import LlaraArguments
-from .data import Example
-from .errors import EraserError
+from ..arguments import LlaraArguments
+from ..data import Example
+from ..errors import EraserError
 from .movielens import movielens_dir
 from .tasksets import picked_rows, seeded_split, write_task_set
 
@@ -128,7 +128,7 @@ def corrupt_responses(rows: list[UserRow], share: float, titles, seed: int, tag:
 
 def build_llara(out: str | Path, args: LlaraArguments | None = None) -> dict[str, Any]:
     """Write the clean splits, each experiment's training set and request, and a manifest
-    (the layout of :mod:`eraser_dist.tasksets`); returns the manifest."""
+    (the layout of :mod:`eraser_dist.experiments.tasksets`); returns the manifest."""
     args = args or LlaraArguments()
     if args.history < 1 or args.candidates < 2:
         raise EraserError("history must be at least 1 and candidates at least 2")

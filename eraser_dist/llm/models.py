@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from .arguments import LoraArguments
-from .data import Example, TextTokenizer, prompt_text, tokenize_example
-from .errors import EraserError
-from .objective import LossModel
+from ..arguments import LoraArguments
+from ..core.objective import LossModel
+from ..data import Example, TextTokenizer, prompt_text, tokenize_example
+from ..errors import EraserError
 
 BUILTIN_BASES = ("tiny-llama", "smollm2-135m")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -150,7 +150,7 @@ def base_fingerprint(model: torch.nn.Module) -> str:
     keys = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers",
             "num_attention_heads", "num_key_value_heads", "intermediate_size")
     arch = {k: getattr(cfg, k, None) for k in keys}
-    from .zero import gathered
+    from ..distributed.zero import gathered
 
     weight = model.get_input_embeddings().weight
     with gathered([weight]):  # a base loaded straight into ZeRO-3 partitions

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .data import Example
-from .models import package_dir
+from ..data import Example
+from ..llm.models import package_dir
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """What a person reads of an experiment run: a Markdown table and a PNG chart.
 
-Both are rendered from the summary :func:`eraser_dist.experiments.run_experiments` returns
+Both are rendered from the summary :func:`eraser_dist.experiments.runner.run_experiments` returns
 (and writes as ``results.json``), so they can be redrawn from that file alone.
 """
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .errors import EraserError
+from ..errors import EraserError
 
 
 class LossModel(ABC):

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .errors import EraserError
+from ..errors import EraserError
 
 BACKENDS = ("auto", "gloo", "nccl")
 BASE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}

@@ -41,9 +41,9 @@ from dataclasses import dataclass, field, replace
 import torch
 from tqdm.auto import tqdm
 
-from .arguments import CURVATURE_DATA, RHS_GRADIENTS, EraseArguments
+from ..arguments import CURVATURE_DATA, RHS_GRADIENTS, EraseArguments
+from ..errors import EraserError
 from .curvature import fisher_diagonal, hessian_vector_product
-from .errors import EraserError
 from .objective import LossModel, check_finite, gradient_sum
 from .requests import EditedObjective
 from .solve import CGResult, conjugate_gradient, galerkin_split

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from .data import Example
-from .models import LoraCausalLM
-from .objective import loss_values
-from .recmetrics import generation_figures, hit_by_likelihood, summary
+from ..core.objective import loss_values
+from ..data import Example
+from ..llm.models import LoraCausalLM
+from .metrics import generation_figures, hit_by_likelihood, summary
 
 
 def candidate_scores(model: LoraCausalLM, rows: Sequence[Example],
@@ -40,7 +40,7 @@ def evaluate_recommendations(model: LoraCausalLM, rows: Sequence[Example],
     with ``generate`` also HR@1 by greedy generation and ValidRatio.
 
     ``candidates`` maps a row id to ``{"candidates": [titles], "target": index}`` (the
-    ``candidates.json`` of :func:`eraser_dist.llara.build_llara`).
+    ``candidates.json`` of :func:`eraser_dist.experiments.llara.build_llara`).
     """
     options = [candidates[r.id]["candidates"] for r in rows]
     targets = [candidates[r.id]["target"] for r in rows]

@@ -14,14 +14,14 @@ from typing import Any
 
 import torch
 
-from .adapters import check_fitted_on, file_key, load_adapter
-from .arguments import EraseArguments
-from .curvature import fisher_diagonal, hessian_vector_product
-from .data import read_examples
-from .influence import hessian_subset, rhs_terms
-from .models import load_base
-from .objective import gradient_sum, loss_values
-from .requests import apply_requests, parse_request
+from ..arguments import EraseArguments
+from ..core.curvature import fisher_diagonal, hessian_vector_product
+from ..core.influence import hessian_subset, rhs_terms
+from ..core.objective import gradient_sum, loss_values
+from ..core.requests import apply_requests, parse_request
+from ..data import read_examples
+from ..llm.adapters import check_fitted_on, file_key, load_adapter
+from ..llm.models import load_base
 from .sharding import RankPlace, rank_rows
 from .zero import (
     all_gather,
@@ -97,7 +97,7 @@ class ShardWorker:
 
     def rhs_gradients(self) -> torch.Tensor:
         """Σ_i c_i G_i over the group's rows of each of b's terms [T, d] (as
-        :func:`~eraser_dist.influence.rhs_terms`; CPU, the adapter's dtype)."""
+        :func:`~eraser_dist.core.influence.rhs_terms`; CPU, the adapter's dtype)."""
         self._edited()
         g = torch.stack([gradient_sum(self.model, *part, self.args.batch_size)
                          for part in self.rhs_rows])

@@ -12,7 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .arguments import (
+from ..arguments import (
     CURVATURE_DATA,
     HVP_KINDS,
     LR_SCHEDULES,
@@ -28,9 +28,9 @@ from .arguments import (
     ServiceArguments,
     TrainArguments,
 )
-from .errors import EraserError
-from .plan import PlanArguments
-from .zero import BACKENDS, BASE_DTYPES
+from ..distributed.plan import PlanArguments
+from ..distributed.zero import BACKENDS, BASE_DTYPES
+from ..errors import EraserError
 
 
 def _targets(text: str) -> tuple[str, ...]:
@@ -45,7 +45,7 @@ def _print_json(obj) -> None:
 
 
 def cmd_train(ns: argparse.Namespace) -> None:
-    from . import api
+    from .. import api
 
     d = TrainArguments()
     lora = None
@@ -96,7 +96,7 @@ def _erase_arguments(ns: argparse.Namespace, distributed: DistributedArguments |
 
 
 def cmd_erase(ns: argparse.Namespace) -> None:
-    from . import api
+    from .. import api
 
     distributed = _distributed(ns)
     args = _erase_arguments(ns, distributed)
@@ -123,7 +123,7 @@ def cmd_erase(ns: argparse.Namespace) -> None:
 
 
 def cmd_eval(ns: argparse.Namespace) -> None:
-    from . import api
+    from .. import api
 
     result = api.evaluate(ns.base, ns.adapter, ns.data, batch_size=ns.batch_size,
                           device=ns.device)
@@ -136,13 +136,13 @@ def cmd_eval(ns: argparse.Namespace) -> None:
 
 
 def cmd_demo(ns: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from ..experiments.demo import run_demo
 
     run_demo(ns.workdir, base=ns.base, rows=ns.rows, progress=not ns.quiet)
 
 
 def cmd_data_llara(ns: argparse.Namespace) -> None:
-    from .llara import build_llara
+    from ..experiments.llara import build_llara
 
     manifest = build_llara(ns.out, LlaraArguments(
         history=ns.history, candidates=ns.candidates, train_users=ns.train_users,
@@ -151,7 +151,7 @@ def cmd_data_llara(ns: argparse.Namespace) -> None:
 
 
 def cmd_data_genres(ns: argparse.Namespace) -> None:
-    from .genres import build_genres
+    from ..experiments.genres import build_genres
 
     _print_json(build_genres(ns.out, GenreArguments(
         train_movies=ns.train_movies, valid_movies=ns.valid_movies,
@@ -159,7 +159,7 @@ def cmd_data_genres(ns: argparse.Namespace) -> None:
 
 
 def cmd_experiment(ns: argparse.Namespace) -> None:
-    from .experiments import PRESETS, run_experiments
+    from ..experiments.runner import PRESETS, run_experiments
 
     names = None if ns.experiment == "all" else [ns.experiment]
     summary = run_experiments(ns.task_dir, names, PRESETS[ns.preset], ns.work,
@@ -173,7 +173,7 @@ def cmd_experiment(ns: argparse.Namespace) -> None:
 def cmd_plan(ns: argparse.Namespace) -> None:
     from dataclasses import asdict
 
-    from .plan import PlanArguments, format_plan, make_plan, parse_params
+    from ..distributed.plan import PlanArguments, format_plan, make_plan, parse_params
 
     plan = make_plan(PlanArguments(
         params=parse_params(ns.params), gpus=ns.gpus, group_size=ns.group_size,
@@ -352,14 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
 # -- the erase service ---------------------------------------------------------------------
 
 def _service(ns: argparse.Namespace):
-    from .service import EraseService
+    from ..service import EraseService
 
     return EraseService(ns.root)
 
 
 def _read_request_file(path: str):
-    from .service.errors import BadRequest, TooLarge
-    from .service.http import MAX_BODY_BYTES
+    from ..service.errors import BadRequest, TooLarge
+    from ..service.http import MAX_BODY_BYTES
 
     file = Path(path)
     if not file.is_file():
@@ -414,7 +414,7 @@ def cmd_queue(ns: argparse.Namespace) -> None:
 def cmd_serve(ns: argparse.Namespace) -> None:
     import logging
 
-    from .service.http import make_server, start_in_thread
+    from ..service.http import make_server, start_in_thread
 
     if not ns.quiet:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from .data import examples_digest
-from .errors import EraserError
+from ..data import examples_digest
+from ..errors import EraserError
 from .models import Base, LoraCausalLM
 
 META_FILE = "eraser_adapter.json"

@@ -18,15 +18,15 @@ from typing import Any
 
 import torch
 
-from . import api
-from .adapters import adapter_vector, load_adapter, write_json
-from .arguments import EraseArguments, LoraArguments, TrainArguments
-from .data import Example, write_examples
-from .models import load_base
+from .. import api
+from ..arguments import EraseArguments, LoraArguments, TrainArguments
+from ..core.objective import loss_values
+from ..core.reference import cosine
+from ..core.requests import apply_request, parse_request
+from ..data import Example, write_examples
+from ..llm.adapters import adapter_vector, load_adapter, write_json
+from ..llm.models import load_base
 from .movielens import genre_examples
-from .objective import loss_values
-from .reference import cosine
-from .requests import apply_request, parse_request
 
 
 @dataclass

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .data import Example
-from .models import LoraCausalLM
+from ..data import Example
+from ..llm.models import LoraCausalLM
 from .objective import gradient_sum
 
 

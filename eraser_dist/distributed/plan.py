@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from .errors import EraserError
+from ..errors import EraserError
 
 GB = 1e9
 MB = 1e6

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .arguments import LR_SCHEDULES, TrainArguments
-from .errors import EraserError
-from .objective import LossModel, batches
+from ..arguments import LR_SCHEDULES, TrainArguments
+from ..core.objective import LossModel, batches
+from ..errors import EraserError
 
 
 def l2_term(model: LossModel, weight_decay: float) -> torch.Tensor:
