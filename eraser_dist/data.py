@@ -1,4 +1,5 @@
-"""Training sets as Parquet files with columns ``id`` (unique string), ``query``, ``response``."""
+"""Training sets: rows (:class:`Example`) and Parquet files with columns ``id`` (unique
+string), ``query``, ``response``, read with validation and written atomically."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -72,32 +72,3 @@ def examples_digest(examples: Sequence[Example]) -> str:
             h.update(field.encode("utf-8"))
             h.update(b"\0")
     return h.hexdigest()
-
-
-class TextTokenizer(Protocol):
-    """What tokenisation needs from a tokenizer: text → ids without special tokens, and EOS."""
-
-    eos_id: int
-    pad_id: int
-
-    def encode(self, text: str) -> list[int]: ...
-
-
-def prompt_text(query: str) -> str:
-    """The fixed template around a query: the same row always gives the same tokens."""
-    return f"{query}\n"
-
-
-def tokenize_example(tokenizer: TextTokenizer, example: Example, max_length: int):
-    """Token ids of prompt + response + EOS and the number of prompt tokens.
-
-    Only the response tokens (and EOS) are scored. When the row is longer than ``max_length``
-    the prompt loses its oldest tokens first; the response is cut only if it alone is too long.
-    Returns (ids: list[int] of length ≤ max_length, n_prompt: int ≥ 1).
-    """
-    if max_length < 2:
-        raise EraserError(f"max_length must be at least 2, got {max_length}")
-    prompt = tokenizer.encode(prompt_text(example.query)) or [tokenizer.eos_id]
-    response = (tokenizer.encode(example.response) + [tokenizer.eos_id])[: max_length - 1]
-    prompt = prompt[-(max_length - len(response)) :]
-    return prompt + response, len(prompt)

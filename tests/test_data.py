@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from eraser_dist.arguments import LoraArguments
-from eraser_dist.data import Example, read_examples, tokenize_example, write_examples
+from eraser_dist.data import Example, read_examples, write_examples
 from eraser_dist.errors import EraserError
-from eraser_dist.llm.models import ByteTokenizer, LoraCausalLM, attach_lora, load_base
+from eraser_dist.llm.models import LoraCausalLM, attach_lora, load_base
+from eraser_dist.llm.tokenization import ByteTokenizer, tokenize_example
 
 EOS = ByteTokenizer.eos_id
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")

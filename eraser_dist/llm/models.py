@@ -29,43 +29,12 @@ from torch.nn import functional as F
 
 from ..arguments import LoraArguments
 from ..core.objective import LossModel
-from ..data import Example, TextTokenizer, prompt_text, tokenize_example
+from ..data import Example
 from ..errors import EraserError
+from .tokenization import ByteTokenizer, HFTokenizer, TextTokenizer, prompt_text, tokenize_example
 
 BUILTIN_BASES = ("tiny-llama", "smollm2-135m")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as token ids 0–255; 256 = EOS, 257 = padding."""
-
-    eos_id = 256
-    pad_id = 257
-    vocab_size = 258
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
-
-
-class HFTokenizer:
-    """A Hugging Face tokenizer seen through :class:`TextTokenizer`."""
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-        if tokenizer.eos_token_id is None:
-            raise EraserError("the base model's tokenizer has no EOS token")
-        self.eos_id = int(tokenizer.eos_token_id)
-        pad = tokenizer.pad_token_id
-        self.pad_id = int(self.eos_id if pad is None else pad)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
 @dataclass
