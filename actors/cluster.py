@@ -10,7 +10,7 @@ from eraser_dist.errors import EraserError
 
 
 def connect(address: str | None, ranks: int, cpus_per_rank: float, gpus_per_rank: float) -> None:
-    """Join ``address``, reuse this process's connection, or start a local cluster.
+    """Join ``address``, reuse this process's connection, or start a private local cluster.
 
     A local cluster gets at least as many logical CPUs as the ranks ask for, so that
     2 groups × 2 ranks also run on a 2-core laptop (slowly: they share the cores). Refuses a
@@ -20,7 +20,9 @@ def connect(address: str | None, ranks: int, cpus_per_rank: float, gpus_per_rank
         quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
         if address is None:
             cpus = max(os.cpu_count() or 1, int(-(-ranks * cpus_per_rank // 1)))
-            ray.init(num_cpus=cpus, **quiet)
+            # "local": a cluster of this process's own, never one that `ray start` or a
+            # stale session left on the machine (joining it would ignore num_cpus)
+            ray.init(address="local", num_cpus=cpus, **quiet)
         else:
             try:
                 ray.init(address=address, **quiet)

@@ -1,17 +1,21 @@
-"""Worker groups: k rank actors sharing one ZeRO-3 base, and the pool of G groups.
+"""Worker groups: k rank actors sharing one ZeRO-3 base, the pool of G groups, and the
+pool seen as a :class:`~eraser_dist.core.backend.CurvatureBackend`.
 
 A group fails as a whole: its ranks are bound by one torch.distributed group, so when one
 rank dies the others are stuck in (or broken out of) a collective. The pool then kills the
-group, starts a fresh one (which reloads its shard and replays the current request) and
-retries the call, up to ``max_restarts`` times per group.
+group, starts a fresh one (which reloads its shard and is given the ranks' state again: Θ
+and the current Hessian rows) and retries the call, up to ``max_restarts`` times per group.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import ray
+import torch
 from ray.exceptions import RayActorError, RayTaskError
 
 from eraser_dist.distributed.shard_worker import WorkerSpec
@@ -110,7 +114,8 @@ class GroupPool:
         self.max_restarts = max_restarts
         self.restarts = [0] * layout.groups
         self.infos: list[list[dict[str, Any]]] = []
-        self.replay: tuple[str, tuple[Any, ...]] | None = None
+        # the calls that set a rank's state, latest per method, given again to a new group
+        self.state_calls: dict[str, tuple[Any, ...]] = {}
 
     def start(self) -> list[list[dict[str, Any]]]:
         """Start every group (concurrently); returns each rank's ShardWorker.info()."""
@@ -118,13 +123,15 @@ class GroupPool:
         return self.infos
 
     def run(self, method: str, *args: Any) -> list[Any]:
-        """``method(*args)`` on every group; the group totals (rank 0's), in group order.
-
-        ``prepare`` is remembered and replayed on a group that is restarted later.
-        """
-        if method == "prepare":
-            self.replay = (method, args)
+        """``method(*args)`` on every group; the group totals (rank 0's), in group order."""
         return [out[0] for out in self._run(lambda group: group.submit(method, *args))]
+
+    def set_state(self, method: str, *args: Any) -> None:
+        """Run a call that sets the ranks' state on every group, and remember it: a group
+        restarted later is given it again before it works."""
+        self.state_calls.pop(method, None)
+        self.state_calls[method] = args
+        self.run(method, *args)
 
     def _run(self, submit, replay: bool = True) -> list[list[Any]]:
         results: list[list[Any] | None] = [None] * len(self.groups)
@@ -158,9 +165,9 @@ class GroupPool:
             self.restarts[g] += 1
             try:
                 group.gather(group.start())
-                if replay and self.replay is not None:
-                    method, args = self.replay
-                    group.gather(group.submit(method, *args))
+                if replay:
+                    for method, args in self.state_calls.items():
+                        group.gather(group.submit(method, *args))
                 return
             except GroupFailure as again:
                 err = again
@@ -168,3 +175,63 @@ class GroupPool:
     def stop(self) -> None:
         for group in self.groups:
             group.stop()
+
+
+class PoolBackend:
+    """The :class:`~eraser_dist.core.backend.CurvatureBackend` protocol on a pool of worker
+    groups: each call goes to every group, whose ranks take their share of the rows and
+    reduce within the group; the group totals are summed here in group order (float64), so
+    a rerun gives the same bits. Rows and vectors are put in the object store once per call
+    and read by every rank. ``hvp_seconds`` records each HVP's wall time.
+    """
+
+    default_hvp = "fd"  # double backward does not work on a ZeRO-3-partitioned base
+
+    def __init__(self, pool: GroupPool, theta: torch.Tensor, vector_dtype: torch.dtype):
+        self.pool = pool
+        self._theta = theta.double().cpu()
+        # v travels in the adapter's dtype: what the ranks compute in anyway
+        self.vector_dtype = vector_dtype
+        self.hvp_seconds: list[float] = []
+
+    @staticmethod
+    def _sum(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([p.double() for p in parts]).sum(0)
+
+    def theta(self) -> torch.Tensor:
+        return self._theta.clone()
+
+    def set_theta(self, theta: torch.Tensor) -> None:
+        self._theta = theta.double().cpu().clone()
+        self.pool.set_state("set_theta", ray.put(self._theta))
+
+    def gradient_sums(self, terms: Sequence[tuple[Sequence, torch.Tensor]],
+                      batch_size: int) -> torch.Tensor:
+        terms = [(list(rows), coefficients) for rows, coefficients in terms]
+        return self._sum(self.pool.run("gradient_sums", ray.put(terms), batch_size))
+
+    def use_hessian_rows(self, rows: Sequence, weights: torch.Tensor) -> None:
+        self.pool.set_state("use_hessian_rows", ray.put((list(rows), weights)))
+
+    def hvp(self, kind: str, v: torch.Tensor, batch_size: int,
+            fd_step: float | None) -> torch.Tensor:
+        start = time.perf_counter()
+        parts = self.pool.run("hvp", kind, ray.put(v.to(self.vector_dtype)), batch_size,
+                              fd_step)
+        self.hvp_seconds.append(time.perf_counter() - start)
+        return self._sum(parts)
+
+    def fisher_diagonal(self) -> torch.Tensor:
+        return self._sum(self.pool.run("fisher_diagonal"))
+
+    def losses(self, rows: Sequence, batch_size: int) -> torch.Tensor:
+        by_position: dict[int, float] = {}
+        for part in self.pool.run("losses", ray.put(list(rows)), batch_size):
+            by_position.update(part)
+        return torch.tensor([by_position[i] for i in range(len(rows))], dtype=torch.float64)
+
+    def bytes_per_iteration(self) -> int:
+        """What one CG iteration moves between the aggregator and the groups: v out once,
+        one total back per group."""
+        d = self._theta.numel()
+        return d * self.vector_dtype.itemsize * (1 + len(self.pool.groups))

@@ -38,10 +38,11 @@ from eraser_dist.arguments import (
 )
 from eraser_dist.core.curvature import exact_hvp, fd_hvp
 from eraser_dist.core.reference import cosine
+from eraser_dist.core.requests import EditedObjective, apply_requests, parse_request
 from eraser_dist.data import Example, read_examples, write_examples
 from eraser_dist.distributed.shard_worker import WorkerSpec
 from eraser_dist.experiments.movielens import genre_examples
-from eraser_dist.llm.adapters import load_adapter
+from eraser_dist.llm.adapters import load_adapter, read_meta
 from eraser_dist.llm.models import load_base
 
 LAYOUTS = ((1, 1), (1, 2), (2, 1))
@@ -56,14 +57,14 @@ def fit(base: str, root: Path) -> tuple[Path, Path, list[Example]]:
     return data, adapter, rows
 
 
-def erase_on(spec: WorkerSpec, request: dict, args: EraseArguments, workers: int, size: int,
-             checkpoints: Path) -> dict:
+def erase_on(spec: WorkerSpec, edited: EditedObjective, weight_decay: float,
+             args: EraseArguments, workers: int, size: int, checkpoints: Path) -> dict:
     dist = DistributedArguments(workers=workers, group_size=size)
     aggregator = Aggregator.options(num_cpus=0, max_concurrency=2).remote(
         spec, layout_for(dist), str(checkpoints / f"{workers}x{size}-{spec.base_dtype}"), 0)
     try:
         start = time.perf_counter()
-        found = ray.get(aggregator.erase.remote([request], args))
+        found = ray.get(aggregator.erase.remote(edited, weight_decay, args))
         found["wall_seconds"] = time.perf_counter() - start
         found["memory"] = ray.get(aggregator.memory.remote())
         return found
@@ -78,15 +79,17 @@ def base_bytes(base: str) -> int:
 
 def bench_base(base: str, root: Path, iterations: int) -> dict:
     data, adapter, rows = fit(base, root)
-    spec = WorkerSpec(base, str(adapter), str(data))
-    request = {"kind": "remove", "ids": [rows[0].id, rows[5].id]}
+    spec = WorkerSpec(base, str(adapter))
+    edited = apply_requests([parse_request({"kind": "remove", "ids": [rows[0].id, rows[5].id]})],
+                            rows)
+    weight_decay = read_meta(adapter).weight_decay
     # tol 0: every layout runs the same number of iterations; damping keeps it PD.
     args = EraseArguments(hvp="fd", damping=1.0, tol=1e-30, max_iter=iterations,
                           on_negative_curvature="truncate", batch_size=8)
     size = base_bytes(base)
     out, deltas = {"base_bytes": size, "layouts": {}}, {}
     for workers, group_size in LAYOUTS:
-        found = erase_on(spec, request, args, workers, group_size, root)
+        found = erase_on(spec, edited, weight_decay, args, workers, group_size, root)
         deltas[(workers, group_size)] = found["result"].delta
         hvps = found["seconds_per_hvp"]
         out["layouts"][f"{workers}x{group_size}"] = {
@@ -114,8 +117,9 @@ def bench_base(base: str, root: Path, iterations: int) -> dict:
     # bf16 against fp32 with Gauss-Newton: positive semi-definite, so neither solve is cut
     # short by negative curvature at a different iteration.
     ggn = replace(args, hvp="ggn")
-    fp32 = erase_on(spec, request, ggn, 1, 2, root)["delta"]
-    bf16 = erase_on(replace(spec, base_dtype="bfloat16"), request, ggn, 1, 2, root)["delta"]
+    fp32 = erase_on(spec, edited, weight_decay, ggn, 1, 2, root)["result"].delta
+    bf16 = erase_on(replace(spec, base_dtype="bfloat16"), edited, weight_decay, ggn, 1, 2,
+                    root)["result"].delta
     out["bf16_base_ggn_1x2"] = {
         "delta_cosine_to_fp32": cosine(bf16, fp32),
         "delta_norm_ratio_to_fp32": float(bf16.norm() / fp32.norm()),
@@ -148,7 +152,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--out", default=None, help="also write the JSON here")
     ns = parser.parse_args()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
     results = {"machine_cpus": torch.get_num_threads(), "iterations": ns.iterations}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

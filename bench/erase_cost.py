@@ -102,7 +102,7 @@ def measure(args: argparse.Namespace, preset) -> list[dict]:
             report = api.erase(preset.base, Path(tmp) / f"adapter{n}", data,
                                task.experiment_request(name), Path(tmp) / f"erased{n}",
                                replace(preset.erase, hvp="ggn"), progress=False,
-                               device=preset.device)
+                               device=preset.device).to_json()
             erase_s = time.perf_counter() - start
             runs.append({"n": n, "k": report["n_affected"], "retrain_seconds": train_s,
                          "erase_seconds": erase_s, "cg_iterations": report["cg_iterations"],

@@ -26,7 +26,6 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from eraser_dist import api
-from eraser_dist.api import REPORT_FILE
 from eraser_dist.arguments import EraseArguments
 from eraser_dist.core.reference import cosine
 from eraser_dist.experiments.recommend import evaluate_recommendations
@@ -38,6 +37,7 @@ from eraser_dist.experiments.runner import (
     row_losses,
 )
 from eraser_dist.llm.adapters import adapter_vector
+from eraser_dist.report import REPORT_FILE
 
 
 def parse_variant(text: str) -> dict:
@@ -75,7 +75,8 @@ def measure(work: Path, name: str, preset_name: str, variants: dict[str, dict],
         else:
             report = api.erase(preset.base, found.corrupted, found.data, found.request, folder,
                                replace(preset.erase, **settings),
-                               overwrite=True, progress=False, device=preset.device)
+                               overwrite=True, progress=False,
+                               device=preset.device).to_json()
         theta = adapter_vector(model, folder).double()
         model.set_flat(theta)
         figures = evaluate_recommendations(model, test, found.task.candidates,

@@ -107,7 +107,7 @@ def main() -> None:
         for k in [int(x) for x in ns.batch_sizes.split(",")]:
             batch = [EraseRequest("remove", (f"ad0-{ns.rows - 1 - i}",)) for i in range(k)]
             report = api.erase("tiny-llama", work / "ad0", work / "ad0.parquet", batch,
-                               work / f"k{k}", erase, progress=False)
+                               work / f"k{k}", erase, progress=False).to_json()
             cost.append({"k": k, "seconds": report["seconds"],
                          "cg_iterations": report["cg_iterations"],
                          "hvp_used": report["hvp_used"],

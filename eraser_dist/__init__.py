@@ -1,1 +1,45 @@
-"""eraser_dist: influence-function unlearning for LoRA adapters."""
+"""eraser_dist: make a LoRA-adapted LLM unlearn training rows by one influence solve.
+
+The public API::
+
+    from eraser_dist import train, erase, evaluate, EraseArguments
+
+    train("smollm2-135m", "train.parquet", "adapters/v0")
+    report = erase("smollm2-135m", "adapters/v0", "train.parquet", "request.json",
+                   "adapters/v1", EraseArguments(hvp="ggn", max_iter=16))
+
+Names are imported on first use, so that ``import eraser_dist`` (and ``eraser --help``)
+does not load torch. The layout, the maths and the architecture: docs/DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "train": "api", "erase": "api", "evaluate": "api",
+    "LoraArguments": "arguments", "TrainArguments": "arguments",
+    "EraseArguments": "arguments", "DistributedArguments": "arguments",
+    "ServiceArguments": "arguments",
+    "EraseReport": "report",
+    "EraseRequest": "core.requests", "parse_request": "core.requests",
+    "LossModel": "core.objective",
+    "CurvatureBackend": "core.backend",
+    "newton_step": "core.influence",
+    "EraserError": "errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'eraser_dist' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

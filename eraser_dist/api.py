@@ -16,20 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from .arguments import (
-    CURVATURE_DATA,
-    HVP_KINDS,
-    NEGATIVE_CURVATURE_POLICIES,
-    PRECONDITIONERS,
-    RHS_GRADIENTS,
-    STEP_KINDS,
     DistributedArguments,
     EraseArguments,
     LoraArguments,
     TrainArguments,
+    check_engine,
 )
-from .core.influence import check_stages, newton_step
+from .core.influence import InfluenceResult, newton_step
 from .core.objective import loss_values
-from .core.requests import EraseRequest, apply_requests, load_request
+from .core.requests import EditedObjective, EraseRequest, apply_requests, load_request
 from .data import examples_digest, read_examples
 from .distributed.shard_worker import WorkerSpec
 from .errors import EraserError
@@ -46,8 +41,14 @@ from .llm.adapters import (
 )
 from .llm.models import LoraCausalLM, attach_lora, load_base
 from .llm.train import train_adam
+from .report import (
+    REPORT_FILE,
+    DistributedFigures,
+    EraseReport,
+    RequestFigures,
+    StationarityFigures,
+)
 
-REPORT_FILE = "erase_report.json"
 PathLike = str | os.PathLike
 
 
@@ -124,21 +125,21 @@ def erase(
     progress: bool = True,
     distributed: DistributedArguments | None = None,
     device: str = "cpu",
-) -> dict[str, Any]:
+) -> EraseReport:
     """Apply an erase request, or a batch of them, to an adapter by one influence step;
     publish the new adapter.
 
     ``data`` is the training set the adapter was fitted on. A batch (a sequence of requests
     with disjoint rows) is one solve; the report gives each request's own ΔΘ_k figures
-    under ``requests``. With ``distributed`` the step
-    runs on a Ray cluster (worker groups on a ZeRO-3-partitioned base, see ``actors/``);
-    otherwise in this process, on ``device`` (a distributed erase places its ranks by
-    ``distributed.backend``). The output holds the new adapter, ΔΘ alone
-    (``adapter_delta.safetensors``, for serving replicas) and the report that this function
-    returns (``erase_report.json``).
+    under ``requests``. With ``distributed`` the step runs on a Ray cluster (worker groups
+    on a ZeRO-3-partitioned base, see ``actors/``); otherwise in this process, on ``device``
+    (a distributed erase places its ranks by ``distributed.backend``). Both run the same
+    pipeline (:func:`eraser_dist.core.influence.newton_step`). The output holds the new
+    adapter, ΔΘ alone (``adapter_delta.safetensors``, for serving replicas) and the report
+    that this function returns (``erase_report.json``).
     """
     args = args or EraseArguments()
-    check_erase_arguments(args, distributed)
+    check_engine(args, distributed)
     check_output_dir(out, overwrite)
     if Path(out).resolve() == Path(adapter).resolve():
         raise EraserError("the output directory must differ from the input adapter")
@@ -153,77 +154,28 @@ def erase(
     meta = read_meta(adapter)
     check_fitted_on(meta, adapter, data, examples)
     start = time.perf_counter()
+    figures = None
     if distributed is None:
         model, meta = load_adapter(load_base(base, device=device), adapter)
         result = newton_step(model, edited, meta.weight_decay, args, progress=progress)
         keys, shapes = [file_key(n) for n in model.names], [p.shape for p in model.params]
-        theta, extra = model.get_flat().double().cpu(), {}
+        theta = model.get_flat().double().cpu()
     else:
         from actors.driver import distributed_erase
 
         checkpoints = distributed.checkpoint_dir or str(
             Path(out).parent / f".{Path(out).name}.cg-checkpoint")
-        spec = WorkerSpec(base, str(Path(adapter).resolve()), str(Path(data).resolve()),
-                          distributed.base_dtype)
-        found = distributed_erase(spec, [r.to_json() for r in batch], args, distributed,
+        spec = WorkerSpec(base, str(Path(adapter).resolve()), distributed.base_dtype)
+        found = distributed_erase(spec, edited, meta.weight_decay, args, distributed,
                                   checkpoints, progress)
         result = found["result"]
         keys, shapes, theta = found["keys"], found["shapes"], found["theta"]
-        extra = {"workers": distributed.workers, "group_size": distributed.group_size,
-                 "base_dtype": distributed.base_dtype,
-                 "group_restarts": found["group_restarts"],
-                 "resumed_at_iteration": found["resumed_at_iteration"],
-                 "bytes_per_iteration": found["bytes_per_iteration"]}
-    seconds = time.perf_counter() - start
-    cg = result.cg
-    kinds = {r.kind for r in batch}
-    parts_total = result.parts.sum(0)
-    if result.stationarity is not None:
-        parts_total = parts_total + result.stationarity
-    report = {
-        "kind": kinds.pop() if len(kinds) == 1 else "mixed",
-        "n_train": len(examples),
-        "n_affected": sum(len(r.ids) for r in batch),
-        "hvp": args.hvp,
-        "hvp_used": result.hvp,
-        "curvature": args.curvature,
-        "damping": result.damping,
-        "weight_decay": meta.weight_decay,
-        "cg_iterations": cg.iterations,
-        "cg_converged": cg.converged,
-        "relative_residual": cg.relative_residual,
-        "negative_curvature": result.negative_curvature,
-        "on_negative_curvature": args.on_negative_curvature,
-        "step": args.step,
-        "preconditioner": args.preconditioner,
-        "gradient": args.gradient,
-        "stages": args.stages,
-        "tol": args.tol,
-        "hessian_rows": result.hessian_rows,
-        "rhs_norm": result.rhs_norm,
-        "delta_norm": float(result.delta.norm()),
-        "adapter_norm": float(theta.norm()),
-        "seconds": seconds,
-        "rhs_seconds": result.rhs_seconds,
-        "solve_seconds": result.solve_seconds,
-        "requests": [
-            {"kind": r.kind, "n_affected": len(r.ids), "rhs_norm": float(rhs_norm),
-             "delta_norm": float(part.norm()), "relative_residual": float(residual)}
-            for r, part, residual, rhs_norm in zip(batch, result.parts, result.part_residuals,
-                                                   result.part_rhs_norms, strict=True)
-        ],
-        # the share of ΔΘ that finishes the fit (--gradient all_rows): −(W/W')∇f(Θ̂)'s solve
-        "stationarity": None if result.stationarity is None else {
-            "rhs_norm": result.stationarity_rhs_norm,
-            "delta_norm": float(result.stationarity.norm()),
-            "relative_residual": result.stationarity_residual},
-        # each stage's own figures (--stages above 1); the totals above add them up
-        "stage_steps": result.stages,
-        # ‖Σ_k ΔΘ_k (+ stationarity) − ΔΘ‖/‖ΔΘ‖: how exactly the parts add up to the step
-        "parts_sum_error": float((parts_total - result.delta).norm()
-                                 / max(float(result.delta.norm()), 1e-300)),
-        **extra,
-    }
+        figures = DistributedFigures(distributed.workers, distributed.group_size,
+                                     distributed.base_dtype, found["group_restarts"],
+                                     found["resumed_at_iteration"],
+                                     found["bytes_per_iteration"])
+    report = erase_report(batch, edited, args, result, meta.weight_decay, theta,
+                          time.perf_counter() - start, figures)
     new_meta = replace(
         meta,
         lineage={
@@ -235,34 +187,48 @@ def erase(
         },
     )
     delta = split_delta(result.delta, keys, [tuple(s) for s in shapes])
-    publish_erased(adapter, out, delta, new_meta, {REPORT_FILE: report}, overwrite=overwrite)
+    publish_erased(adapter, out, delta, new_meta, {REPORT_FILE: report.to_json()},
+                   overwrite=overwrite)
     if distributed is not None:
         shutil.rmtree(checkpoints, ignore_errors=True)  # published: nothing left to resume
     return report
 
 
-def check_erase_arguments(args: EraseArguments,
-                          distributed: DistributedArguments | None = None) -> None:
-    """Refuse a bad choice before any file is read (EraserError)."""
-    for flag, value, choices in (
-        ("--hvp", args.hvp, HVP_KINDS),
-        ("--curvature", args.curvature, CURVATURE_DATA),
-        ("--on-negative-curvature", args.on_negative_curvature, NEGATIVE_CURVATURE_POLICIES),
-        ("--step", args.step, STEP_KINDS),
-        ("--preconditioner", args.preconditioner, PRECONDITIONERS),
-        ("--gradient", args.gradient, RHS_GRADIENTS),
-    ):
-        if value not in choices:
-            raise EraserError(f"unknown {flag} {value!r}; choose one of {', '.join(choices)}")
-    if not args.tol > 0:
-        raise EraserError(f"--tol must be positive, got {args.tol}")
-    if args.max_iter < 1:
-        raise EraserError(f"--max-iter must be at least 1, got {args.max_iter}")
-    if args.batch_size < 1:
-        raise EraserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    check_stages(args)
-    if distributed is not None and args.stages > 1:
-        raise EraserError("--stages above 1 runs in one process only, not with --workers")
+def erase_report(batch: Sequence[EraseRequest], edited: EditedObjective, args: EraseArguments,
+                 result: InfluenceResult, weight_decay: float, theta, seconds: float,
+                 distributed: DistributedFigures | None = None) -> EraseReport:
+    """The report of a finished step (``theta``: Θ̂ [d], ``seconds``: the erase's wall time)."""
+    cg = result.cg
+    kinds = {r.kind for r in batch}
+    parts_total = result.parts.sum(0)
+    if result.stationarity is not None:
+        parts_total = parts_total + result.stationarity
+    return EraseReport(
+        kind=kinds.pop() if len(kinds) == 1 else "mixed",
+        n_train=len(edited.rows_before),
+        n_affected=sum(len(r.ids) for r in batch),
+        hvp=result.hvp_requested, hvp_used=result.hvp, curvature=args.curvature,
+        damping=result.damping, weight_decay=weight_decay, cg_iterations=cg.iterations,
+        cg_converged=cg.converged, relative_residual=cg.relative_residual,
+        negative_curvature=result.negative_curvature, truncated=result.truncated,
+        on_negative_curvature=args.on_negative_curvature, step=args.step,
+        preconditioner=args.preconditioner, gradient=args.gradient, stages=args.stages,
+        tol=args.tol, hessian_rows=result.hessian_rows, rhs_norm=result.rhs_norm,
+        delta_norm=float(result.delta.norm()), adapter_norm=float(theta.norm()),
+        seconds=seconds, rhs_seconds=result.rhs_seconds, solve_seconds=result.solve_seconds,
+        parts_sum_error=float((parts_total - result.delta).norm()
+                              / max(float(result.delta.norm()), 1e-300)),
+        requests=[RequestFigures(r.kind, len(r.ids), float(rhs_norm), float(part.norm()),
+                                 float(residual))
+                  for r, part, residual, rhs_norm in zip(batch, result.parts,
+                                                         result.part_residuals,
+                                                         result.part_rhs_norms, strict=True)],
+        stationarity=None if result.stationarity is None else StationarityFigures(
+            result.stationarity_rhs_norm, float(result.stationarity.norm()),
+            result.stationarity_residual),
+        stage_steps=result.stages,
+        distributed=distributed,
+    )
 
 
 def evaluate(

@@ -1,211 +1,312 @@
-"""Options of each stage as dataclasses; the CLI and the Python API share them."""
+"""Options of each stage as dataclasses that check themselves; the CLI and the API share them.
+
+Each field carries its help text (``metadata["help"]``) and its bounds, and a field typed
+with a ``Literal`` takes its choices from that type, so a choice is written once. Building
+an options object validates it (:class:`Options`): a bad value raises :class:`EraserError`
+naming the flag, before any file is read or any model is loaded. The ``eraser`` CLI builds
+its flags from these fields (:mod:`eraser_dist.cli.options`). This module imports nothing
+heavy, so that ``eraser --help`` starts fast.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import math
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from functools import cache
+from typing import Any, Literal, get_args, get_origin
+
+from .errors import EraserError
 
 LrSchedule = Literal["constant", "linear"]
-LR_SCHEDULES: tuple[str, ...] = ("constant", "linear")
 HvpKind = Literal["exact", "fd", "ggn"]
-HVP_KINDS: tuple[str, ...] = ("exact", "fd", "ggn")
+HvpChoice = Literal["auto", "exact", "fd", "ggn"]
 CurvatureData = Literal["original", "edited"]
-CURVATURE_DATA: tuple[str, ...] = ("original", "edited")
 NegativeCurvaturePolicy = Literal["ggn", "truncate", "fail"]
-NEGATIVE_CURVATURE_POLICIES: tuple[str, ...] = ("ggn", "truncate", "fail")
 StepKind = Literal["cg", "least_residual"]
-STEP_KINDS: tuple[str, ...] = ("cg", "least_residual")
 PreconditionerKind = Literal["none", "fisher_diagonal"]
-PRECONDITIONERS: tuple[str, ...] = ("none", "fisher_diagonal")
 RhsGradient = Literal["changed_rows", "all_rows"]
-RHS_GRADIENTS: tuple[str, ...] = ("changed_rows", "all_rows")
+Backend = Literal["auto", "gloo", "nccl"]
+BaseDtype = Literal["float32", "bfloat16", "float64"]
+
+HVP_KINDS: tuple[str, ...] = get_args(HvpKind)
+PRECONDITIONERS: tuple[str, ...] = get_args(PreconditionerKind)
+
+
+def option(default: Any = MISSING, help: str = "", *, minimum: float | None = None,
+           above: float | None = None, default_factory: Any = MISSING) -> Any:
+    """A dataclass field with its help text and bounds: ``minimum`` (inclusive) or
+    ``above`` (exclusive)."""
+    metadata = {"help": help, "minimum": minimum, "above": above}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def flag(name: str) -> str:
+    """The CLI flag of a field: ``max_iter`` → ``--max-iter``."""
+    return "--" + name.replace("_", "-")
+
+
+def choices(hint: Any) -> tuple[Any, ...]:
+    """The values of a ``Literal`` type (also inside ``X | None``); () for any other type."""
+    if get_origin(hint) is Literal:
+        return get_args(hint)
+    for arg in get_args(hint):
+        if get_origin(arg) is Literal:
+            return get_args(arg)
+    return ()
+
+
+def scalar_type(hint: Any) -> Any:
+    """int, float, str or bool of a field's type, the element type of a tuple, the type of
+    a ``Literal``'s values; ``X | None`` is X."""
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if get_origin(hint) is Literal:
+        return type(get_args(hint)[0])
+    if get_origin(hint) is tuple:
+        return scalar_type(args[0])
+    if args and get_origin(hint) is not tuple:  # X | None
+        return scalar_type(args[0])
+    return hint
+
+
+def allows_none(hint: Any) -> bool:
+    return type(None) in get_args(hint)
+
+
+@cache
+def field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+class Options:
+    """Validation shared by every options dataclass: choices, types and bounds per field,
+    then the class's own cross-field rules (:meth:`check`)."""
+
+    def __post_init__(self) -> None:
+        hints = field_types(type(self))
+        for f in fields(self):  # type: ignore[arg-type]
+            check_value(f.name, getattr(self, f.name), hints[f.name], f.metadata)
+        self.check()
+
+    def check(self) -> None:
+        """Rules between fields; raise EraserError."""
+
+
+def check_value(name: str, value: Any, hint: Any, metadata: Any) -> None:
+    if value is None and allows_none(hint):
+        return
+    allowed = choices(hint)
+    if allowed:
+        if value not in allowed:
+            raise EraserError(f"unknown {flag(name)} {value!r}; choose one of "
+                              f"{', '.join(map(str, allowed))}")
+        return
+    kind = scalar_type(hint)
+    values = value if get_origin(hint) is tuple else (value,)
+    if get_origin(hint) is tuple and not isinstance(value, tuple):
+        raise EraserError(f"{flag(name)} must be a tuple, got {value!r}")
+    for item in values:
+        if kind is int and (isinstance(item, bool) or not isinstance(item, int)):
+            raise EraserError(f"{flag(name)} must be an integer, got {item!r}")
+        if kind is float and (isinstance(item, bool) or not isinstance(item, int | float)
+                              or not math.isfinite(item)):
+            raise EraserError(f"{flag(name)} must be a finite number, got {item!r}")
+        if kind is str and not isinstance(item, str):
+            raise EraserError(f"{flag(name)} must be a string, got {item!r}")
+        minimum, above = metadata.get("minimum"), metadata.get("above")
+        if minimum is not None and item < minimum:
+            raise EraserError(f"{flag(name)} must be at least {minimum:g}, got {item!r}")
+        if above is not None and not item > above:
+            bound = "positive" if above == 0 else f"above {above:g}"
+            raise EraserError(f"{flag(name)} must be {bound}, got {item!r}")
 
 
 @dataclass
-class LoraArguments:
-    """Shape of the LoRA adapter attached to the frozen base."""
+class LoraArguments(Options):
+    """Shape of the LoRA adapter attached to the frozen base.
 
-    rank: int = 8
-    alpha: float = 16.0
-    targets: tuple[str, ...] = ("q_proj", "v_proj")
-    # No LoRA dropout: the model always runs in eval mode, so training, gradients and curvature
-    # all see the same deterministic objective.
+    No LoRA dropout: the model always runs in eval mode, so training, gradients and
+    curvature all see the same deterministic objective.
+    """
+
+    rank: int = option(8, "LoRA rank r", minimum=1)
+    alpha: float = option(16.0, "LoRA scale α (the update is α/r · BA)", above=0)
+    targets: tuple[str, ...] = option(("q_proj", "v_proj"),
+                                      "comma-separated module names to adapt")
+
+    def check(self) -> None:
+        if not self.targets or not all(self.targets):
+            raise EraserError("give at least one target module, e.g. q_proj,v_proj")
 
 
 @dataclass
-class TrainArguments:
+class TrainArguments(Options):
     """Fine-tuning of the adapter by Adam on the objective (1/n) Σ L_i + (λ/2)‖Θ‖².
 
     ``weight_decay`` is λ of that objective (an L2 term in the loss, not AdamW's decoupled
-    decay), so that erasure, which uses λ as its default damping, and retraining optimise the
-    same function.
-
-    ``lr_schedule`` ``linear`` decays the rate to 0 at the last step, so that the adapter ends
-    settled near a minimum (where the influence step's ∇f(Θ̂) = 0 holds) rather than where a
-    constant-rate Adam step left it.
+    decay), so that erasure, which uses λ as its default damping, and retraining optimise
+    the same function. ``lr_schedule`` ``linear`` decays the rate to 0 at the last step, so
+    the adapter ends settled near a minimum, where the erase step's ∇f(Θ̂) = 0 holds.
     """
 
-    epochs: int = 3
-    lr: float = 2e-3
-    batch_size: int = 8
-    weight_decay: float = 0.01
-    seed: int = 0
-    max_length: int = 256
-    lr_schedule: LrSchedule = "constant"
+    epochs: int = option(3, "passes over the training set", minimum=1)
+    lr: float = option(2e-3, "Adam learning rate", above=0)
+    batch_size: int = option(8, "rows per Adam step", minimum=1)
+    weight_decay: float = option(0.01, "λ of the L2 term in the objective; also the erase's "
+                                 "default damping", minimum=0)
+    seed: int = option(0, "seed of the LoRA initialisation and the shuffles")
+    max_length: int = option(256, "tokens per row (prompt cut first)", minimum=2)
+    lr_schedule: LrSchedule = option("constant", "constant, or linear decay to 0 at the "
+                                     "last step")
 
 
 @dataclass
-class EraseArguments:
-    """How ΔΘ = (H + damping·I)⁻¹ b is solved.
+class EraseArguments(Options):
+    """How ΔΘ = (H + damping·I)⁻¹ b is solved (docs/DESIGN.md §1–2).
 
-    ``damping`` defaults to the adapter's training weight decay λ, which is the exact λI term
-    of the objective's Hessian. ``tol`` is the relative residual ‖AΔ − b‖/‖b‖ at which
-    conjugate gradient stops. ``hessian_samples`` estimates H on a seeded subset of that many
-    training rows (all rows when None).
-
-    ``curvature`` says whose Hessian the step uses: ``original``, that of the objective the
-    adapter was fitted on (positive definite at its converged minimiser, so the solve is well
-    posed), or ``edited``, that of the edited objective at the same point (exact for a
-    quadratic loss, but it can be indefinite: Θ̂ is not its minimiser). Both are first-order
-    exact; on tiny-llama, removing or editing 1/8 of the rows, ``original`` was closer to
-    retraining (bench/influence_vs_retrain.py).
-
-    ``on_negative_curvature`` says what happens when CG finds H + damping·I indefinite (it
-    does at an adapter that Adam left short of a minimum): ``ggn`` solves again with the
-    Gauss-Newton matrix, positive semi-definite by construction; ``truncate`` keeps CG's
-    last iterate; ``fail`` raises. The report says which happened.
-
-    ``step`` is the vector taken from the Krylov space CG built: ``cg``, CG's own iterate, or
-    ``least_residual``, the vector of that space with the least ‖(H + damping·I)Δ − b‖.
-    They agree where CG converges. Where the product is not exactly symmetric (the
-    Gauss-Newton product is a finite difference of logits) CG's short recurrence can
-    derail: on the qm experiment its residual grew to 3.97 while the least-residual vector
-    of the same 16 directions had 0.22 (docs/experiments/damping_qm.json). It keeps the
-    directions and their products, 2·max_iter·d floats.
-
-    ``preconditioner`` ``fisher_diagonal`` runs preconditioned CG with M = diag(F) + damping,
-    F the empirical Fisher of the Hessian rows (one gradient per row, about one iteration's
-    cost); ``none`` is plain CG. The solution is the same; the Krylov space is a better one
-    for a fixed number of iterations: on the qm experiment 16 iterations recovered 1.11 of
-    retraining's edited-row loss against 0.77 without it, and rc10, rc40 and ir moved by
-    ≤ 0.02 (docs/experiments/preconditioner.json).
-
-    ``gradient`` says how b = −∇f_new(Θ̂) is computed. ``changed_rows`` assumes Θ̂ minimises
-    f (∇f(Θ̂) = 0) and needs the gradients of the request's rows only, a cost that grows
-    with the request, not the data set. ``all_rows`` drops that assumption: one pass over
-    every row adds the term −(W/W')∇f(Θ̂), so the step also finishes the fit that training
-    left short (the report gives that term's share of ΔΘ apart, as ``stationarity``). For a
-    quadratic loss it makes the step exact from any Θ̂. On the cpu experiments that term
-    (‖·‖ 0.15–0.25) is 3–5× the request's own b on qm and ir (0.05, 0.06), about equal on
-    rc10 (0.21) and a third of it on rc40 (0.70), and it helped only rc40: the share of
-    retraining's edited-row loss recovered went from 0.62 to 1.27 there, but from 1.11 to
-    0.88 on qm, 1.14 to 0.28 on rc10 and 0.96 to 0.89 on ir (docs/experiments/gradient.json).
-    So it is not the default.
-
-    ``stages`` > 1 applies the request in that many equal parts, f → f_{1/k} → … → f_new
-    along f_t = f + t·(f_new − f): each part is one step as above, taken from where the
-    previous one ended, with b and H evaluated there. One step assumes the retrained adapter
-    lies where Θ̂'s second-order model still holds; an edit of 40% of the answers moves it
-    further, and re-linearising on the way follows it (on rc40 the share of retraining's
-    edited-row loss recovered went from 0.62 with one stage to 0.90 with four,
-    docs/experiments/stages_rc40.json). Each stage is a full solve, so the erase costs
-    ``stages`` times as much. It needs ``gradient`` ``changed_rows`` and the one-process
-    engine.
+    The defaults run on either engine: ``hvp`` ``auto`` is the exact HVP in one process and
+    the finite-difference one on a ZeRO-3-partitioned base, where double backward does not
+    work. ``damping`` defaults to the adapter's training weight decay λ, the exact λI term of
+    the objective's Hessian. ``curvature`` ``original`` is the Hessian of the objective the
+    adapter was fitted on (positive definite at its minimiser), ``edited`` that of the
+    edited objective at the same point (exact for a quadratic loss, but it can be
+    indefinite). ``step`` ``least_residual`` returns the vector of CG's Krylov space with
+    the least residual instead of CG's iterate: the same where CG converges, robust where a
+    not exactly symmetric product (fd, ggn) derails CG's recurrence; it keeps
+    2·max_iter·d floats. ``gradient`` ``all_rows`` drops the assumption ∇f(Θ̂) = 0 at the
+    cost of one pass over every row. ``stages`` K > 1 follows the path f_t in K steps, each
+    a full solve. What each choice measured: docs/RESULTS.md.
     """
 
-    hvp: HvpKind = "exact"
-    curvature: CurvatureData = "original"
-    on_negative_curvature: NegativeCurvaturePolicy = "ggn"
-    damping: float | None = None
-    tol: float = 1e-4
-    max_iter: int = 100
-    hessian_samples: int | None = None
-    batch_size: int = 8
-    seed: int = 0
-    fd_step: float | None = None
-    step: StepKind = "cg"
-    preconditioner: PreconditionerKind = "fisher_diagonal"
-    gradient: RhsGradient = "changed_rows"
-    stages: int = 1
+    hvp: HvpChoice = option("auto", "HVP back-end: auto (exact in one process, fd with "
+                            "--workers), exact (double backward), fd (difference of "
+                            "gradients) or ggn (Gauss-Newton)")
+    curvature: CurvatureData = option("original", "Hessian of the original objective "
+                                      "(positive definite at a converged adapter) or of the "
+                                      "edited one")
+    on_negative_curvature: NegativeCurvaturePolicy = option(
+        "ggn", "if H is indefinite: solve with Gauss-Newton (ggn), keep CG's last iterate "
+        "(truncate) or stop (fail)")
+    damping: float | None = option(None, "λ in (H + λI); default: the adapter's training "
+                                   "weight decay", minimum=0)
+    tol: float = option(1e-4, "CG stops at this relative residual", above=0)
+    max_iter: int = option(100, "most CG iterations (HVPs) per solve", minimum=1)
+    hessian_samples: int | None = option(None, "estimate H on this many rows (seeded); "
+                                         "default: all", minimum=1)
+    batch_size: int = option(8, "rows per forward pass", minimum=1)
+    seed: int = option(0, "seed of the Hessian sample")
+    fd_step: float | None = option(None, "step h of the finite-difference HVPs; default: "
+                                   "scaled to the adapter and dtype", above=0)
+    step: StepKind = option("cg", "CG's iterate (cg) or the least-residual vector of its "
+                            "Krylov space (least_residual)")
+    preconditioner: PreconditionerKind = option(
+        "fisher_diagonal", "fisher_diagonal: CG preconditioned by the empirical Fisher's "
+        "diagonal (one gradient per Hessian row); none: plain CG")
+    gradient: RhsGradient = option(
+        "changed_rows", "b from the request's rows alone, assuming the adapter minimises its "
+        "objective (changed_rows), or from one pass over every row (all_rows)")
+    stages: int = option(1, "apply the request in this many equal parts, each step from "
+                         "where the last ended (a solve per stage)", minimum=1)
+
+    def check(self) -> None:
+        if self.stages > 1 and self.gradient != "changed_rows":
+            # all_rows's term is ∇f at t = 0; a later stage would need f_t's
+            raise EraserError("--stages above 1 needs --gradient changed_rows")
 
 
 @dataclass
-class DistributedArguments:
+class DistributedArguments(Options):
     """How an erase is spread over a Ray cluster (``eraser erase --workers G --group-size K``).
 
     ``workers`` groups run side by side on disjoint shards of the rows (data parallelism);
     each group is ``group_size`` ranks that hold one base model partitioned by ZeRO-3.
-    ``address`` is a Ray cluster to join (``auto``, ``ray://host:10001``); None starts a
-    local one when this process is not connected yet. ``backend`` ``auto`` picks NCCL when
-    the ranks have GPUs, gloo otherwise. ``base_dtype`` is the dtype the base is held in
-    (``bfloat16`` at 70B); LoRA weights, gradients and CG vectors stay fp32 or wider.
+    LoRA weights, gradients and CG vectors stay fp32 or wider whatever ``base_dtype`` is.
     A group that fails (a rank died or its collective broke) is restarted up to
     ``max_group_restarts`` times and its work retried; the aggregator itself is restarted
-    up to ``max_aggregator_restarts`` times and resumes CG from ``checkpoint_dir``
-    (default: a hidden folder beside the output).
+    up to ``max_aggregator_restarts`` times and resumes CG from its checkpoint.
     """
 
-    workers: int = 1
-    group_size: int = 1
-    address: str | None = None
-    backend: str = "auto"
-    base_dtype: str = "float32"
-    cpus_per_rank: float = 1.0
-    gpus_per_rank: float | None = None  # None: 1 with NCCL, 0 with gloo
-    threads_per_rank: int = 1
-    max_group_restarts: int = 2
-    max_aggregator_restarts: int = 1
-    collective_timeout_s: float = 300.0
-    checkpoint_dir: str | None = None
+    workers: int = option(1, "worker groups side by side (data parallel)", minimum=1)
+    group_size: int = option(1, "ranks per group that share one ZeRO-3-partitioned base",
+                             minimum=1)
+    address: str | None = option(None, "Ray cluster to join (e.g. auto); default: start a "
+                                 "local one")
+    backend: Backend = option("auto", "collectives: nccl on GPU ranks, gloo on CPU ranks; "
+                              "auto picks by the ranks' GPUs")
+    base_dtype: BaseDtype = option("float32", "dtype the base is held in (bfloat16 at 70B)")
+    cpus_per_rank: float = option(1.0, "Ray CPUs per rank", minimum=0)
+    gpus_per_rank: float | None = option(None, "Ray GPUs per rank; default: 1 with nccl, 0 "
+                                         "with gloo", minimum=0)
+    threads_per_rank: int = option(1, "torch threads per rank", minimum=1)
+    max_group_restarts: int = option(2, "restarts of a failed worker group before the erase "
+                                     "fails", minimum=0)
+    max_aggregator_restarts: int = option(1, "restarts of the aggregator (it resumes CG from "
+                                          "its checkpoint)", minimum=0)
+    collective_timeout_s: float = option(300.0, "seconds before a collective whose peer died "
+                                         "raises", above=0)
+    checkpoint_dir: str | None = option(None, "where CG state is kept; default: a hidden "
+                                        "folder beside the output")
 
 
 @dataclass
-class ServiceArguments:
+class ServiceArguments(Options):
     """How ``eraser serve`` forms batches and verifies them.
 
     A batch is at most ``max_batch_requests`` requests and ``max_batch_rows`` rows against
     one adapter. Each certificate measures losses on up to ``holdout_sample`` rows of the
-    dataset's held-out set (seeded). An idle worker looks for work every ``poll_seconds``.
+    dataset's held-out set (seeded).
     """
 
-    max_batch_requests: int = 64
-    max_batch_rows: int = 4096
-    holdout_sample: int = 64
-    poll_seconds: float = 1.0
-    eval_batch_size: int = 8
+    max_batch_requests: int = option(64, "most requests solved together", minimum=1)
+    max_batch_rows: int = option(4096, "most rows in one batch", minimum=1)
+    holdout_sample: int = option(64, "held-out rows each certificate measures", minimum=1)
+    poll_seconds: float = option(1.0, "seconds an idle worker waits between looks at the "
+                                 "queue", above=0)
+    eval_batch_size: int = option(8, "rows per forward pass of the certificates' losses",
+                                  minimum=1)
 
 
 @dataclass(frozen=True)
-class CorruptionArguments:
+class CorruptionArguments(Options):
     """The experiments' corruptions, as shares of the training rows, and the seed of all."""
 
-    seed: int = 0
-    query_share: float = 0.1
-    response_shares: tuple[float, ...] = (0.1, 0.4)
-    remove_share: float = 0.05
+    seed: int = option(0, "seed of the splits and corruptions")
+    query_share: float = option(0.1, "share of queries corrupted (qm)", minimum=0)
+    response_shares: tuple[float, ...] = option((0.1, 0.4), "shares of answers replaced "
+                                                "(rc10, rc40)", minimum=0)
+    remove_share: float = option(0.05, "share of rows removed (ir)", minimum=0)
 
 
 @dataclass(frozen=True)
 class LlaraArguments(CorruptionArguments):
     """Shape of the LLaRA task (one row per user)."""
 
-    history: int = 5
-    candidates: int = 10
-    train_users: int = 600
-    valid_users: int = 100
-    test_users: int = 200
+    history: int = option(5, "movies in the prompt", minimum=1)
+    candidates: int = option(10, "candidate answers per test user", minimum=2)
+    train_users: int = option(600, "training users", minimum=1)
+    valid_users: int = option(100, "validation users", minimum=1)
+    test_users: int = option(200, "test users", minimum=1)
 
 
 @dataclass(frozen=True)
 class GenreArguments(CorruptionArguments):
     """Shape of the genre task (a movie's genres from its title) and its corruptions.
 
-    The CPU stand-in for the LLaRA task: a 135M model learns it in minutes on 2 cores.
-    ``candidates`` answers are scored per test movie: its genres and ``candidates − 1``
-    other genre lists of training movies.
+    The CPU stand-in for the LLaRA task, learnt in minutes on 2 cores. ``candidates``
+    answers are scored per test movie: its genres and ``candidates − 1`` other genre lists
+    of training movies.
     """
 
-    train_movies: int = 300
-    valid_movies: int = 50
-    test_movies: int = 100
-    candidates: int = 4
+    train_movies: int = option(300, "training movies", minimum=1)
+    valid_movies: int = option(50, "validation movies", minimum=1)
+    test_movies: int = option(100, "test movies", minimum=1)
+    candidates: int = option(4, "candidate answers per test movie", minimum=2)
+
+
+def check_engine(args: EraseArguments, distributed: DistributedArguments | None) -> None:
+    """Refuse a solver setting the chosen engine cannot run (before any file is read)."""
+    if distributed is not None and args.hvp == "exact":
+        raise EraserError("--hvp exact needs double backward, which does not work on a "
+                          "ZeRO-3-partitioned base; use --hvp fd or ggn")

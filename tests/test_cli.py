@@ -540,12 +540,18 @@ MISTAKES = {
     "distributed-exact-hvp": (_distributed_case("--workers", "2", "--hvp", "exact"),
                               "exact needs double backward.*ZeRO-3.*use --hvp fd or ggn"),
     "distributed-zero-workers": (_distributed_case("--workers", "0"),
-                                 "--workers and --group-size must be at least 1, got 0 and 1"),
+                                 "--workers must be at least 1, got 0"),
     "distributed-negative-restarts": (
         _distributed_case("--group-size", "2", "--max-group-restarts", "-1"),
-        "restart limits must not be negative"),
-    "distributed-stages": (_distributed_case("--workers", "2", "--stages", "2"),
-                           "--stages above 1 runs in one process only"),
+        "--max-group-restarts must be at least 0, got -1"),
+    "distributed-tuning-alone": (_distributed_case("--base-dtype", "bfloat16"),
+                                 "--base-dtype tune the distributed engine; switch it on"),
+    "unknown-choice": (_distributed_case("--hvp", "newton"),
+                       r"argument --hvp: invalid choice: 'newton' .*see `eraser erase --help`"),
+    "not-a-number": (_distributed_case("--damping", "lots"),
+                     "argument --damping: invalid float value: 'lots'"),
+    "negative-damping": (_distributed_case("--damping", "-1"),
+                         "--damping must be at least 0, got -1.0"),
     "zero-stages": (_distributed_case("--stages", "0"), "--stages must be at least 1, got 0"),
     "stages-all-rows": (_distributed_case("--stages", "3", "--gradient", "all_rows"),
                         "--stages above 1 needs --gradient changed_rows"),
@@ -558,7 +564,8 @@ FOUND_BEFORE_LOADING = {"unknown-ids", "duplicate-ids", "edit-equals-original",
                         "invalid-json", "unknown-kind", "remove-everything", "missing-columns",
                         "duplicate-rows", "not-parquet", "distributed-exact-hvp",
                         "distributed-zero-workers", "distributed-negative-restarts",
-                        "distributed-stages", "zero-stages", "stages-all-rows"}
+                        "distributed-tuning-alone", "unknown-choice", "not-a-number",
+                        "negative-damping", "zero-stages", "stages-all-rows"}
 
 
 def forbid_model_loading(monkeypatch) -> None:

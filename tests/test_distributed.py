@@ -14,7 +14,7 @@ import ray
 import torch
 from conftest import word_rows
 
-from actors import aggregator, driver
+from actors import driver
 from actors.replica import ServingReplica, broadcast_delta
 from eraser_dist import api
 from eraser_dist.arguments import (
@@ -24,8 +24,11 @@ from eraser_dist.arguments import (
     TrainArguments,
 )
 from eraser_dist.core.objective import loss_values
+from eraser_dist.core.requests import apply_requests, parse_request
 from eraser_dist.core.solve import conjugate_gradient
-from eraser_dist.data import Example, write_examples
+from eraser_dist.data import Example, read_examples, write_examples
+from eraser_dist.distributed import checkpoint as checkpoint_module
+from eraser_dist.distributed.checkpoint import CheckpointFile
 from eraser_dist.distributed.sharding import RankPlace, owner, rank_rows
 from eraser_dist.errors import EraserError
 from eraser_dist.faults import FaultPlan
@@ -45,7 +48,8 @@ TWO_BY_TWO = DistributedArguments(workers=2, group_size=2, collective_timeout_s=
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False,
+    # address="local": a private cluster, never one that a stale session or `ray start` left
+    ray.init(address="local", num_cpus=6, include_dashboard=False, log_to_driver=False,
              logging_level="ERROR")
     yield
     ray.shutdown()
@@ -99,11 +103,11 @@ def test_distributed_delta_equals_single_process(cluster, fitted, kind):
     distributed = run_erase(fitted, kind, f"dist-{kind}")
     assert rel(distributed, single) <= 1e-3
     report = json.loads((fitted / f"dist-{kind}" / "erase_report.json").read_text())
-    assert report["workers"] == 2 and report["group_size"] == 2
-    assert report["group_restarts"] == [0, 0]
+    assert report["distributed"]["workers"] == 2 and report["distributed"]["group_size"] == 2
+    assert report["distributed"]["group_restarts"] == [0, 0]
     assert 0 < report["rhs_seconds"] + report["solve_seconds"] <= report["seconds"]
     # Only adapter-sized vectors move: v out once, one total back per group.
-    assert report["bytes_per_iteration"] == 3 * 4 * single.numel()
+    assert report["distributed"]["bytes_per_iteration"] == 3 * 4 * single.numel()
 
 
 def test_fd_backend_matches_single_process(cluster, fitted):
@@ -129,9 +133,28 @@ def test_all_rows_gradient_matches_single_process(cluster, fitted):
     assert rel(single, shortcut) > 1e-2
 
 
+def test_stages_run_distributed_and_match_single_process(cluster, fitted):
+    """--stages 2 with --workers: the same path of two steps, each from where the last
+    ended, with Θ moved on every rank between them."""
+    args = replace(ARGS, stages=2)
+    single = run_erase(fitted, "correct_response", "single-stages", args, distributed=None)
+    distributed = run_erase(fitted, "correct_response", "dist-stages", args)
+    assert rel(distributed, single) <= 1e-3
+    one_stage = run_erase(fitted, "correct_response", "single-one-stage", distributed=None)
+    assert rel(single, one_stage) > 1e-3  # the second stage was taken from elsewhere
+    reports = [json.loads((fitted / out / "erase_report.json").read_text())
+               for out in ("single-stages", "dist-stages")]
+    for report in reports:
+        assert report["stages"] == 2 and len(report["stage_steps"]) == 2
+    for mine, theirs in zip(reports[1]["stage_steps"], reports[0]["stage_steps"], strict=True):
+        assert mine["rhs_norm"] == pytest.approx(theirs["rhs_norm"], rel=1e-4)
+
+
 def test_ranks_hold_only_their_partition_and_whole_lora(cluster, fitted, tmp_path):
+    edited = apply_requests([parse_request(REQUESTS["remove"])],
+                            read_examples(fitted / "train.parquet"))
     found = driver.distributed_erase(
-        spec_for(fitted), [REQUESTS["remove"]], EraseArguments(hvp="ggn", max_iter=1),
+        spec_for(fitted), edited, 0.01, EraseArguments(hvp="ggn", max_iter=1),
         DistributedArguments(workers=1, group_size=2), str(tmp_path / "ckpt"), progress=False)
     ranks = found["partition"][0]
     assert len(ranks) == 2
@@ -149,7 +172,7 @@ def test_ranks_hold_only_their_partition_and_whole_lora(cluster, fitted, tmp_pat
 def spec_for(root):
     from eraser_dist.distributed.shard_worker import WorkerSpec
 
-    return WorkerSpec("tiny-llama", str(root / "adapter"), str(root / "train.parquet"))
+    return WorkerSpec("tiny-llama", str(root / "adapter"))
 
 
 def with_faults(monkeypatch, *plans):
@@ -167,7 +190,7 @@ def test_killed_worker_is_restarted_and_gives_the_fault_free_delta(
     with_faults(monkeypatch, FaultPlan("worker 1.1", "hvp", 3, 1, str(tmp_path)))
     recovered = run_erase(fitted, "remove", "killed-worker")
     report = json.loads((fitted / "killed-worker" / "erase_report.json").read_text())
-    assert report["group_restarts"] == [0, 1]
+    assert report["distributed"]["group_restarts"] == [0, 1]
     assert len(list(tmp_path.glob("death-*"))) == 1
     assert rel(recovered, clean) <= 1e-10
 
@@ -179,7 +202,7 @@ def test_killed_aggregator_resumes_from_its_checkpoint(cluster, fitted, tmp_path
     with_faults(monkeypatch, FaultPlan("aggregator", "iteration", 3, 1, str(tmp_path)))
     recovered = run_erase(fitted, "modify_query", "killed-aggregator", args)
     report = json.loads((fitted / "killed-aggregator" / "erase_report.json").read_text())
-    assert report["resumed_at_iteration"] == [3]
+    assert report["distributed"]["resumed_at_iteration"] == [3]
     assert report["cg_iterations"] == ARGS.max_iter
     assert rel(recovered, clean) <= 1e-10
     assert not (fitted / ".killed-aggregator.cg-checkpoint").exists()
@@ -194,10 +217,10 @@ def test_checkpoint_writes_each_recorded_step_once_and_resumes_the_same_solve(
     a, b = q @ q.T + torch.eye(12, dtype=torch.float64), q[0]
     whole = conjugate_gradient(lambda v: a @ v, b, tol=0.0, max_iter=8, record=True)
     written: list[list[str]] = []
-    save = aggregator.atomic_save
-    monkeypatch.setattr(aggregator, "atomic_save",
+    save = checkpoint_module.atomic_save
+    monkeypatch.setattr(checkpoint_module, "atomic_save",
                         lambda obj, path: (written[-1].append(path.name), save(obj, path)))
-    checkpoint = aggregator.CheckpointFile(str(tmp_path), "key")
+    checkpoint = CheckpointFile(str(tmp_path), "key")
 
     def saved(state):
         written.append([])
@@ -207,7 +230,7 @@ def test_checkpoint_writes_each_recorded_step_once_and_resumes_the_same_solve(
     assert written == [[f"step-{i:05d}.pt", "state.pt"] for i in range(4)]
     # a crash after a step's file and before its state: that step file is not read back
     torch.save((torch.ones(12), torch.ones(12)), checkpoint.step_file(4))
-    state = aggregator.CheckpointFile(str(tmp_path), "key").load()
+    state = CheckpointFile(str(tmp_path), "key").load()
     assert state.iterations == 4 and len(state.directions) == len(state.products) == 4
     resumed = conjugate_gradient(lambda v: a @ v, b, tol=0.0, max_iter=8, record=True,
                                  start=state)
@@ -226,7 +249,7 @@ def test_permanently_failing_worker_ends_with_a_clear_error_and_publishes_nothin
     assert not [p for p in fitted.iterdir() if p.name.startswith(".never.tmp")]
 
 
-def test_exact_hvp_is_refused_on_a_partitioned_base(cluster, fitted):
+def test_exact_hvp_is_refused_on_a_partitioned_base(fitted):
     with pytest.raises(EraserError, match="exact.*ZeRO-3.*fd or ggn"):
         run_erase(fitted, "remove", "exact", args=EraseArguments(hvp="exact"))
     assert not (fitted / "exact").exists()
@@ -268,7 +291,7 @@ def test_cli_runs_the_distributed_engine_in_a_fresh_process(cluster, fitted):
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
-    assert (report["workers"], report["group_size"]) == (1, 2)
+    assert (report["distributed"]["workers"], report["distributed"]["group_size"]) == (1, 2)
     assert rel(delta_vector(fitted / "cli-out"), in_process) <= 1e-3
 
 
@@ -298,6 +321,7 @@ def test_service_batch_runs_on_the_distributed_engine_and_reaches_replicas(clust
               [parse_request(r) for r in batch], tmp_path / "single", ARGS, progress=False)
     assert rel(delta_vector(published.path), delta_vector(tmp_path / "single")) <= 1e-3
     report = json.loads((published.path / "erase_report.json").read_text())
-    assert (report["workers"], report["group_size"], len(report["requests"])) == (1, 2, 2)
+    assert (report["distributed"]["workers"], report["distributed"]["group_size"],
+            len(report["requests"])) == (1, 2, 2)
     replica = fleet.replicas[("acme", "a")][0]
     assert ray.get(replica.current_version.remote()) == published.weights_sha

@@ -1,5 +1,7 @@
 """Influence against closed forms and against retraining."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from conftest import (
@@ -123,12 +125,10 @@ def test_stages_follow_the_path_of_optima(request_json):
 
 
 def test_stages_refuse_all_rows_gradient():
-    model = QuadraticModel(5)
-    edited = apply_request(parse_request(QUADRATIC_REQUESTS[0]), regression_rows(20, 5))
-    for args, message in ((EraseArguments(stages=2, gradient="all_rows"), "changed_rows"),
-                          (EraseArguments(stages=0), "at least 1, got 0")):
+    for settings, message in (({"stages": 2, "gradient": "all_rows"}, "changed_rows"),
+                              ({"stages": 0}, "at least 1, got 0")):
         with pytest.raises(EraserError, match=message):
-            newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
+            EraseArguments(**settings)
 
 
 def _rhs(model, edited):
@@ -355,3 +355,53 @@ def test_an_unknown_choice_is_refused_before_anything_is_read(tmp_path, field, m
     with pytest.raises(EraserError, match=message):
         api.erase("tiny-llama", tmp_path / "none", tmp_path / "none.parquet",
                   tmp_path / "none.json", tmp_path / "out", EraseArguments(**{field: "newton"}))
+
+
+class ConcaveModel(QuadraticModel):
+    """L_i = −½(x_iᵀθ − y_i)²: every curvature, Gauss-Newton's included, is negative."""
+
+    def losses(self, outputs, batch):
+        return -0.5 * (outputs - batch[1]) ** 2
+
+    def output_hvp(self, outputs, batch, tangent):
+        return -tangent
+
+
+def test_a_gauss_newton_fallback_that_finds_no_step_is_refused():
+    """The fallback solve is held to the same rule as the first: stopping at negative
+    curvature before its first step leaves no iterate, so the erase is refused instead of
+    publishing a zero step said to be solved with Gauss-Newton."""
+    rows = regression_rows(12, 3)
+    model = QuadraticModel(3)
+    model.set_flat(ridge_solution(model, rows, WEIGHT_DECAY))
+    concave = ConcaveModel(3)
+    concave.set_flat(model.get_flat())
+    edited = apply_request(parse_request(QUADRATIC_REQUESTS[0]), rows)
+    args = EraseArguments(hvp="exact", damping=0.0, on_negative_curvature="ggn")
+    with pytest.raises(EraserError, match="the ggn matrix .* negative curvature along b"):
+        newton_step(concave, edited, WEIGHT_DECAY, args, progress=False)
+
+
+def test_a_truncated_fallback_is_reported_as_truncated():
+    """A fallback that stops at negative curvature after some steps keeps its iterate and
+    says so (``truncated``), and the CLI tells the user the step is not a solution."""
+    from eraser_dist.cli.engine import solve_notes
+    from eraser_dist.core.influence import influence_result, solve_with_policy
+    from eraser_dist.core.solve import CGResult
+
+    def outcome(iterations):
+        return CGResult(torch.ones(3, dtype=torch.float64), iterations, 0.5, False, True, -1.0)
+
+    with pytest.raises(EraserError, match="ggn matrix"):
+        solve_with_policy({"exact": outcome(3), "ggn": outcome(0)}.__getitem__, "exact", "ggn")
+    cg, kind = solve_with_policy({"exact": outcome(3), "ggn": outcome(2)}.__getitem__, "exact",
+                                 "ggn")
+    assert (kind, cg.iterations) == ("ggn", 2)
+    result = influence_result(cg, "exact", kind, torch.ones(1, 3, dtype=torch.float64), 0.0, 5,
+                              EraseArguments(), (0.0, 0.0))
+    assert result.negative_curvature and result.truncated and result.hvp == "ggn"
+    report = SimpleNamespace(hvp="exact", hvp_used="ggn", negative_curvature=True,
+                             truncated=True, distributed=None)
+    (note,) = solve_notes(report)
+    assert "solved with the ggn matrix instead, which also met negative curvature" in note
+    assert "not a solution" in note

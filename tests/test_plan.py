@@ -71,7 +71,7 @@ def test_base_shard_of_70b_bf16_over_8():
 
 def test_fp32_base_doubles_the_shard():
     bf16 = make_plan(replace(QV8_70B, group_size=8))
-    fp32 = make_plan(replace(QV8_70B, group_size=8, base_dtype="fp32"))
+    fp32 = make_plan(replace(QV8_70B, group_size=8, base_dtype="float32"))
     assert fp32.base_shard_bytes == pytest.approx(2 * bf16.base_shard_bytes)
 
 
@@ -145,7 +145,7 @@ def test_default_group_size_is_the_smallest_power_of_two_that_fits():
 @pytest.mark.parametrize("changes, message", [
     ({"gpus": 6, "group_size": 4}, "do not divide"),
     ({"gpus": 4, "group_size": 8}, "larger than"),
-    ({"group_size": 0}, "group size"),
+    ({"group_size": 0}, "--group-size must be at least 1"),
     ({"gpus": 0}, "gpus"),
     ({"targets": ("q_proj", "w_proj")}, "q_proj, k_proj, v_proj, o_proj, gate_proj"),
     ({"targets": ()}, "at least one"),

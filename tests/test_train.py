@@ -35,6 +35,6 @@ def test_linear_schedule_scales_each_adam_step_by_the_remaining_share(monkeypatc
 
 
 def test_an_unknown_schedule_is_an_error():
-    with pytest.raises(EraserError, match="unknown lr schedule 'cosine'"):
+    with pytest.raises(EraserError, match="unknown --lr-schedule 'cosine'"):
         train_adam(QuadraticModel(2), regression_rows(4, 2),
                    TrainArguments(lr_schedule="cosine"), progress=False)

@@ -39,17 +39,13 @@ def default_fd_step(model: LossModel, v: torch.Tensor) -> float:
     (transformers runs attention softmax, RMSNorm and rotary embeddings in float32 even in a
     float64 model), and it is the forward pass's when that is narrower (a bf16 base: the LoRA
     output is rounded to bf16 where it joins the base layer's). The shift is per weight, so
-    it grows as √d: a fixed total length was too small for a large adapter (SmolLM2-135M,
-    rank 8 on q/v, d = 460,800, fp32: relative error of the fd HVP 1.4e-2 at a shift of
-    4.9e-3, 5.2e-4 at 0.49, 1.2e-3 at 0.84; tiny-llama, d = 448: best at about 0.02).
+    it grows as √d: a fixed total length was too small for a large adapter. The errors each
+    rule measured: docs/RESULTS.md, "fd step" and "bf16 base"; docs/DESIGN.md §2.2.
     """
     eps = max(torch.finfo(d).eps for d in (model.dtype, model.compute_dtype, torch.float32))
     if torch.finfo(model.compute_dtype).eps > torch.finfo(torch.float32).eps:
-        # A bf16 base: the fp32 rule overshoots, and the best step grew with the weights.
-        # Errors against the fp32 model's exact HVP (bench/bf16_hvp.py, fp32 LoRA): tiny-llama
-        # at a trained adapter 37% with 0.15·ε^(1/3) per weight, 2.5–2.8% with 0.02–0.03·ε^(1/3);
-        # at a random point the best was 0.03·RMS(Θ) (4.5%); SmolLM2-135M 12% at 0.0040 per
-        # weight, 6.7% at 0.012, 41% at 0.040 (its bf16 gradient alone is 4% off fp32's).
+        # A bf16 base: the fp32 rule overshoots, and the best step grew with the weights
+        # (bench/bf16_hvp.py against the fp32 model's exact HVP; docs/RESULTS.md, bf16 base).
         rms = float(model.get_flat().double().norm()) / math.sqrt(model.dim)
         per_weight = max(0.06 * eps ** (1.0 / 3.0), 0.03 * rms)
     else:
@@ -140,7 +136,7 @@ def hessian_vector_product(
     fd_step: float | None = None,
 ) -> HessianVectorProduct:
     """v ↦ Σ_i w_i ∇²L_i v (or its Gauss-Newton form) over the given rows, by ``kind``."""
-    if kind not in HVP_KINDS:
+    if kind not in HVP_KINDS:  # "auto" is resolved by the caller, by where the model lives
         raise EraserError(f"unknown HVP back-end {kind!r}; choose one of {', '.join(HVP_KINDS)}")
 
     def product(v: torch.Tensor) -> torch.Tensor:
@@ -157,7 +153,8 @@ def hessian_vector_product(
 
 
 def fisher_diagonal(model: LossModel, rows: Sequence[Any], weights: torch.Tensor) -> torch.Tensor:
-    """Σ_i w_i ∇L_i ⊙ ∇L_i [d] float64: the diagonal of the empirical Fisher, unnormalised.
+    """Σ_i w_i ∇L_i ⊙ ∇L_i [d] float64 (on the model's device): the diagonal of the empirical
+    Fisher, unnormalised.
 
     Near a fitted Θ̂ it approximates the diagonal of the Gauss-Newton matrix, within a
     small factor, which is all a preconditioner needs. One gradient per row (batch 1:
@@ -169,4 +166,4 @@ def fisher_diagonal(model: LossModel, rows: Sequence[Any], weights: torch.Tensor
     one = torch.ones(1)
     for row, w in zip(rows, weights, strict=True):
         total += float(w) * gradient_sum(model, [row], one, 1).double().square()
-    return total.cpu()
+    return total

@@ -1,52 +1,58 @@
-"""The erase step: one Newton step on the edited objective, ΔΘ = H_new⁻¹ b.
+"""The erase step: one Newton step on the edited objective, ΔΘ = (H + damping·I)⁻¹ b.
 
-With f the old objective (1/W) Σ w_i L_i + (λ/2)‖Θ‖², Θ̂ its minimiser and f_new the objective
-after the request (weights w'_i, total W'), the step is ΔΘ = −H_new⁻¹ ∇f_new(Θ̂). Because
-∇f(Θ̂) = 0, i.e. Σ_i w_i G_i = −WλΘ̂, the gradient needs only the rows whose weight changed:
+One pipeline for both engines (docs/DESIGN.md §3): :func:`newton_step` asks a
+:class:`~eraser_dist.core.backend.CurvatureBackend` for gradient sums, HVPs and the Fisher
+diagonal, and does everything else here: b from the changed rows, the Hessian rows, damping
+and normalisation, the preconditioner, CG with the negative-curvature policy, the
+least-residual step, each request's own share of a batch, and a path of stages. In one
+process the backend is the model itself; on a cluster it is the aggregator's pool of worker
+groups, and the aggregator passes a checkpoint store so that a restarted aggregator resumes
+CG where it stopped.
+
+The maths (docs/DESIGN.md §1): with f the old objective (1/W) Σ w_i L_i + (λ/2)‖Θ‖², Θ̂ its
+minimiser and f_new the objective after the request (weights w'_i, total W'), ∇f(Θ̂) = 0
+gives
 
     b = −∇f_new(Θ̂) = ( −Σ_changed Δw_i G_i + (W − W') λ Θ̂ ) / W'
 
-(removing k rows: b = (Σ_S G + kλΘ̂)/(n − k); editing: b = (1/n) Σ_S [G(old) − G(new)]).
-
-The curvature is H = (1/W) Σ_D w_i ∇²L_i + λI of the original objective by default, or
-H_new = (1/W') Σ_{D'} w'_i ∇²L_i + λI of the edited one (``EraseArguments.curvature``).
-Either is exact to first order in the size of the request, and H_new is exact for a quadratic
-loss. H is positive definite at a converged Θ̂; H_new need not be, and where it was indefinite
-CG's truncated iterate overshot retraining 20×. The paper's b = Σ_S G / n (no λ term, wrong
-normalisation) is far worse for removals (DESIGN.md §1).
-
-The shortcut assumes ∇f(Θ̂) = 0, which an adapter trained for a few epochs need not reach.
-With ``EraseArguments.gradient`` ``all_rows`` b is the full −∇f_new(Θ̂): the same terms plus
-−(W/W')∇f(Θ̂) = −(Σ_D w_i G_i + WλΘ̂)/W', one more pass over the data.
-
-A batch of K requests against one adapter is one solve: b is linear in the changed rows, so
-b = Σ_k b_k with b_k the terms of request k's rows (and its removed weight), all over the
-batch's W'. The solve of Σ_k b_k records its Krylov directions, and each request's own
-ΔΘ_k = H⁻¹ b_k is then read off in that space with no further HVP (``galerkin_split``),
-with its own exact residual (and Θ̂'s own gradient term, with ``all_rows``, likewise).
-
-One step is first order in the size of the request. For a large one (``EraseArguments.stages``
-k > 1) the edit is cut into k equal parts along f_t = f + t·(f_new − f), and each part is the
-step above for f_{(s−1)/k} → f_{s/k}, taken from where the previous part ended, with b and H
-evaluated there: a path-following (predictor) method whose ΔΘ is the sum of the k steps.
+so b needs the changed rows only (``gradient`` ``all_rows`` adds Θ̂'s own term
+−(W/W')∇f(Θ̂) for an adapter short of its minimum). H is the original objective's Hessian
+(or the edited one's, ``curvature`` ``edited``) on all rows or a seeded sample. A batch of K
+requests is one solve of Σ_k b_k; each request's ΔΘ_k is read off in that solve's Krylov
+space (:func:`~eraser_dist.core.solve.galerkin_split`). ``stages`` K > 1 cuts the edit into
+K equal parts along f_t = f + t·(f_new − f), each step taken from where the last ended.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import torch
-from tqdm.auto import tqdm
 
-from ..arguments import CURVATURE_DATA, RHS_GRADIENTS, EraseArguments
+from ..arguments import EraseArguments
 from ..errors import EraserError
-from .curvature import fisher_diagonal, hessian_vector_product
-from .objective import LossModel, check_finite, gradient_sum
+from .backend import CurvatureBackend, InProcessBackend
+from .objective import LossModel, check_finite
+from .progress import StatusCallback, status_bar
 from .requests import EditedObjective
-from .solve import CGResult, conjugate_gradient, galerkin_split
+from .solve import CGResult, CGState, conjugate_gradient, galerkin_split
+
+
+@dataclass
+class StageFigures:
+    """One stage's own figures in a path of ``EraseArguments.stages`` steps."""
+
+    rhs_norm: float
+    delta_norm: float
+    cg_iterations: int
+    relative_residual: float
+    hvp_used: str
+    rhs_seconds: float
+    solve_seconds: float
 
 
 @dataclass
@@ -54,12 +60,12 @@ class InfluenceResult:
     """ΔΘ [d] float64 with the solver's figures.
 
     ``hvp`` is the back-end whose solve produced ``delta``; ``negative_curvature`` is True
-    when the requested back-end met negative curvature (then ``hvp`` may be the fallback).
+    when the requested back-end met negative curvature (then ``hvp`` may be the fallback),
+    ``truncated`` when the kept solve itself stopped there (``delta`` is then its last
+    iterate before that direction, not a solution).
     ``parts`` [K, d] is each request's own ΔΘ_k and ``part_residuals`` [K] its relative
     residual ‖(H + damping·I)ΔΘ_k − b_k‖/‖b_k‖ (K = 1: ``delta`` itself and CG's residual).
-    ``rhs_seconds`` is the wall time of b (gradients of the changed rows, a floor on any
-    erase's cost that grows with the request; with ``all_rows`` also a pass over every row)
-    and ``solve_seconds`` that of the solve.
+    ``rhs_seconds`` is the wall time of b and ``solve_seconds`` that of the solve.
     With ``gradient`` ``all_rows``, ``stationarity`` [d] is the share of ``delta`` due to
     ∇f(Θ̂) ≠ 0 (``delta`` = Σ_k parts_k + stationarity), with its right-hand side's norm and
     relative residual; None otherwise.
@@ -71,8 +77,10 @@ class InfluenceResult:
     rhs_norm: float
     damping: float
     hessian_rows: int
+    hvp_requested: str
     hvp: str
     negative_curvature: bool
+    truncated: bool
     parts: torch.Tensor
     part_residuals: torch.Tensor
     part_rhs_norms: torch.Tensor
@@ -81,17 +89,35 @@ class InfluenceResult:
     stationarity: torch.Tensor | None = None
     stationarity_rhs_norm: float = 0.0
     stationarity_residual: float = 0.0
-    stages: list[dict] = field(default_factory=list)
+    stages: list[StageFigures] = field(default_factory=list)
 
 
-def newton_rhs(model: LossModel, edited: EditedObjective, weight_decay: float, batch_size: int,
-               gradient: str = "changed_rows"):
+class CheckpointStore(Protocol):
+    """Where one solve's CG state is kept between iterations (see ``conjugate_gradient``'s
+    ``start`` and ``checkpoint``): what :meth:`load` returns resumes the same solve."""
+
+    def load(self) -> CGState | None: ...
+
+    def save(self, state: CGState) -> None: ...
+
+
+Checkpoints = Callable[[str], CheckpointStore]
+"""A solve's key (:func:`solve_key`) → its checkpoint store."""
+
+
+def as_backend(model: LossModel | CurvatureBackend) -> CurvatureBackend:
+    """A LossModel is computed on in this process; a backend is used as it is."""
+    return InProcessBackend(model) if isinstance(model, LossModel) else model
+
+
+def newton_rhs(model: LossModel | CurvatureBackend, edited: EditedObjective,
+               weight_decay: float, batch_size: int,
+               gradient: str = "changed_rows") -> torch.Tensor:
     """The terms b_t of b = −∇f_new(Θ̂) = Σ_t b_t [T, d] float64 (see :func:`rhs_terms`)."""
+    backend = as_backend(model)
     terms, removed = rhs_terms(edited, gradient)
-    gradients = torch.stack([gradient_sum(model, rows, coefficients, batch_size).double().cpu()
-                             for rows, coefficients in terms])
-    return rhs_from_gradients(gradients, model.get_flat(), removed, edited.weight_after,
-                              weight_decay)
+    return rhs_from_gradients(backend.gradient_sums(terms, batch_size), backend.theta(),
+                              removed, edited.weight_after, weight_decay)
 
 
 def rhs_terms(edited: EditedObjective, gradient: str):
@@ -99,8 +125,6 @@ def rhs_terms(edited: EditedObjective, gradient: str):
     −Δw_i and the weight W − W' it removes (T = K terms); with ``gradient`` ``all_rows`` one
     more, every row of D with −w_i and −W, which :func:`rhs_from_gradients` turns into
     −(W/W')∇f(Θ̂) (T = K + 1). Returns ([(rows, coefficients [n_t])], removed weights [T])."""
-    if gradient not in RHS_GRADIENTS:
-        raise EraserError(f"unknown gradient {gradient!r}; choose {', '.join(RHS_GRADIENTS)}")
     terms = [(rows, -changes) for rows, changes in edited.request_parts()]
     removed = edited.removed_weights()
     if gradient == "all_rows":
@@ -125,54 +149,50 @@ def rhs_from_gradients(
 
 def hessian_subset(edited: EditedObjective, curvature: str, samples: int | None, seed: int):
     """Rows and weights on which H is estimated: those of D (``original``) or of D'
-    (``edited``), all of them or a seeded uniform subset."""
-    if curvature not in CURVATURE_DATA:
-        raise EraserError(f"unknown curvature {curvature!r}; choose {', '.join(CURVATURE_DATA)}")
+    (``edited``), all of them or a seeded uniform subset of ``samples``."""
     if curvature == "original":
         rows, weights = edited.rows_before, edited.weights_before
     else:
         rows, weights = edited.rows_after, edited.weights_after
     if samples is None or samples >= len(rows):
         return rows, weights
-    if samples < 1:
-        raise EraserError(f"--hessian-samples must be at least 1, got {samples}")
     generator = torch.Generator().manual_seed(seed)
     picked = torch.randperm(len(rows), generator=generator)[:samples].sort().values.tolist()
     return [rows[i] for i in picked], weights[picked]
 
 
 def newton_step(
-    model: LossModel,
+    model: LossModel | CurvatureBackend,
     edited: EditedObjective,
     weight_decay: float,
     args: EraseArguments,
-    progress: bool = True,
+    progress: bool | StatusCallback = True,
+    checkpoints: Checkpoints | None = None,
 ) -> InfluenceResult:
-    """ΔΘ = (H + damping·I)⁻¹ b by CG in this process; damping defaults to the objective's λ.
+    """ΔΘ = (H + damping·I)⁻¹ b on ``model`` (a LossModel in this process, or any
+    :class:`CurvatureBackend`); damping defaults to the objective's λ.
 
-    With ``args.stages`` k > 1, ΔΘ is the sum of k such steps, each for 1/k of the edit from
-    where the previous one ended (:meth:`EditedObjective.stage`); Θ is restored after."""
-    check_stages(args)
-    if args.stages == 1:
-        return one_newton_step(model, edited, weight_decay, args, progress)
-    theta = model.get_flat()
-    steps: list[InfluenceResult] = []
-    try:
-        for index in range(1, args.stages + 1):
-            steps.append(one_newton_step(model, edited.stage(index, args.stages),
-                                         weight_decay, args, progress))
-            model.set_flat(theta + sum(step.delta for step in steps).to(theta))
-    finally:
-        model.set_flat(theta)
-    return combine_stages(steps)
-
-
-def check_stages(args: EraseArguments) -> None:
-    if args.stages < 1:
-        raise EraserError(f"--stages must be at least 1, got {args.stages}")
-    if args.stages > 1 and args.gradient != "changed_rows":
-        # all_rows's term is ∇f at t = 0; a later stage would need f_t's
-        raise EraserError("--stages above 1 needs --gradient changed_rows")
+    With ``args.stages`` K > 1, ΔΘ is the sum of K such steps, each for 1/K of the edit from
+    where the previous one ended (:meth:`EditedObjective.stage`); Θ is restored after.
+    ``progress``: a progress bar (True), none (False), or a callback that receives each
+    status (a dict: ``phase``, and in CG ``hvp``, ``iteration``, ``residual``, ``max_iter``;
+    ``stage`` and ``stages``). ``checkpoints`` makes every CG solve resumable.
+    """
+    backend = as_backend(model)
+    with status_bar(progress, args.max_iter) as report:
+        if args.stages == 1:
+            return _one_step(backend, edited, weight_decay, args, report, checkpoints, 1)
+        theta = backend.theta()
+        steps: list[InfluenceResult] = []
+        try:
+            for index in range(1, args.stages + 1):
+                steps.append(_one_step(backend, edited.stage(index, args.stages),
+                                       weight_decay, args, report, checkpoints, index))
+                if index < args.stages:
+                    backend.set_theta(theta + sum(step.delta for step in steps))
+        finally:
+            backend.set_theta(theta)
+        return combine_stages(steps)
 
 
 def combine_stages(steps: list[InfluenceResult]) -> InfluenceResult:
@@ -190,43 +210,64 @@ def combine_stages(steps: list[InfluenceResult]) -> InfluenceResult:
         last, delta=cg.x, cg=cg, rhs_norm=total("rhs_norm"), parts=total("parts"),
         hvp="/".join(dict.fromkeys(s.hvp for s in steps)),  # "exact/ggn" if one fell back
         negative_curvature=any(s.negative_curvature for s in steps),
+        truncated=any(s.truncated for s in steps),
         part_residuals=torch.stack([s.part_residuals for s in steps]).amax(0),
         part_rhs_norms=total("part_rhs_norms"), rhs_seconds=total("rhs_seconds"),
         solve_seconds=total("solve_seconds"),
-        stages=[stage_figures(s) for s in steps])
+        stages=[StageFigures(s.rhs_norm, float(s.delta.norm()), s.cg.iterations,
+                             s.cg.relative_residual, s.hvp, s.rhs_seconds, s.solve_seconds)
+                for s in steps])
 
 
-def stage_figures(step: InfluenceResult) -> dict:
-    return {"rhs_norm": step.rhs_norm, "delta_norm": float(step.delta.norm()),
-            "cg_iterations": step.cg.iterations, "relative_residual": step.cg.relative_residual,
-            "hvp_used": step.hvp, "rhs_seconds": step.rhs_seconds,
-            "solve_seconds": step.solve_seconds}
-
-
-def one_newton_step(model: LossModel, edited: EditedObjective, weight_decay: float,
-                    args: EraseArguments, progress: bool) -> InfluenceResult:
+def _one_step(backend: CurvatureBackend, edited: EditedObjective, weight_decay: float,
+              args: EraseArguments, report: StatusCallback, checkpoints: Checkpoints | None,
+              stage: int) -> InfluenceResult:
+    where = {"stage": stage, "stages": args.stages}
     damping = erase_damping(args, weight_decay)
+    requested = args.hvp if args.hvp != "auto" else backend.default_hvp
+    report({"phase": "computing b", **where})
     start = time.perf_counter()
-    parts_rhs = newton_rhs(model, edited, weight_decay, args.batch_size, args.gradient)
+    parts_rhs = newton_rhs(backend, edited, weight_decay, args.batch_size, args.gradient)
     rhs_seconds = time.perf_counter() - start
     b = parts_rhs.sum(0)
     rows, weights = hessian_subset(edited, args.curvature, args.hessian_samples, args.seed)
+    backend.use_hessian_rows(rows, weights)
     scale = 1.0 / float(weights.sum())
     start = time.perf_counter()
-    inverse_diagonal = preconditioner(args.preconditioner,
-                                      lambda: fisher_diagonal(model, rows, weights), scale, damping)
+    report({"phase": "computing the preconditioner", **where})
+    inverse_diagonal = preconditioner(args.preconditioner, backend.fisher_diagonal, scale,
+                                      damping)
 
     def solve(kind: str) -> CGResult:
-        hvp = hessian_vector_product(kind, model, rows, weights, args.batch_size, args.fd_step)
-        with cg_progress(args, kind, progress) as report:
-            return conjugate_gradient(lambda v: hvp(v).double().cpu() * scale, b, damping=damping,
-                                      tol=args.tol, max_iter=args.max_iter, callback=report,
-                                      record=keeps_directions(parts_rhs, args),
-                                      inverse_diagonal=inverse_diagonal)
+        store = None if checkpoints is None else checkpoints(
+            solve_key(parts_rhs, kind, damping, args))
+        resume = None if store is None else store.load()
 
-    cg, hvp = solve_with_policy(solve, args)
+        def iteration(done: int, residual: float) -> None:
+            report({"phase": "CG", "hvp": kind, "iteration": done, "residual": residual,
+                    "max_iter": args.max_iter, **where})
+
+        iteration(0 if resume is None else resume.iterations, 1.0)
+        return conjugate_gradient(
+            lambda v: backend.hvp(kind, v, args.batch_size, args.fd_step) * scale, b,
+            damping=damping, tol=args.tol, max_iter=args.max_iter, callback=iteration,
+            start=resume, checkpoint=None if store is None else store.save,
+            record=keeps_directions(parts_rhs, args), inverse_diagonal=inverse_diagonal)
+
+    cg, hvp = solve_with_policy(solve, requested, args.on_negative_curvature)
     seconds = (rhs_seconds, time.perf_counter() - start)
-    return influence_result(cg, hvp, parts_rhs, damping, len(rows), args, seconds)
+    report({"phase": "done", **where})
+    return influence_result(cg, requested, hvp, parts_rhs, damping, len(rows), args, seconds)
+
+
+def solve_key(rhs: torch.Tensor, kind: str, damping: float, args: EraseArguments) -> str:
+    """Names one solve: its right-hand sides and every setting its iterates depend on, so
+    that a checkpoint is only ever resumed by the same solve."""
+    h = hashlib.sha256(rhs.double().contiguous().numpy().tobytes())
+    h.update(repr((kind, damping, args.tol, args.max_iter, args.curvature,
+                   args.hessian_samples, args.seed, args.fd_step, args.batch_size,
+                   args.step, args.preconditioner)).encode())
+    return h.hexdigest()[:24]
 
 
 def preconditioner(kind: str, fisher_sum: Callable[[], torch.Tensor], scale: float,
@@ -245,8 +286,8 @@ def keeps_directions(parts_rhs: torch.Tensor, args: EraseArguments) -> bool:
     return parts_rhs.shape[0] > 1 or args.step == "least_residual"
 
 
-def influence_result(cg: CGResult, hvp: str, parts_rhs: torch.Tensor, damping: float,
-                     hessian_rows: int, args: EraseArguments,
+def influence_result(cg: CGResult, requested: str, hvp: str, parts_rhs: torch.Tensor,
+                     damping: float, hessian_rows: int, args: EraseArguments,
                      seconds: tuple[float, float]) -> InfluenceResult:
     """The figures of a finished solve of Σ_t b_t (``parts_rhs`` [T, d], as
     :func:`newton_rhs`), with each term's own ΔΘ_t and the (b, solve) wall ``seconds``; with
@@ -262,57 +303,43 @@ def influence_result(cg: CGResult, hvp: str, parts_rhs: torch.Tensor, damping: f
         parts, residuals = galerkin_split(cg, parts_rhs)
     cg = replace(cg, directions=None, products=None)
     norms = parts_rhs.norm(dim=1)
-    stationarity = {}
+    stationarity: dict[str, Any] = {}
     if args.gradient == "all_rows":  # the last term is Θ̂'s own gradient, not a request's
         stationarity = {"stationarity": parts[-1], "stationarity_rhs_norm": float(norms[-1]),
                         "stationarity_residual": float(residuals[-1])}
         parts, residuals, norms = parts[:-1], residuals[:-1], norms[:-1]
-    return InfluenceResult(cg.x, cg, float(parts_rhs.sum(0).norm()), damping, hessian_rows, hvp,
-                           cg.negative_curvature or hvp != args.hvp, parts, residuals,
-                           norms, *seconds, **stationarity)
+    return InfluenceResult(cg.x, cg, float(parts_rhs.sum(0).norm()), damping, hessian_rows,
+                           requested, hvp, cg.negative_curvature or hvp != requested,
+                           cg.negative_curvature, parts, residuals, norms, *seconds,
+                           **stationarity)
 
 
 def erase_damping(args: EraseArguments, weight_decay: float) -> float:
-    damping = weight_decay if args.damping is None else args.damping
-    if damping < 0:
-        raise EraserError(f"damping must be non-negative, got {damping}")
-    return damping
+    """``args.damping``, or the objective's own λ when it is not set."""
+    return weight_decay if args.damping is None else args.damping
 
 
-def solve_with_policy(solve: Callable[[str], CGResult], args: EraseArguments):
-    """Run ``solve(args.hvp)`` and apply ``args.on_negative_curvature`` to its outcome.
+def solve_with_policy(solve: Callable[[str], CGResult], kind: str,
+                      policy: str) -> tuple[CGResult, str]:
+    """Run ``solve(kind)`` and apply the negative-curvature ``policy`` to its outcome.
 
-    ``solve`` maps an HVP back-end to a CG result (in one process or distributed). Returns
-    (the CG result kept, the back-end that produced it).
+    ``solve`` maps an HVP back-end to a CG result (in one process or distributed). With
+    ``ggn`` an indefinite solve is redone with the Gauss-Newton matrix, and that solve is
+    held to the same rule: a solve that met negative curvature before its first step has no
+    usable iterate and is refused. Returns (the CG result kept, the back-end that made it).
     """
-    hvp = args.hvp
-    cg = solve(hvp)
+    cg = solve(kind)
     if cg.negative_curvature:
         hint = "raise --damping or use --hvp ggn"
-        if args.on_negative_curvature == "fail":
+        if policy == "fail":
             raise EraserError(f"H + damping·I has negative curvature (pᵀAp/pᵀp = "
                               f"{cg.curvature:.3g} at CG iteration {cg.iterations}); {hint}")
-        if args.on_negative_curvature == "ggn" and hvp != "ggn":
-            hvp = "ggn"
-            cg = solve(hvp)
-        elif cg.iterations == 0:
-            raise EraserError(
-                "H + damping·I has negative curvature along b itself, so CG has no usable "
-                f"iterate (curvature {cg.curvature:.3g}); {hint}"
-            )
-    return cg, hvp
-
-
-@contextmanager
-def cg_progress(args: EraseArguments, kind: str, enabled: bool):
-    """A progress bar for one CG solve; yields the ``callback`` CG reports to."""
-    bar = tqdm(total=args.max_iter, desc=f"CG ({kind} HVP)", disable=not enabled, leave=False)
-
-    def report(iteration: int, residual: float) -> None:
-        bar.update(iteration - bar.n)
-        bar.set_postfix(residual=f"{residual:.2e}")
-
-    try:
-        yield report
-    finally:
-        bar.close()
+        if policy == "ggn" and kind != "ggn":
+            kind = "ggn"
+            cg = solve(kind)
+            hint = "raise --damping"
+    if cg.negative_curvature and cg.iterations == 0:
+        raise EraserError(
+            f"the {kind} matrix + damping·I has negative curvature along b itself, so CG has "
+            f"no usable iterate (curvature {cg.curvature:.3g}); {hint}")
+    return cg, kind

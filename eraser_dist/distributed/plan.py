@@ -17,13 +17,14 @@ import math
 import re
 from dataclasses import dataclass
 
+from ..arguments import BaseDtype, Options, option
 from ..errors import EraserError
 
 GB = 1e9
 MB = 1e6
 
 #: Bytes per element of the frozen base (and of its activations).
-DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4}
+DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float64": 8}
 #: Bytes per element of the adapter and of every adapter-sized vector (fp32).
 ADAPTER_DTYPE_BYTES = 4
 #: Fraction of GPU memory a plan may use; the rest is left for the CUDA context, NCCL buffers,
@@ -144,7 +145,7 @@ def _check_params(params: float) -> None:
 
 
 @dataclass
-class PlanArguments:
+class PlanArguments(Options):
     """One erase on a cluster, as the planner sees it.
 
     ``params`` picks the closest known architecture (:func:`architecture_for`); the plan is for
@@ -155,15 +156,32 @@ class PlanArguments:
     ``HEADROOM`` (90 %) of it.
     """
 
-    params: float
-    gpus: int
-    group_size: int | None = None
-    lora_rank: int = 8
-    targets: tuple[str, ...] = ("q_proj", "v_proj")
-    batch_size: int = 8
-    seq_len: int = 2048
-    base_dtype: str = "bf16"
-    gpu_memory_gb: float = 80.0
+    params: float = option(help="base model size, e.g. 70e9 or 70B; the closest known Llama "
+                           "shape is used", above=0)
+    gpus: int = option(help="GPUs in the cluster", minimum=1)
+    group_size: int | None = option(None, "GPUs per ZeRO-3 group holding one base; default: "
+                                    "the smallest of 1, 2, 4, 8 that fits", minimum=1)
+    lora_rank: int = option(8, "LoRA rank r of the adapter", minimum=1)
+    targets: tuple[str, ...] = option(("q_proj", "v_proj"), "comma-separated module names")
+    batch_size: int = option(8, "sequences per GPU per forward pass", minimum=1)
+    seq_len: int = option(2048, "tokens per sequence", minimum=1)
+    base_dtype: BaseDtype = option("bfloat16", "dtype the base is held in")
+    gpu_memory_gb: float = option(80.0, "memory of each GPU in GB (10^9 bytes); plans use at "
+                                  "most 90%", above=0)
+
+    def check(self) -> None:
+        if not self.targets:
+            raise EraserError(f"give at least one LoRA target; valid: {', '.join(LORA_TARGETS)}")
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown:
+            raise EraserError(f"unknown LoRA target {unknown[0]!r}; valid: "
+                              f"{', '.join(LORA_TARGETS)}")
+        if self.group_size is not None and self.group_size > self.gpus:
+            raise EraserError(f"group size {self.group_size} is larger than the {self.gpus} "
+                              f"GPUs of the cluster")
+        if self.group_size is not None and self.gpus % self.group_size:
+            raise EraserError(f"{self.gpus} GPUs do not divide into groups of "
+                              f"{self.group_size}")
 
 
 @dataclass
@@ -227,11 +245,6 @@ class Plan:
     ratio_to_base: float
 
 
-def _check_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise EraserError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-
-
 def _plan(args: PlanArguments, arch: Architecture, group_size: int) -> Plan:
     d = DTYPE_BYTES[args.base_dtype]
     k = group_size
@@ -279,26 +292,7 @@ def make_plan(args: PlanArguments) -> Plan:
     plan says it does not fit.
     """
     arch = architecture_for(args.params)
-    _check_int("gpus", args.gpus)
-    _check_int("batch size", args.batch_size)
-    _check_int("sequence length", args.seq_len)
-    if args.base_dtype not in DTYPE_BYTES:
-        raise EraserError(f"unknown base dtype {args.base_dtype!r}; valid: "
-                          f"{', '.join(DTYPE_BYTES)}")
-    if not (isinstance(args.gpu_memory_gb, (int, float)) and math.isfinite(args.gpu_memory_gb)
-            and args.gpu_memory_gb > 0):
-        raise EraserError(f"GPU memory must be a positive number of GB, got "
-                          f"{args.gpu_memory_gb!r}")
-    lora_params(arch, args.lora_rank, args.targets)  # validates rank and targets
-
     if args.group_size is not None:
-        _check_int("group size", args.group_size)
-        if args.group_size > args.gpus:
-            raise EraserError(f"group size {args.group_size} is larger than the {args.gpus} "
-                              f"GPUs of the cluster")
-        if args.gpus % args.group_size:
-            raise EraserError(f"{args.gpus} GPUs do not divide into groups of "
-                              f"{args.group_size}")
         return _plan(args, arch, args.group_size)
 
     candidates = [k for k in NODE_GROUP_SIZES if k <= args.gpus and args.gpus % k == 0]

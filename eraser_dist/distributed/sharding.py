@@ -1,7 +1,7 @@
 """Which rows a rank works on: groups own rows by id, ranks of a group split them evenly.
 
 Pure functions, so that the layout is testable without Ray. Every row list of an erase (the
-changed rows, the Hessian rows) is split the same way:
+changed rows, the Hessian rows, rows whose losses are asked for) is split the same way:
 
 - group g of G owns the rows whose id hashes to g (``owner``), so a row stays with its group
   when the request edits it or a later data version drops other rows;
@@ -40,16 +40,21 @@ def owner(row_id: str, groups: int) -> int:
     return zlib.crc32(row_id.encode("utf-8")) % groups
 
 
+def rank_share(rows: Sequence[Example], place: RankPlace) -> tuple[list[int], list[int]]:
+    """Positions of this rank's rows in ``rows``, and of the copies that pad it to the
+    length every rank of the group has (weight 0: they only keep the passes in step)."""
+    mine = [i for i, row in enumerate(rows) if owner(row.id, place.groups) == place.group]
+    if not mine:
+        return [], []
+    per_rank = -(-len(mine) // place.group_size)
+    picked = mine[place.rank :: place.group_size]
+    return picked, [mine[0]] * (per_rank - len(picked))
+
+
 def rank_rows(
     rows: Sequence[Example], weights: torch.Tensor, place: RankPlace
 ) -> tuple[list[Example], torch.Tensor]:
     """This rank's rows and weights; the same length on every rank of the group."""
-    mine = [i for i, row in enumerate(rows) if owner(row.id, place.groups) == place.group]
-    if not mine:
-        return [], weights[:0]
-    per_rank = -(-len(mine) // place.group_size)
-    picked = mine[place.rank :: place.group_size]
-    padding = per_rank - len(picked)
-    out_rows = [rows[i] for i in picked] + [rows[mine[0]]] * padding
-    out_weights = torch.cat([weights[picked], weights.new_zeros(padding)])
-    return out_rows, out_weights
+    picked, padding = rank_share(rows, place)
+    out_rows = [rows[i] for i in picked + padding]
+    return out_rows, torch.cat([weights[picked], weights.new_zeros(len(padding))])

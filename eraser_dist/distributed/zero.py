@@ -15,14 +15,12 @@ import os
 import socket
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
+from ..arguments import BaseDtype
 from ..errors import EraserError
-
-BACKENDS = ("auto", "gloo", "nccl")
-BASE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 def local_backend() -> str:
@@ -30,17 +28,12 @@ def local_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def check_hvp_supported(kind: str) -> None:
-    """Refuse the HVP back-end that cannot run on a ZeRO-3-partitioned base."""
-    if kind == "exact":
-        raise EraserError("--hvp exact needs double backward, which does not work on a "
-                          "ZeRO-3-partitioned base; use --hvp fd or ggn")
-
-
 def base_dtype(name: str) -> torch.dtype:
-    if name not in BASE_DTYPES:
-        raise EraserError(f"unknown base dtype {name!r}; choose one of {', '.join(BASE_DTYPES)}")
-    return BASE_DTYPES[name]
+    """The torch dtype of a ``DistributedArguments.base_dtype`` name."""
+    if name not in get_args(BaseDtype):
+        raise EraserError(f"unknown base dtype {name!r}; choose one of "
+                          f"{', '.join(get_args(BaseDtype))}")
+    return getattr(torch, name)
 
 
 def free_port() -> int:

@@ -1,5 +1,5 @@
 """The paper's solver as its public code runs it: a baseline for benchmarks, not an option of
-the product (DESIGN.md §1 says what is wrong with it).
+the product (docs/DESIGN.md §1.4 says what is wrong with it).
 
 It takes b = (1/n) Σ_changed (−Δw_i) G_i — no (W − W')λΘ̂ term and 1/n where 1/W' belongs —
 and "solves" ½ΔᵀHΔ − bᵀΔ by a few Adam steps from Δ = 0 with the Hessian-vector product not

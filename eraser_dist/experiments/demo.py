@@ -42,9 +42,9 @@ class DemoPreset:
         default_factory=lambda: TrainArguments(epochs=3, lr=3e-3, batch_size=8, weight_decay=0.01)
     )
     retrain_epochs: int = 1
-    # Adam leaves the adapter short of a minimum, where the exact Hessian is indefinite (fd
-    # met negative curvature at CG's first iteration on both requests): go to the PSD
-    # Gauss-Newton matrix directly instead of paying for that first iteration.
+    # Adam leaves the adapter short of a minimum, where the exact Hessian is indefinite
+    # (docs/RESULTS.md, demo): go to the PSD Gauss-Newton matrix directly instead of paying
+    # for a first solve that falls back to it.
     erase: EraseArguments = field(
         default_factory=lambda: EraseArguments(hvp="ggn", hessian_samples=32, max_iter=8, tol=1e-2)
     )
@@ -111,7 +111,7 @@ def run_demo(
         say(f"[demo] {name}: erase by influence ({preset.erase.hvp} HVP) ...")
         erased = work / f"adapter-{name}-erased"
         report = api.erase(base, original, data, request, erased, preset.erase, overwrite=True,
-                           progress=progress)
+                           progress=progress).to_json()
         say(f"[demo] {name}: warm-started retraining on the edited data ...")
         edited_data = work / f"train-{name}.parquet"
         write_examples(edited_data, apply_request(request, noisy).rows_after)

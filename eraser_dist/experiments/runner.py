@@ -61,17 +61,14 @@ class ExperimentPreset:
         lr_schedule="linear"))
     warm_epochs: int = 1
     warm_lr: float | None = None  # the warm retrain's rate; None: the training's
-    # 96 Hessian rows and damping 0.03 (bench/erase_damping.py, docs/experiments/
-    # samples.json): with 24 rows a damping low enough to recover rc10 and qm raised the
-    # kept rows' loss (rc10 +0.10 at 0.03), with 96 it does not (+0.02) and 96 did about as
-    # well as all 300; the least-residual step because CG's own iterate derailed on qm; the
-    # Fisher-diagonal preconditioner took qm from 0.77 to 1.11 of retraining's edited-row
-    # loss at 16 iterations (docs/experiments/preconditioner.json)
+    # 96 Hessian rows, damping 0.03, the least-residual step and the Fisher-diagonal
+    # preconditioner: chosen by bench/erase_damping.py on these experiments (docs/RESULTS.md,
+    # "How the preset was chosen" and "Preconditioner")
     erase: EraseArguments = field(default_factory=lambda: EraseArguments(
         damping=0.03, hessian_samples=96, max_iter=16, tol=1e-3, step="least_residual",
         preconditioner="fisher_diagonal"))
-    # exact and fd meet negative curvature at these adapters and fall back to ggn (measured
-    # on rc40), so on 2 cores only ggn is run
+    # exact and fd meet negative curvature at these adapters and fall back to ggn
+    # (docs/RESULTS.md), so on 2 cores only ggn is run
     hvps: tuple[str, ...] = ("ggn",)
     kept_sample: int = 64
     generate: bool = False
@@ -165,7 +162,7 @@ def run_experiment(task_dir: str | Path, name: str, preset: ExperimentPreset,
         start = time.perf_counter()
         report = api.erase(preset.base, corrupted, data, request, out,
                            replace(preset.erase, hvp=hvp), overwrite=True, progress=progress,
-                           device=preset.device)
+                           device=preset.device).to_json()
         seconds[f"erase-{hvp}"] = time.perf_counter() - start
         adapters[f"erase-{hvp}"] = out
         solver[f"erase-{hvp}"] = {k: report[k] for k in (

@@ -185,8 +185,8 @@ class LoraCausalLM(LossModel):
     L_i is the mean token cross-entropy over the response tokens (and EOS) of row i; prompt and
     padding are masked. ``outputs`` are logits [B, R, V] in at least fp32 at the scored
     positions only (R = the batch's longest response + 1): the vocabulary projection and the
-    softmax Hessian are then paid for the response, not the prompt (on the genre task 5 of
-    22 tokens; the forward there was 23% vocabulary projection).
+    softmax Hessian are then paid for the response, not the prompt (docs/RESULTS.md, "Logits
+    at scored positions").
     """
 
     def __init__(self, peft_model: torch.nn.Module, tokenizer: TextTokenizer, max_length: int):

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..arguments import LR_SCHEDULES, TrainArguments
+from ..arguments import TrainArguments
 from ..core.objective import LossModel, batches
 from ..errors import EraserError
 
@@ -30,14 +30,6 @@ def train_adam(
     (``args.lr_schedule``); returns the mean objective of each epoch."""
     if not rows:
         raise EraserError("cannot train on an empty training set")
-    for name, value in (("epochs", args.epochs), ("batch size", args.batch_size)):
-        if value < 1:
-            raise EraserError(f"{name} must be at least 1, got {value}")
-    if not (args.lr > 0 and args.weight_decay >= 0):
-        raise EraserError("learning rate must be positive and weight decay non-negative")
-    if args.lr_schedule not in LR_SCHEDULES:
-        raise EraserError(f"unknown lr schedule {args.lr_schedule!r}; choose "
-                          f"{', '.join(LR_SCHEDULES)}")
     optimizer = torch.optim.Adam(model.params, lr=args.lr)
     generator = torch.Generator().manual_seed(args.seed)
     steps = args.epochs * math.ceil(len(rows) / args.batch_size)

@@ -72,7 +72,7 @@ def verification(old_before: torch.Tensor, old_after: torch.Tensor, new_before: 
 def write_certificate(folder: Path, certificate: dict[str, Any]) -> Path:
     """Write ``ID.json`` atomically; returns its path. The plot is drawn on first demand
     (:func:`certificate_png`): it is a pure function of the JSON, and drawing it took
-    0.17 s, most of a batch's time when drawn for every request."""
+    most of a batch's time when drawn for every request (docs/RESULTS.md, erase service)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{certificate['request']['id']}.json"
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(certificate, indent=2,

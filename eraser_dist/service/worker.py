@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from .. import api
-from ..arguments import DistributedArguments, EraseArguments, ServiceArguments
+from ..arguments import DistributedArguments, EraseArguments, ServiceArguments, check_engine
 from ..core.objective import loss_values
 from ..core.requests import EditedObjective, apply_requests
 from ..data import examples_digest, read_examples, write_examples
@@ -39,6 +39,7 @@ from ..errors import EraserError
 from ..faults import FaultPlan, check_all
 from ..llm.adapters import adapter_vector, adapter_version, load_adapter
 from ..llm.models import load_base
+from ..report import EraseReport
 from .batching import next_adapter, plan_batch
 from .certificate import CERTIFICATE_VERSION, row_hashes, verification, write_certificate
 from .journal import Journal, JournalEntry
@@ -65,13 +66,8 @@ class BatchWorker:
         self.registry = registry
         self.journal = Journal(registry)
         self.settings = settings or ServiceArguments()
-        s = self.settings
-        if min(s.max_batch_requests, s.max_batch_rows, s.holdout_sample,
-               s.eval_batch_size) < 1 or not s.poll_seconds > 0:
-            raise EraserError("batch limits, holdout sample and batch size must be at least 1, "
-                              "and the poll interval positive")
         self.erase_args = erase_args or EraseArguments()
-        api.check_erase_arguments(self.erase_args, distributed)
+        check_engine(self.erase_args, distributed)
         self.distributed = distributed
         self.on_published = on_published
         self.faults = faults
@@ -198,14 +194,15 @@ class BatchWorker:
         certificates = self._certify(batch_id, plan.batch, edited, adapter, new_adapter, data,
                                      new_data, report)
         self._fault("certified")
-        report = {**report, "certify_seconds": time.perf_counter() - certify_start,
+        timing = {"certify_seconds": time.perf_counter() - certify_start,
                   "batch_seconds": time.perf_counter() - started}
-        self._commit(batch_id, plan.batch, new_adapter, new_data, certificates, report)
+        self._commit(batch_id, plan.batch, new_adapter, new_data, certificates,
+                     {**report.to_json(), **timing})
         self._fault("committed")
         log.info("batch %d committed: %s/%s v%d, CG %d iterations (%s), solve %.1fs, "
                  "certificates %.1fs, in all %.1fs", batch_id, tenant, name,
-                 new_adapter.version, report["cg_iterations"], report["hvp_used"],
-                 report["seconds"], report["certify_seconds"], report["batch_seconds"])
+                 new_adapter.version, report.cg_iterations, report.hvp_used, report.seconds,
+                 timing["certify_seconds"], timing["batch_seconds"])
         if self.on_published is not None:
             try:
                 self.on_published(new_adapter)
@@ -213,7 +210,7 @@ class BatchWorker:
                 self.registry.audit(tenant, "broadcast", False, f"{name} v"
                                     f"{new_adapter.version}: {err!r}")
         return {"state": "committed", "batch": batch_id, "requests": len(plan.batch),
-                "adapter_version": new_adapter.version, "report": report}
+                "adapter_version": new_adapter.version, "report": report, **timing}
 
     def _fault(self, phase: str) -> None:
         check_all(self.faults, "serve", phase, self.batches_here)
@@ -259,7 +256,7 @@ class BatchWorker:
 
     def _certify(self, batch_id: int, batch: list[JournalEntry], edited: EditedObjective,
                  before: AdapterVersion, after: AdapterVersion, data: DatasetVersion,
-                 new_data: DatasetVersion, report: dict[str, Any]) -> list[Path]:
+                 new_data: DatasetVersion, report: EraseReport) -> list[Path]:
         """Losses of every request's rows and a held-out sample under both versions (one
         model: the new version's weights are swapped in), then one certificate each."""
         parts = edited.request_parts()
@@ -280,7 +277,7 @@ class BatchWorker:
             offset += len(part_rows)
             old = changes < 0
             b, a = losses_before[span], losses_after[span]
-            own = report["requests"][position]
+            own = report.requests[position]
             certificate = {
                 "certificate_version": CERTIFICATE_VERSION,
                 "request": {"id": entry.id, "tenant": entry.tenant, "adapter": entry.adapter,
@@ -301,18 +298,19 @@ class BatchWorker:
                             "n_rows_after": new_data.n_rows},
                 "batch": {"id": batch_id, "n_requests": len(batch), "position": position},
                 "solver": {
-                    "hvp_used": report["hvp_used"], "cg_iterations": report["cg_iterations"],
-                    "relative_residual": report["relative_residual"],
-                    "converged": report["cg_converged"],
-                    "negative_curvature": report["negative_curvature"],
-                    "damping": report["damping"], "batch_delta_norm": report["delta_norm"],
-                    "own_delta_norm": own["delta_norm"],
-                    "own_relative_residual": own["relative_residual"],
+                    "hvp_used": report.hvp_used, "cg_iterations": report.cg_iterations,
+                    "relative_residual": report.relative_residual,
+                    "converged": report.cg_converged,
+                    "negative_curvature": report.negative_curvature,
+                    "truncated": report.truncated,
+                    "damping": report.damping, "batch_delta_norm": report.delta_norm,
+                    "own_delta_norm": own.delta_norm,
+                    "own_relative_residual": own.relative_residual,
                     # a batch is one solve: the own ΔΘ_k is its projection onto that
                     # solve's Krylov space, exact only as far as the residual says
                     "own_delta_method": "least-residual in the batch's Krylov space"
                     if len(batch) > 1 else "own solve",
-                    "seconds": report["seconds"],
+                    "seconds": report.seconds,
                 },
                 "verification": verification(b[old], a[old], b[~old], a[~old], held_before,
                                              held_after),

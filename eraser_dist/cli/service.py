@@ -1,0 +1,185 @@
+"""``eraser tenant | dataset | adapter | submit | status | certificate | queue | serve``:
+the multi-tenant erase service (:class:`eraser_dist.service.EraseService`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..arguments import ServiceArguments
+from ..errors import EraserError
+from .common import print_json
+from .engine import engine_options, solver_options
+from .options import add_options, options_from
+
+
+def _service(ns: argparse.Namespace):
+    from ..service import EraseService
+
+    return EraseService(ns.root)
+
+
+def _read_request_file(path: str):
+    from ..service.errors import BadRequest, TooLarge
+    from ..service.http import MAX_BODY_BYTES
+
+    file = Path(path)
+    if not file.is_file():
+        raise BadRequest(f"request file {path} does not exist")
+    if file.stat().st_size > MAX_BODY_BYTES:
+        raise TooLarge(f"request file {path} is over {MAX_BODY_BYTES} bytes; split it")
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadRequest(f"request file {path} is not valid JSON: {err}") from None
+
+
+def cmd_tenant_add(ns: argparse.Namespace) -> None:
+    token = _service(ns).add_tenant(ns.name)
+    print(token if not ns.json else json.dumps({"tenant": ns.name, "token": token}))
+    print(f"tenant {ns.name} added; keep the token above: only its hash is stored",
+          file=sys.stderr)
+
+
+def cmd_dataset_add(ns: argparse.Namespace) -> None:
+    print_json(_service(ns).add_dataset(ns.token, ns.tenant, ns.name, ns.file, ns.holdout))
+
+
+def cmd_adapter_add(ns: argparse.Namespace) -> None:
+    print_json(_service(ns).add_adapter(ns.token, ns.tenant, ns.name, ns.dir, ns.dataset))
+
+
+def cmd_submit(ns: argparse.Namespace) -> None:
+    result = _service(ns).submit(ns.token, ns.adapter, _read_request_file(ns.request),
+                                 ns.idempotency_key, tenant=ns.tenant)
+    if ns.json:
+        print_json(result)
+    else:
+        print(result["id"])
+
+
+def cmd_status(ns: argparse.Namespace) -> None:
+    print_json(_service(ns).status(ns.token, ns.id))
+
+
+def cmd_certificate(ns: argparse.Namespace) -> None:
+    service = _service(ns)
+    if ns.png:
+        Path(ns.png).write_bytes(service.certificate_png(ns.token, ns.id))
+    print_json(service.certificate(ns.token, ns.id))
+
+
+def cmd_queue(ns: argparse.Namespace) -> None:
+    print_json(_service(ns).queue(ns.token))
+
+
+def cmd_serve(ns: argparse.Namespace) -> None:
+    import logging
+
+    from ..service.http import make_server, start_in_thread
+
+    if not ns.quiet:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                            stream=sys.stderr)
+    args, distributed = engine_options(ns)
+    settings = options_from(ns, ServiceArguments)
+    service = _service(ns)
+    on_published = None
+    if ns.replicas:
+        from actors.cluster import connect
+        from actors.replica import ReplicaFleet
+
+        connect(None if distributed is None else distributed.address, 0, 0.0, 0.0)
+        on_published = ReplicaFleet.start(service.registry, ns.replicas)
+    worker = service.worker(settings, args, distributed, on_published, progress=not ns.quiet)
+    if ns.http:
+        host, _, port = ns.http.rpartition(":")
+        try:
+            server = make_server(service, host or "127.0.0.1", int(port))
+        except (ValueError, OSError) as err:
+            raise EraserError(f"cannot listen on {ns.http!r}: {err}") from None
+        start_in_thread(server)
+        print(f"HTTP API on http://{server.server_address[0]}:{server.server_address[1]}"
+              "/v1/openapi.json", file=sys.stderr)
+    committed = worker.serve(drain=ns.drain)
+    print(f"{committed} batch(es) committed", file=sys.stderr)
+
+
+def register(sub) -> None:
+    def root(p: argparse.ArgumentParser, token: bool = True) -> None:
+        p.add_argument("--root", default=os.environ.get("ERASER_ROOT", "eraser-data"),
+                       help="data root of the service (env ERASER_ROOT; default ./eraser-data)")
+        if token:
+            p.add_argument("--token", default=os.environ.get("ERASER_TOKEN"),
+                           help="the tenant's token (env ERASER_TOKEN)")
+
+    p = sub.add_parser("tenant", help="service: manage tenants")
+    tenant = p.add_subparsers(dest="action", required=True)
+    q = tenant.add_parser("add", help="register a tenant and print its token")
+    root(q, token=False)
+    q.add_argument("name")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_tenant_add)
+
+    p = sub.add_parser("dataset", help="service: register training sets")
+    q = p.add_subparsers(dest="action", required=True).add_parser(
+        "add", help="copy a Parquet training set into the registry as version 1")
+    root(q)
+    q.add_argument("name")
+    q.add_argument("file", help="Parquet with id, query, response")
+    q.add_argument("--tenant", required=True)
+    q.add_argument("--holdout", help="rows the adapter never saw (same schema), used to verify "
+                   "erasures")
+    q.set_defaults(func=cmd_dataset_add)
+
+    p = sub.add_parser("adapter", help="service: register adapters")
+    q = p.add_subparsers(dest="action", required=True).add_parser(
+        "add", help="copy an adapter (trained on the dataset's current version) as version 1")
+    root(q)
+    q.add_argument("name")
+    q.add_argument("dir", help="adapter directory made by `eraser train`")
+    q.add_argument("--tenant", required=True)
+    q.add_argument("--dataset", required=True)
+    q.set_defaults(func=cmd_adapter_add)
+
+    p = sub.add_parser("submit", help="service: journal an erase request; prints its id")
+    root(p)
+    p.add_argument("request", help="request JSON file")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--idempotency-key", default=None,
+                   help="the same key never runs twice (a replay answers the first id)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="service: state of a request")
+    root(p)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("certificate", help="service: erasure certificate of a done request")
+    root(p)
+    p.add_argument("id")
+    p.add_argument("--png", help="also write its plot here")
+    p.set_defaults(func=cmd_certificate)
+
+    p = sub.add_parser("queue", help="service: pending and running requests")
+    root(p)
+    p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("serve", help="service: run batches (and the HTTP API)")
+    root(p, token=False)
+    p.add_argument("--drain", action="store_true",
+                   help="exit when the queue is empty (default: keep polling)")
+    p.add_argument("--http", default=None, metavar="HOST:PORT",
+                   help="also serve the tenants' HTTP API here")
+    add_options(p, ServiceArguments, "batches and certificates")
+    p.add_argument("--replicas", type=int, default=0,
+                   help="serving replicas per adapter (Ray actors) that receive every new "
+                   "version as a delta")
+    p.add_argument("--quiet", action="store_true")
+    solver_options(p)
+    p.set_defaults(func=cmd_serve)
