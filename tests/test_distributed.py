@@ -138,7 +138,8 @@ def test_stages_run_distributed_and_match_single_process(cluster, fitted):
     ended, with Θ moved on every rank between them."""
     args = replace(ARGS, stages=2)
     single = run_erase(fitted, "correct_response", "single-stages", args, distributed=None)
-    distributed = run_erase(fitted, "correct_response", "dist-stages", args)
+    distributed = run_erase(fitted, "correct_response", "dist-stages", args,
+                            DistributedArguments(workers=2, collective_timeout_s=60))
     assert rel(distributed, single) <= 1e-3
     one_stage = run_erase(fitted, "correct_response", "single-one-stage", distributed=None)
     assert rel(single, one_stage) > 1e-3  # the second stage was taken from elsewhere
