@@ -130,8 +130,16 @@ def read_meta(adapter_dir: str | os.PathLike) -> AdapterMeta:
 
 
 def check_fitted_on(meta: AdapterMeta, adapter, data, examples) -> None:
-    """Influence needs exactly the training set the adapter was fitted on."""
-    if meta.lineage.get("data_sha256") not in (None, examples_digest(examples)):
+    """Influence needs exactly the training set the adapter was fitted on, so an adapter
+    whose lineage does not name that set cannot be erased from."""
+    recorded = meta.lineage.get("data_sha256")
+    if recorded is None:
+        raise EraserError(
+            f"adapter {adapter}: its lineage does not record the data it was fitted on "
+            "(no data_sha256 in eraser_adapter.json), and influence needs exactly that set; "
+            "retrain it with `eraser train`"
+        )
+    if recorded != examples_digest(examples):
         raise EraserError(
             f"{data} is not the training set adapter {adapter} was fitted on (its rows or "
             "their order differ); influence needs exactly that set"

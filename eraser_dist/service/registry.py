@@ -278,9 +278,6 @@ class Registry:
                            "register a copy of the data under another name")
         meta = read_meta(adapter_dir)
         check_fitted_on(meta, adapter_dir, data.path, read_examples(data.path))
-        if meta.lineage.get("data_sha256") is None:
-            raise BadRequest(f"adapter {adapter_dir} does not record the data it was fitted on; "
-                             "train it with `eraser train`")
         target = self.adapter_dir(tenant, name, 1)
         shutil.rmtree(target, ignore_errors=True)  # unregistered: left by a crash in here
         copy_dir(Path(adapter_dir), target)
