@@ -10,7 +10,8 @@
 Errors are ``{"error": {"status": N, "message": "..."}}`` with N the HTTP status: 400 bad
 input, 401 no or unknown token, 403 a token used for another tenant, 404 anything that is
 not the caller's (or does not exist), 405, 409 an idempotency key reused for another body,
-413 a body over ``MAX_BODY_BYTES`` or a request over the row limit.
+411 a POST without a Content-Length header (a chunked body included), 413 a body over
+``MAX_BODY_BYTES`` or a request over the row limit.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def _error_schema() -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     reasons = {400: "Malformed input", 401: "Missing or unknown token",
                403: "Token of another tenant", 404: "Not found (or not the caller's)",
-               409: "Idempotency key reused for another request", 413: "Too large"}
+               409: "Idempotency key reused for another request",
+               411: "No Content-Length header", 413: "Too large"}
     return {str(c): {"description": reasons[c], "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/Error"}}}} for c in codes}
 
@@ -97,7 +99,7 @@ def openapi() -> dict[str, Any]:
                                       "content": json_of("#/components/schemas/Submitted")},
                               "200": {"description": "Idempotent replay of an earlier submit",
                                       "content": json_of("#/components/schemas/Submitted")},
-                              **_errors(400, 401, 403, 404, 409, 413)}}},
+                              **_errors(400, 401, 403, 404, 409, 411, 413)}}},
             "/v1/requests/{id}": {"get": {
                 "summary": "A request's state", "parameters": [request_id],
                 "responses": {"200": {"description": "The request",
