@@ -28,7 +28,7 @@ from typing import Any
 from ..arguments import LlaraArguments
 from ..data import Example
 from ..errors import EraserError
-from .movielens import movielens_dir
+from .movielens import movielens_dir, read_items
 from .tasksets import picked_rows, seeded_split, write_task_set
 
 
@@ -44,12 +44,7 @@ class UserRow:
 
 def read_titles() -> dict[str, str]:
     """item id → title, for every movie of ml-100k.item."""
-    lines = (movielens_dir() / "ml-100k.item").read_text(encoding="latin-1").splitlines()
-    titles = {}
-    for line in lines[1:]:
-        item_id, title = (line.split("\t") + [""])[:2]
-        titles[item_id] = title.strip() or f"movie {item_id}"
-    return titles
+    return {m.item_id: m.title or f"movie {m.item_id}" for m in read_items()}
 
 
 def read_sequences() -> dict[str, list[str]]:

@@ -27,15 +27,19 @@ def movielens_dir() -> Path:
     return package_dir("recbole") / "dataset_example" / "ml-100k"
 
 
+def read_items() -> list[Movie]:
+    """Every line of ``ml-100k.item`` as it stands, in file order (missing fields empty)."""
+    lines = (movielens_dir() / "ml-100k.item").read_text(encoding="latin-1").splitlines()
+    items = []
+    for line in lines[1:]:  # the first line names the columns
+        item_id, title, year, genres = (line.split("\t") + ["", "", ""])[:4]
+        items.append(Movie(item_id, title.strip(), year, tuple(genres.split())))
+    return items
+
+
 def read_movies() -> list[Movie]:
     """Movies with a known year and genres, in file order."""
-    movies = []
-    lines = (movielens_dir() / "ml-100k.item").read_text(encoding="latin-1").splitlines()
-    for line in lines[1:]:
-        item_id, title, year, genres = (line.split("\t") + ["", "", ""])[:4]
-        if year and genres and genres != "unknown":
-            movies.append(Movie(item_id, title.strip(), year, tuple(genres.split())))
-    return movies
+    return [m for m in read_items() if m.year and m.genres and m.genres != ("unknown",)]
 
 
 def genre_question(movie: Movie) -> str:
