@@ -14,8 +14,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from safetensors import safe_open
 
 from ..data import examples_digest
 from ..errors import EraserError
+from ..files import publish_folder
 from .models import Base, LoraCausalLM
 
 META_FILE = "eraser_adapter.json"
@@ -61,31 +60,6 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
-def publish_dir(out: str | os.PathLike, write: Callable[[Path], None], overwrite: bool) -> Path:
-    """Run ``write(tmp)`` into a fresh temporary folder, then move it to ``out`` atomically.
-
-    On any failure the temporary folder is removed and ``out`` is untouched. With
-    ``overwrite`` an old ``out`` is swapped aside first and removed only after the rename.
-    """
-    out = check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a published adapter is readable like a file
-        write(tmp)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.replace(out, old / "dir")
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
 def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -106,7 +80,7 @@ def save_adapter(
         for name, obj in (extra or {}).items():
             write_json(tmp / name, obj)
 
-    return publish_dir(out, write, overwrite)
+    return publish_folder(check_output_dir(out, overwrite), write, overwrite)
 
 
 def read_meta(adapter_dir: str | os.PathLike) -> AdapterMeta:
@@ -258,7 +232,7 @@ def publish_erased(
         for name, obj in extra.items():
             write_json(tmp / name, obj)
 
-    return publish_dir(out, write, overwrite)
+    return publish_folder(check_output_dir(out, overwrite), write, overwrite)
 
 
 def read_delta(adapter_dir: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str, str]:

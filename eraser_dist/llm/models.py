@@ -17,8 +17,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from ..arguments import LoraArguments
 from ..core.objective import LossModel
 from ..data import Example
 from ..errors import EraserError
+from ..files import publish_folder
 from .tokenization import ByteTokenizer, HFTokenizer, TextTokenizer, prompt_text, tokenize_example
 
 BUILTIN_BASES = ("tiny-llama", "smollm2-135m")
@@ -99,15 +98,15 @@ def smollm2_dir() -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
-    try:
+
+    def write(folder: Path) -> None:
         # Shards of ≤ 100 MB: ZeRO-3 ranks load one shard at a time into their partitions.
-        model.save_pretrained(tmp, max_shard_size="100MB")
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        model.save_pretrained(folder, max_shard_size="100MB")
+        tokenizer.save_pretrained(folder)
+
+    try:
+        publish_folder(target, write)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
         if not (target / "config.json").is_file():  # not a lost race with another process
             raise
     return target

@@ -22,7 +22,6 @@ import re
 import secrets
 import shutil
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ from typing import Any
 
 from ..data import examples_digest, read_examples, write_examples
 from ..errors import EraserError
+from ..files import publish_folder
 from ..llm.adapters import adapter_version, check_fitted_on, read_meta
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 
@@ -318,13 +318,7 @@ def copy_dir(source: Path, target: Path) -> None:
         raise Conflict(f"{target} already exists")
     if not source.is_dir():
         raise EraserError(f"{source} is not a directory")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    try:
-        shutil.copytree(source, tmp / "dir")
-        (tmp / "dir").rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_folder(target, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
 
 
 def dumps(obj: Any) -> str:
