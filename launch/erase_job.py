@@ -1,5 +1,6 @@
 """Run ``eraser erase`` as a Ray job on the cluster it is submitted to::
 
+    export RAY_AUTH_MODE=token   # Ray's token auth; see README, "On a cluster"
     ray job submit --address http://HEAD:8265 --working-dir . -- python -m launch.erase_job \\
         --base B --adapter A --data D --request R --out O --workers G --group-size K \\
         --address auto [--base-dtype bfloat16] [erase options]

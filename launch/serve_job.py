@@ -1,5 +1,6 @@
 """Run the erase service's batch worker as a Ray job on the cluster it is submitted to::
 
+    export RAY_AUTH_MODE=token   # Ray's token auth; see README, "On a cluster"
     ray job submit --address http://HEAD:8265 --working-dir . -- python -m launch.serve_job \\
         --root /shared/eraser-data --workers G --group-size K --address auto \\
         [--replicas R] [--http 0.0.0.0:8080] [--drain] [serve options]
