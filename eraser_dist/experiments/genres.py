@@ -41,8 +41,6 @@ def movie_candidates(movie: Movie, pool: list[str], count: int, seed: int) -> di
 def build_genres(out: str | Path, args: GenreArguments | None = None) -> dict[str, Any]:
     """Write the genre task set; returns its manifest."""
     args = args or GenreArguments()
-    if args.candidates < 2:
-        raise EraserError("candidates must be at least 2")
     splits = seeded_split(read_movies(), (args.train_movies, args.valid_movies,
                                           args.test_movies), args.seed, "movies with known genres")
     train = splits["train"]

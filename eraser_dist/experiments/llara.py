@@ -27,7 +27,6 @@ from typing import Any
 
 from ..arguments import LlaraArguments
 from ..data import Example
-from ..errors import EraserError
 from .movielens import movielens_dir, read_items
 from .tasksets import picked_rows, seeded_split, write_task_set
 
@@ -125,8 +124,6 @@ def build_llara(out: str | Path, args: LlaraArguments | None = None) -> dict[str
     """Write the clean splits, each experiment's training set and request, and a manifest
     (the layout of :mod:`eraser_dist.experiments.tasksets`); returns the manifest."""
     args = args or LlaraArguments()
-    if args.history < 1 or args.candidates < 2:
-        raise EraserError("history must be at least 1 and candidates at least 2")
     titles = read_titles()
     items = sorted(titles, key=int)
     splits = seeded_split(user_rows(args, read_sequences(), items),

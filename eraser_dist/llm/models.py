@@ -287,8 +287,6 @@ def attach_lora(base: Base, args: LoraArguments, seed: int = 0) -> Any:
     """A fresh peft LoRA model on the base (A random with ``seed``, B = 0)."""
     from peft import get_peft_model
 
-    if args.rank < 1:
-        raise EraserError(f"LoRA rank must be at least 1, got {args.rank}")
     missing = [t for t in args.targets if not any(n.endswith(t) for n, _ in
                                                    base.model.named_modules())]
     if missing:
