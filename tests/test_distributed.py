@@ -197,11 +197,13 @@ def test_killed_worker_is_restarted_and_gives_the_fault_free_delta(
 
 
 def test_killed_aggregator_resumes_from_its_checkpoint(cluster, fitted, tmp_path, monkeypatch):
-    # the least-residual step: its checkpoint also carries the recorded steps
+    # the least-residual step: its checkpoint also carries the recorded steps; one group of
+    # two ranks: the resume is the aggregator's, whatever the groups are
     args = replace(ARGS, step="least_residual")
-    clean = run_erase(fitted, "modify_query", "clean-aggregator", args)
+    layout = DistributedArguments(workers=1, group_size=2, collective_timeout_s=60)
+    clean = run_erase(fitted, "modify_query", "clean-aggregator", args, layout)
     with_faults(monkeypatch, FaultPlan("aggregator", "iteration", 3, 1, str(tmp_path)))
-    recovered = run_erase(fitted, "modify_query", "killed-aggregator", args)
+    recovered = run_erase(fitted, "modify_query", "killed-aggregator", args, layout)
     report = json.loads((fitted / "killed-aggregator" / "erase_report.json").read_text())
     assert report["distributed"]["resumed_at_iteration"] == [3]
     assert report["cg_iterations"] == ARGS.max_iter
@@ -278,11 +280,11 @@ def test_replica_after_broadcast_answers_as_the_published_adapter(cluster, fitte
 
 def test_cli_runs_the_distributed_engine_in_a_fresh_process(cluster, fitted):
     """``eraser erase --workers 1 --group-size 2`` from a shell: Ray is started (or found) by
-    the command itself, and the result equals the in-process one."""
+    the command itself, and the result equals the one-process erase's."""
     import subprocess
     import sys
 
-    in_process = run_erase(fitted, "remove", "cli-reference")
+    in_process = run_erase(fitted, "remove", "cli-reference", distributed=None)
     argv = [sys.executable, "-m", "eraser_dist.cli", "erase", "--base", "tiny-llama",
             "--adapter", str(fitted / "adapter"), "--data", str(fitted / "train.parquet"),
             "--request", str(fitted / "remove.json"), "--out", str(fitted / "cli-out"),
