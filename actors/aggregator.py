@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import ray
+import torch
 
 from eraser_dist.arguments import EraseArguments
 from eraser_dist.core.influence import newton_step
@@ -77,9 +78,8 @@ class Aggregator:
         """The InfluenceResult of the edit (ΔΘ, each request's ΔΘ_k, the solver's figures),
         the adapter's layout, and the run's figures."""
         start = time.perf_counter()
-        infos = self.pool.infos or self.pool.start()
-        info = infos[0][0]
-        backend = PoolBackend(self.pool, info["theta"], info["dtype"])
+        backend = self._backend()
+        info = self.pool.infos[0][0]
         result = newton_step(
             backend, edited, weight_decay, args, progress=self._report,
             checkpoints=lambda key: ObservedCheckpoint(
@@ -92,8 +92,17 @@ class Aggregator:
             "seconds_per_hvp": backend.hvp_seconds,
             "seconds": time.perf_counter() - start,
             "bytes_per_iteration": backend.bytes_per_iteration(),
-            "partition": [[i["partition"] for i in group] for group in infos],
+            "partition": [[i["partition"] for i in group] for group in self.pool.infos],
         }
+
+    def losses(self, rows: list, batch_size: int) -> torch.Tensor:
+        """L_i(Θ̂) of each row [n] float64, in the rows' order, computed on the groups."""
+        return self._backend().losses(rows, batch_size)
+
+    def _backend(self) -> PoolBackend:
+        """The worker groups (started on first use) as a curvature back-end at Θ̂."""
+        info = (self.pool.infos or self.pool.start())[0][0]
+        return PoolBackend(self.pool, info["theta"], info["dtype"])
 
     def memory(self) -> list[list[dict[str, int]]]:
         """Every rank's ShardWorker.memory(), per group."""

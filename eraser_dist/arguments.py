@@ -61,14 +61,10 @@ def choices(hint: Any) -> tuple[Any, ...]:
 def scalar_type(hint: Any) -> Any:
     """int, float, str or bool of a field's type, the element type of a tuple, the type of
     a ``Literal``'s values; ``X | None`` is X."""
-    args = [a for a in get_args(hint) if a is not type(None)]
     if get_origin(hint) is Literal:
         return type(get_args(hint)[0])
-    if get_origin(hint) is tuple:
-        return scalar_type(args[0])
-    if args and get_origin(hint) is not tuple:  # X | None
-        return scalar_type(args[0])
-    return hint
+    args = [a for a in get_args(hint) if a is not type(None)]  # tuple[X, ...] or X | None
+    return scalar_type(args[0]) if args else hint
 
 
 def allows_none(hint: Any) -> bool:

@@ -15,6 +15,7 @@ import torch
 from conftest import word_rows
 
 from actors import driver
+from actors.aggregator import Aggregator
 from actors.replica import ServingReplica, broadcast_delta
 from eraser_dist import api
 from eraser_dist.arguments import (
@@ -151,12 +152,26 @@ def test_stages_run_distributed_and_match_single_process(cluster, fitted):
         assert mine["rhs_norm"] == pytest.approx(theirs["rhs_norm"], rel=1e-4)
 
 
-def test_ranks_hold_only_their_partition_and_whole_lora(cluster, fitted, tmp_path):
-    edited = apply_requests([parse_request(REQUESTS["remove"])],
-                            read_examples(fitted / "train.parquet"))
-    found = driver.distributed_erase(
-        spec_for(fitted), edited, 0.01, EraseArguments(hvp="ggn", max_iter=1),
-        DistributedArguments(workers=1, group_size=2), str(tmp_path / "ckpt"), progress=False)
+def test_ranks_hold_only_their_partition_and_whole_lora_and_answer_losses(cluster, fitted,
+                                                                         tmp_path):
+    rows = read_examples(fitted / "train.parquet")
+    edited = apply_requests([parse_request(REQUESTS["remove"])], rows)
+    aggregator = Aggregator.options(num_cpus=0).remote(
+        spec_for(fitted), driver.layout_for(DistributedArguments(workers=1, group_size=2)),
+        str(tmp_path / "ckpt"), 0)
+    # by position, not id: an edited row's old and new versions share one; 5 rows on 2
+    # ranks, so one rank's share is padded
+    asked = rows[:4] + [replace(rows[2], response="xyz")]
+    try:
+        found = ray.get(aggregator.erase.remote(edited, 0.01,
+                                                EraseArguments(hvp="ggn", max_iter=1)))
+        losses = ray.get(aggregator.losses.remote(asked, 2))
+    finally:
+        ray.kill(aggregator)
+    local, _ = load_adapter(load_base("tiny-llama"), fitted / "adapter")
+    expected = loss_values(local, asked, 8)
+    assert losses.shape == expected.shape and losses[2] != losses[4]
+    torch.testing.assert_close(losses, expected, rtol=1e-5, atol=1e-6)
     ranks = found["partition"][0]
     assert len(ranks) == 2
     lora_numel = sum(math.prod(s) for s in found["shapes"])

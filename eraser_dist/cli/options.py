@@ -29,9 +29,7 @@ def _comma_list(kind: type):
 
 
 def _default_text(f) -> str:
-    if f.default is MISSING:
-        return ""
-    if f.default is None:
+    if f.default is MISSING or f.default is None:
         return ""
     value = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
     return f" (default: {value})"
