@@ -1,4 +1,5 @@
-"""The aggregator actor: runs one erase's Newton step over the worker groups.
+"""The aggregator actor: runs one erase's Newton step (or builds a curvature index) over the
+worker groups.
 
 A thin shell (docs/DESIGN.md §4): the step is the same
 :func:`~eraser_dist.core.influence.newton_step` as in one process, run on a
@@ -21,9 +22,10 @@ import ray
 import torch
 
 from eraser_dist.arguments import EraseArguments
-from eraser_dist.core.influence import newton_step
+from eraser_dist.core.influence import fit_curvature, newton_step
 from eraser_dist.core.requests import EditedObjective
 from eraser_dist.core.solve import CGState
+from eraser_dist.core.spectral import LowRankCurvature
 from eraser_dist.distributed.checkpoint import CheckpointFile
 from eraser_dist.distributed.shard_worker import WorkerSpec
 from eraser_dist.faults import FaultPlan, check_all
@@ -73,17 +75,18 @@ class Aggregator:
         with self.lock:
             self.status = status
 
-    def erase(self, edited: EditedObjective, weight_decay: float,
-              args: EraseArguments) -> dict[str, Any]:
+    def erase(self, edited: EditedObjective, weight_decay: float, args: EraseArguments,
+              index: LowRankCurvature | None = None) -> dict[str, Any]:
         """The InfluenceResult of the edit (ΔΘ, each request's ΔΘ_k, the solver's figures),
-        the adapter's layout, and the run's figures."""
+        the adapter's layout, and the run's figures; with a curvature ``index``, CG starts
+        from its step (:func:`~eraser_dist.core.influence.newton_step`)."""
         start = time.perf_counter()
         backend = self._backend()
         info = self.pool.infos[0][0]
         result = newton_step(
             backend, edited, weight_decay, args, progress=self._report,
             checkpoints=lambda key: ObservedCheckpoint(
-                CheckpointFile(self.checkpoint_dir, key), self))
+                CheckpointFile(self.checkpoint_dir, key), self), index=index)
         return {
             "result": result,
             "keys": info["keys"], "shapes": info["shapes"], "theta": info["theta"],
@@ -94,6 +97,16 @@ class Aggregator:
             "bytes_per_iteration": backend.bytes_per_iteration(),
             "partition": [[i["partition"] for i in group] for group in self.pool.infos],
         }
+
+    def fit_curvature(self, rows: list, weight_decay: float, args: EraseArguments,
+                      rank: int) -> dict[str, Any]:
+        """The curvature index of the adapter over ``rows`` (its training set), each HVP of
+        Lanczos a map-reduce over the groups; with the adapter's layout, as ``erase``."""
+        backend = self._backend()
+        info = self.pool.infos[0][0]
+        fitted = fit_curvature(backend, rows, weight_decay, args, rank, progress=self._report)
+        return {"fitted": fitted, "keys": info["keys"], "shapes": info["shapes"],
+                "theta": info["theta"], "group_restarts": list(self.pool.restarts)}
 
     def losses(self, rows: list, batch_size: int) -> torch.Tensor:
         """L_i(Θ̂) of each row [n] float64, in the rows' order, computed on the groups."""

@@ -1,4 +1,5 @@
-"""The driver side of a distributed erase: place the aggregator, follow it, return ΔΘ.
+"""The driver side of a distributed erase (or index build): place the aggregator, follow it,
+return ΔΘ (or the index).
 
 Called by :func:`eraser_dist.api.erase` when it is given ``DistributedArguments``; the API
 validates the inputs, builds the edited objective and publishes the result, so both engines
@@ -15,6 +16,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from eraser_dist.arguments import DistributedArguments, EraseArguments
 from eraser_dist.core.progress import StatusBar
 from eraser_dist.core.requests import EditedObjective
+from eraser_dist.core.spectral import LowRankCurvature
 from eraser_dist.distributed.shard_worker import WorkerSpec
 from eraser_dist.distributed.zero import local_backend
 from eraser_dist.errors import EraserError
@@ -44,26 +46,48 @@ def distributed_erase(
     checkpoint_dir: str,
     progress: bool = True,
     faults: tuple[FaultPlan, ...] = (),
+    index: LowRankCurvature | None = None,
 ) -> dict[str, Any]:
-    """Run one erase step of ``edited`` on the cluster; returns the aggregator's answer
-    (``result``: the InfluenceResult, and the adapter's layout and the run's figures)."""
-    layout = layout_for(dist)
-    connect(dist.address, dist.workers * dist.group_size, layout.cpus_per_rank,
-            layout.gpus_per_rank)
-    aggregator = Aggregator.options(
-        num_cpus=0, max_concurrency=2, max_restarts=dist.max_aggregator_restarts,
-        max_task_retries=dist.max_aggregator_restarts,
-    ).remote(spec, layout, checkpoint_dir, dist.max_group_restarts, faults)
+    """Run one erase step of ``edited`` on the cluster (from a curvature ``index``'s step, if
+    given); returns the aggregator's answer (``result``: the InfluenceResult, and the
+    adapter's layout and the run's figures)."""
+    aggregator = _place(spec, dist, checkpoint_dir, faults)
     try:
-        return _follow(aggregator, aggregator.erase.remote(edited, weight_decay, args), args,
-                       progress)
+        return _follow(aggregator, aggregator.erase.remote(edited, weight_decay, args, index),
+                       args.max_iter, progress, "distributed erase")
     finally:
         ray.kill(aggregator)  # its worker groups go with it
 
 
-def _follow(aggregator, ref, args: EraseArguments, progress: bool) -> dict[str, Any]:
-    """Wait for the step, showing the aggregator's phase, iteration and residual."""
-    bar = StatusBar(args.max_iter, enabled=progress, label="distributed erase")
+def distributed_index(spec: WorkerSpec, rows: list, weight_decay: float, args: EraseArguments,
+                      rank: int, dist: DistributedArguments,
+                      progress: bool = True) -> dict[str, Any]:
+    """Build the curvature index of the adapter over ``rows`` on the cluster; returns the
+    aggregator's answer (``fitted``: the FittedCurvature, and the adapter's layout)."""
+    aggregator = _place(spec, dist, "", ())
+    try:
+        return _follow(aggregator,
+                       aggregator.fit_curvature.remote(rows, weight_decay, args, rank), rank,
+                       progress, "distributed index")
+    finally:
+        ray.kill(aggregator)
+
+
+def _place(spec: WorkerSpec, dist: DistributedArguments, checkpoint_dir: str,
+           faults: tuple[FaultPlan, ...]):
+    """Join (or start) the cluster and place the aggregator, which starts the groups."""
+    layout = layout_for(dist)
+    connect(dist.address, dist.workers * dist.group_size, layout.cpus_per_rank,
+            layout.gpus_per_rank)
+    return Aggregator.options(
+        num_cpus=0, max_concurrency=2, max_restarts=dist.max_aggregator_restarts,
+        max_task_retries=dist.max_aggregator_restarts,
+    ).remote(spec, layout, checkpoint_dir, dist.max_group_restarts, faults)
+
+
+def _follow(aggregator, ref, total: int, progress: bool, label: str) -> dict[str, Any]:
+    """Wait for the work, showing the aggregator's phase, iteration and residual."""
+    bar = StatusBar(total, enabled=progress, label=label)
     try:
         while True:
             ready, _ = ray.wait([ref], timeout=0.5)
@@ -73,7 +97,7 @@ def _follow(aggregator, ref, args: EraseArguments, progress: bool) -> dict[str, 
                 except RayTaskError as err:
                     if isinstance(err.cause, EraserError):
                         raise err.cause from None
-                    raise EraserError(f"the distributed erase failed: {err.cause!r}") from err
+                    raise EraserError(f"the {label} failed: {err.cause!r}") from err
                 except RayActorError as err:
                     raise EraserError(f"the aggregator died and could not be restarted: "
                                       f"{err}") from err

@@ -83,13 +83,13 @@ def main() -> None:
         hvp = hessian_vector_product("ggn", model, h_rows, weights, preset.erase.batch_size)
         scale = 1.0 / float(weights.sum())
         start = time.perf_counter()
-        inverse_diagonal = preconditioner(
+        precondition = preconditioner(
             args.preconditioner,
             lambda h_rows=h_rows, weights=weights: fisher_diagonal(model, h_rows, weights),
             scale, solve_damping)
         cg = conjugate_gradient(lambda v, hvp=hvp, scale=scale: hvp(v).double().cpu() * scale, b,
                                 damping=solve_damping, tol=0.0, max_iter=args.iterations,
-                                record=True, inverse_diagonal=inverse_diagonal)
+                                record=True, preconditioner=precondition)
         seconds = time.perf_counter() - start
         solves[f"{samples}" + (f"@{solve_damping}" if preconditioned else "")] = {
             "seconds": seconds, "iterations": cg.iterations,

@@ -7,6 +7,8 @@ The public API::
     train("smollm2-135m", "train.parquet", "adapters/v0")
     report = erase("smollm2-135m", "adapters/v0", "train.parquet", "request.json",
                    "adapters/v1", EraseArguments(hvp="ggn", max_iter=16))
+    build_index("smollm2-135m", "adapters/v0", "train.parquet", "adapters/v0-index")
+    report = erase(..., index="adapters/v0-index")   # starts from the curvature index
 
 Names are imported on first use, so that ``import eraser_dist`` (and ``eraser --help``)
 does not load torch. The layout, the maths and the architecture: docs/DESIGN.md.
@@ -18,15 +20,16 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "train": "api", "erase": "api", "evaluate": "api",
+    "train": "api", "erase": "api", "evaluate": "api", "build_index": "api",
     "LoraArguments": "arguments", "TrainArguments": "arguments",
     "EraseArguments": "arguments", "DistributedArguments": "arguments",
+    "IndexArguments": "arguments",
     "ServiceArguments": "arguments",
     "EraseReport": "report",
     "EraseRequest": "core.requests", "parse_request": "core.requests",
     "LossModel": "core.objective",
     "CurvatureBackend": "core.backend",
-    "newton_step": "core.influence",
+    "newton_step": "core.influence", "fit_curvature": "core.influence",
     "EraserError": "errors",
 }
 

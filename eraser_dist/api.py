@@ -1,4 +1,5 @@
-"""The Python API behind every CLI command: train, erase and evaluate adapters on files.
+"""The Python API behind every CLI command: train, erase and evaluate adapters on files, and
+build the curvature index that erases start from.
 
 Each function validates its inputs before doing any work, never modifies its inputs, and
 publishes its output directory atomically. Call them from a notebook or a Ray job; the CLI
@@ -18,11 +19,13 @@ from typing import Any
 from .arguments import (
     DistributedArguments,
     EraseArguments,
+    IndexArguments,
     LoraArguments,
     TrainArguments,
     check_engine,
+    check_index_budget,
 )
-from .core.influence import InfluenceResult, newton_step
+from .core.influence import InfluenceResult, fit_curvature, newton_step
 from .core.objective import loss_values
 from .core.requests import EditedObjective, EraseRequest, apply_requests, load_request
 from .data import examples_digest, read_examples
@@ -30,6 +33,7 @@ from .distributed.shard_worker import WorkerSpec
 from .errors import EraserError
 from .llm.adapters import (
     AdapterMeta,
+    adapter_version,
     check_fitted_on,
     check_output_dir,
     file_key,
@@ -39,12 +43,22 @@ from .llm.adapters import (
     save_adapter,
     split_delta,
 )
+from .llm.curvature_index import (
+    CurvatureIndex,
+    IndexMeta,
+    check_index,
+    index_drift,
+    lineage_chain,
+    load_index,
+    save_index,
+)
 from .llm.models import LoraCausalLM, attach_lora, load_base
 from .llm.train import train_adam
 from .report import (
     REPORT_FILE,
     DistributedFigures,
     EraseReport,
+    IndexFigures,
     RequestFigures,
     StationarityFigures,
 )
@@ -125,9 +139,16 @@ def erase(
     progress: bool = True,
     distributed: DistributedArguments | None = None,
     device: str = "cpu",
+    index: PathLike | None = None,
 ) -> EraseReport:
     """Apply an erase request, or a batch of them, to an adapter by one influence step;
     publish the new adapter.
+
+    With a curvature ``index`` (:func:`build_index`, on this adapter or a version it was
+    erased from), CG starts from the index's step and is preconditioned by it; ``args``
+    then defaults to the index's own matrix and a short solve
+    (:meth:`~eraser_dist.llm.curvature_index.IndexMeta.erase_arguments`), and the report
+    gives the index's figures under ``index``.
 
     ``data`` is the training set the adapter was fitted on. A batch (a sequence of requests
     with disjoint rows) is one solve; the report gives each request's own ΔΘ_k figures
@@ -138,8 +159,10 @@ def erase(
     adapter, ΔΘ alone (``adapter_delta.safetensors``, for serving replicas) and the report
     that this function returns (``erase_report.json``).
     """
-    args = args or EraseArguments()
+    loaded = None if index is None else load_index(index)
+    args = args or (EraseArguments() if loaded is None else loaded.meta.erase_arguments())
     check_engine(args, distributed)
+    check_index_budget(args, loaded is not None)
     check_output_dir(out, overwrite)
     if Path(out).resolve() == Path(adapter).resolve():
         raise EraserError("the output directory must differ from the input adapter")
@@ -153,11 +176,14 @@ def erase(
     edited = apply_requests(batch, examples)
     meta = read_meta(adapter)
     check_fitted_on(meta, adapter, data, examples)
+    versions_behind = None if loaded is None else check_index(loaded, index, meta, adapter)
+    curvature = None if loaded is None else loaded.curvature
     start = time.perf_counter()
     figures = None
     if distributed is None:
         model, meta = load_adapter(load_base(base, device=device), adapter)
-        result = newton_step(model, edited, meta.weight_decay, args, progress=progress)
+        result = newton_step(model, edited, meta.weight_decay, args, progress=progress,
+                             index=curvature)
         keys, shapes = [file_key(n) for n in model.names], [p.shape for p in model.params]
         theta = model.get_flat().double().cpu()
     else:
@@ -167,15 +193,17 @@ def erase(
             Path(out).parent / f".{Path(out).name}.cg-checkpoint")
         spec = WorkerSpec(base, str(Path(adapter).resolve()), distributed.base_dtype)
         found = distributed_erase(spec, edited, meta.weight_decay, args, distributed,
-                                  checkpoints, progress)
+                                  checkpoints, progress, index=curvature)
         result = found["result"]
         keys, shapes, theta = found["keys"], found["shapes"], found["theta"]
         figures = DistributedFigures(distributed.workers, distributed.group_size,
                                      distributed.base_dtype, found["group_restarts"],
                                      found["resumed_at_iteration"],
                                      found["bytes_per_iteration"])
+    index_figures = None if loaded is None else index_report(
+        loaded, index, versions_behind, theta, result)
     report = erase_report(batch, edited, args, result, meta.weight_decay, theta,
-                          time.perf_counter() - start, figures)
+                          time.perf_counter() - start, figures, index_figures)
     new_meta = replace(
         meta,
         lineage={
@@ -184,6 +212,7 @@ def erase(
             "requests": [r.to_json() for r in batch],
             "data_sha256": examples_digest(edited.rows_after),
             "n_train": len(edited.rows_after),
+            "chain": lineage_chain(meta, adapter),
         },
     )
     delta = split_delta(result.delta, keys, [tuple(s) for s in shapes])
@@ -194,9 +223,19 @@ def erase(
     return report
 
 
+def index_report(loaded: CurvatureIndex, path: PathLike, versions_behind: int, theta,
+                 result: InfluenceResult) -> IndexFigures:
+    """The figures of the curvature index an erase started from (``theta``: Θ̂ [d])."""
+    return IndexFigures(str(path), loaded.meta.adapter_version, versions_behind,
+                        index_drift(loaded, path, theta), loaded.curvature.rank,
+                        result.first_residual, result.first_products,
+                        result.first_residual > loaded.meta.rebuild_residual)
+
+
 def erase_report(batch: Sequence[EraseRequest], edited: EditedObjective, args: EraseArguments,
                  result: InfluenceResult, weight_decay: float, theta, seconds: float,
-                 distributed: DistributedFigures | None = None) -> EraseReport:
+                 distributed: DistributedFigures | None = None,
+                 index: IndexFigures | None = None) -> EraseReport:
     """The report of a finished step (``theta``: Θ̂ [d], ``seconds``: the erase's wall time)."""
     cg = result.cg
     kinds = {r.kind for r in batch}
@@ -212,7 +251,8 @@ def erase_report(batch: Sequence[EraseRequest], edited: EditedObjective, args: E
         cg_converged=cg.converged, relative_residual=cg.relative_residual,
         negative_curvature=result.negative_curvature, truncated=result.truncated,
         on_negative_curvature=args.on_negative_curvature, step=args.step,
-        preconditioner=args.preconditioner, gradient=args.gradient, stages=args.stages,
+        preconditioner="curvature_index" if index is not None else args.preconditioner,
+        gradient=args.gradient, stages=args.stages,
         tol=args.tol, hessian_rows=result.hessian_rows, rhs_norm=result.rhs_norm,
         delta_norm=float(result.delta.norm()), adapter_norm=float(theta.norm()),
         seconds=seconds, rhs_seconds=result.rhs_seconds, solve_seconds=result.solve_seconds,
@@ -228,7 +268,60 @@ def erase_report(batch: Sequence[EraseRequest], edited: EditedObjective, args: E
             result.stationarity_residual),
         stage_steps=result.stages,
         distributed=distributed,
+        index=index,
     )
+
+
+def build_index(
+    base: str,
+    adapter: PathLike,
+    data: PathLike,
+    out: PathLike,
+    args: EraseArguments | None = None,
+    index: IndexArguments | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    distributed: DistributedArguments | None = None,
+    device: str = "cpu",
+) -> IndexMeta:
+    """Build the curvature index of an adapter on its training set and publish it to ``out``
+    (docs/DESIGN.md §7): ``index.rank`` Lanczos steps on the erase system's matrix as
+    ``args`` defines it (``hvp``, ``hessian_samples``, ``seed``, ``damping``,
+    ``batch_size``, ``fd_step``; the Gauss-Newton matrix for ``hvp`` ``auto``). Every erase
+    of this version, and of the versions erased from it, can then start from it
+    (``erase(..., index=out)``). With ``distributed`` the HVPs run on the worker groups.
+    """
+    args = args or EraseArguments()
+    index = index or IndexArguments()
+    check_engine(args, distributed)
+    check_output_dir(out, overwrite)
+    examples = read_examples(data)
+    meta = read_meta(adapter)
+    check_fitted_on(meta, adapter, data, examples)
+    if distributed is None:
+        model, meta = load_adapter(load_base(base, device=device), adapter)
+        fitted = fit_curvature(model, examples, meta.weight_decay, args, index.rank,
+                               progress=progress)
+        theta = model.get_flat().double().cpu()
+    else:
+        from actors.driver import distributed_index
+
+        spec = WorkerSpec(base, str(Path(adapter).resolve()), distributed.base_dtype)
+        found = distributed_index(spec, examples, meta.weight_decay, args, index.rank,
+                                  distributed, progress)
+        fitted, theta = found["fitted"], found["theta"]
+    index_meta = IndexMeta(
+        base=meta.base, base_fingerprint=meta.base_fingerprint,
+        adapter_version=adapter_version(adapter), data_sha256=examples_digest(examples),
+        n_train=len(examples), dim=theta.numel(), rank=fitted.curvature.rank,
+        hvp=fitted.hvp, hessian_rows=fitted.hessian_rows,
+        hessian_samples=args.hessian_samples, seed=args.seed, damping=fitted.damping,
+        batch_size=args.batch_size, fd_step=args.fd_step,
+        ritz_values=fitted.curvature.values.tolist(),
+        asymmetry=fitted.curvature.asymmetry, products=fitted.products,
+        seconds=fitted.seconds, rebuild_residual=index.rebuild_residual)
+    save_index(CurvatureIndex(index_meta, fitted.curvature, theta), out, overwrite=overwrite)
+    return index_meta
 
 
 def evaluate(

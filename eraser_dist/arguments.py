@@ -188,7 +188,8 @@ class EraseArguments(Options):
     damping: float | None = option(None, "λ in (H + λI); default: the adapter's training "
                                    "weight decay", minimum=0)
     tol: float = option(1e-4, "CG stops at this relative residual", above=0)
-    max_iter: int = option(100, "most CG iterations (HVPs) per solve", minimum=1)
+    max_iter: int = option(100, "most CG iterations (HVPs) per solve; 0 with --index: the "
+                           "index's step alone", minimum=0)
     hessian_samples: int | None = option(None, "estimate H on this many rows (seeded); "
                                          "default: all", minimum=1)
     batch_size: int = option(8, "rows per forward pass", minimum=1)
@@ -210,6 +211,23 @@ class EraseArguments(Options):
         if self.stages > 1 and self.gradient != "changed_rows":
             # all_rows's term is ∇f at t = 0; a later stage would need f_t's
             raise EraserError("--stages above 1 needs --gradient changed_rows")
+
+
+@dataclass
+class IndexArguments(Options):
+    """How a curvature index is built (``eraser index``; docs/DESIGN.md §7): ``rank`` Lanczos
+    steps, one HVP each, on the Fisher-diagonal-scaled matrix of the erase system. Its
+    matrix is set by the erase options it is built with (``hvp``, ``hessian_samples``,
+    ``seed``, ``damping``, ``batch_size``, ``fd_step``), and an erase given the index uses
+    the same ones unless told otherwise. ``rebuild_residual``: an erase whose first step
+    from the index has a relative residual above this says the index should be rebuilt
+    (the service rebuilds it).
+    """
+
+    rank: int = option(24, "Lanczos steps (one HVP each): the Ritz pairs the index holds",
+                       minimum=1)
+    rebuild_residual: float = option(0.5, "rebuild the index once an erase's first step "
+                                     "from it has a relative residual above this", above=0)
 
 
 @dataclass
@@ -252,7 +270,8 @@ class ServiceArguments(Options):
 
     A batch is at most ``max_batch_requests`` requests and ``max_batch_rows`` rows against
     one adapter. Each certificate measures losses on up to ``holdout_sample`` rows of the
-    dataset's held-out set (seeded).
+    dataset's held-out set (seeded). With ``index_rank`` k > 0, each adapter keeps a
+    curvature index of k pairs that every batch starts from (docs/DESIGN.md §7.5).
     """
 
     max_batch_requests: int = option(64, "most requests solved together", minimum=1)
@@ -262,6 +281,13 @@ class ServiceArguments(Options):
                                  "queue", above=0)
     eval_batch_size: int = option(8, "rows per forward pass of the certificates' losses",
                                   minimum=1)
+    index_rank: int = option(0, "Ritz pairs of a curvature index kept per adapter and used "
+                             "by every batch (built at its first batch, rebuilt when a "
+                             "batch's first step from it has a residual above "
+                             "--index-rebuild-residual); 0: no index", minimum=0)
+    index_rebuild_residual: float = option(0.5, "rebuild the index after a batch whose "
+                                           "first step from it had a relative residual "
+                                           "above this", above=0)
 
 
 @dataclass(frozen=True)
@@ -306,3 +332,10 @@ def check_engine(args: EraseArguments, distributed: DistributedArguments | None)
     if distributed is not None and args.hvp == "exact":
         raise EraserError("--hvp exact needs double backward, which does not work on a "
                           "ZeRO-3-partitioned base; use --hvp fd or ggn")
+
+
+def check_index_budget(args: EraseArguments, has_index: bool) -> None:
+    """``max_iter`` 0 means the curvature index's step alone: refused without an index."""
+    if args.max_iter == 0 and not has_index:
+        raise EraserError("--max-iter 0 takes a curvature index's step alone; give --index, "
+                          "or allow at least one CG iteration")

@@ -55,6 +55,24 @@ class DistributedFigures:
 
 
 @dataclass
+class IndexFigures:
+    """The curvature index an erase started from (docs/DESIGN.md §7): where it is, the
+    adapter version it was built on and how many erases back that is, how far Θ has moved
+    since (‖Θ − Θ_index‖/‖Θ_index‖), the pairs it holds, the relative residual of its step
+    before CG (``first_residual``) and the products that step cost. ``rebuild_advised``:
+    that residual is above ``IndexArguments.rebuild_residual``."""
+
+    path: str
+    adapter_version: str
+    versions_behind: int
+    drift: float
+    rank: int
+    first_residual: float
+    first_products: int
+    rebuild_advised: bool
+
+
+@dataclass
 class EraseReport:
     """What an erase did and how well it solved.
 
@@ -65,11 +83,13 @@ class EraseReport:
     ``weight_decay``, ``on_negative_curvature``, ``step``, ``preconditioner``, ``gradient``,
     ``stages``, ``tol``, ``hessian_rows``. The solve: ``cg_iterations``, ``cg_converged``,
     ``relative_residual`` (worst stage's), ``negative_curvature`` (the requested back-end
-    met it), ``truncated`` (the kept solve stopped at it: ΔΘ is a truncated iterate).
+    met it), ``truncated`` (the kept solve stopped at it: ΔΘ is a truncated iterate);
+    ``preconditioner`` is ``curvature_index`` when the erase started from one.
     Sizes: ``rhs_norm`` ‖b‖, ``delta_norm`` ‖ΔΘ‖, ``adapter_norm`` ‖Θ̂‖. Wall time:
     ``seconds`` in all, ``rhs_seconds`` for b and ``solve_seconds`` for the solve.
     ``requests`` has each request's own figures, ``parts_sum_error`` how exactly they add
-    up to ΔΘ: ‖Σ_k ΔΘ_k (+ stationarity) − ΔΘ‖/‖ΔΘ‖.
+    up to ΔΘ: ‖Σ_k ΔΘ_k (+ stationarity) − ΔΘ‖/‖ΔΘ‖. ``index``: the curvature index used,
+    if any.
     """
 
     kind: str
@@ -103,6 +123,7 @@ class EraseReport:
     stationarity: StationarityFigures | None = None
     stage_steps: list[StageFigures] = field(default_factory=list)
     distributed: DistributedFigures | None = None
+    index: IndexFigures | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values (``erase_report.json``)."""
@@ -110,8 +131,9 @@ class EraseReport:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> EraseReport:
-        try:
-            values = {f.name: obj[f.name] for f in fields(cls)}
+        try:  # the index figures came later: a report without them used none
+            values = {f.name: obj[f.name] if f.name != "index" else obj.get(f.name)
+                      for f in fields(cls)}
         except KeyError as err:
             raise EraserError(f"an erase report lacks {err}; it was written by another "
                               "version of eraser_dist") from None
@@ -121,6 +143,8 @@ class EraseReport:
             values["stationarity"] = StationarityFigures(**values["stationarity"])
         if values["distributed"] is not None:
             values["distributed"] = DistributedFigures(**values["distributed"])
+        if values["index"] is not None:
+            values["index"] = IndexFigures(**values["index"])
         return cls(**values)
 
     @classmethod

@@ -41,7 +41,7 @@ def test_every_option_says_what_it_is(cls):
 @pytest.mark.parametrize(("cls", "values", "message"), [
     (EraseArguments, {"hvp": "newton"},
      "unknown --hvp 'newton'; choose one of auto, exact, fd, ggn"),
-    (EraseArguments, {"max_iter": 0}, "--max-iter must be at least 1, got 0"),
+    (EraseArguments, {"max_iter": -1}, "--max-iter must be at least 0, got -1"),
     (EraseArguments, {"max_iter": 2.5}, "--max-iter must be an integer, got 2.5"),
     (EraseArguments, {"tol": 0.0}, "--tol must be positive, got 0.0"),
     (EraseArguments, {"damping": float("nan")}, "--damping must be a finite number"),

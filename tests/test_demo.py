@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from eraser_dist.arguments import EraseArguments, LoraArguments, TrainArguments
+from eraser_dist.arguments import EraseArguments, IndexArguments, LoraArguments, TrainArguments
 from eraser_dist.core.reference import cosine
 from eraser_dist.experiments.demo import DemoPreset, run_demo
 from eraser_dist.llm.adapters import adapter_vector, load_adapter
@@ -32,15 +32,18 @@ def test_demo_pipeline_erases_and_compares_with_retraining(tmp_path, capsys):
         training=TrainArguments(epochs=8, lr=1e-2, batch_size=8, weight_decay=0.05),
         retrain_epochs=2,
         erase=EraseArguments(hvp="ggn", tol=1e-6, max_iter=200),
+        index=IndexArguments(rank=4),
     )
     summary = run_demo(tmp_path, base="tiny-llama", preset=preset, progress=False)
     table = summary["results"]
     out = capsys.readouterr().out
     assert "remove (4 rows)" in out and "correct_response (4 rows)" in out
+    assert summary["index"]["products"] == 4 and "the curvature index" in out
     assert json.loads((tmp_path / "demo_results.json").read_text())["results"] == table
     for name in ("remove", "correct_response"):
         erased = table[name]["erased"]
         assert erased["relative_residual"] <= 1e-6 and not erased["negative_curvature"]
+        assert erased["index_products"] == 1 and erased["first_residual"] < 1.0
         cosine_to_retrain, norm_ratio = recomputed_against_retrain(tmp_path, name)
         assert erased["cosine_to_retrain"] == pytest.approx(cosine_to_retrain, abs=1e-9)
         assert erased["norm_ratio"] == pytest.approx(norm_ratio, abs=1e-9)

@@ -21,6 +21,7 @@ from eraser_dist import api
 from eraser_dist.arguments import (
     DistributedArguments,
     EraseArguments,
+    IndexArguments,
     LoraArguments,
     TrainArguments,
 )
@@ -34,6 +35,7 @@ from eraser_dist.distributed.sharding import RankPlace, owner, rank_rows
 from eraser_dist.errors import EraserError
 from eraser_dist.faults import FaultPlan
 from eraser_dist.llm.adapters import adapter_version, load_adapter, read_delta
+from eraser_dist.llm.curvature_index import load_index
 from eraser_dist.llm.models import load_base
 
 REQUESTS = {
@@ -343,3 +345,30 @@ def test_service_batch_runs_on_the_distributed_engine_and_reaches_replicas(clust
             len(report["requests"])) == (1, 2, 2)
     replica = fleet.replicas[("acme", "a")][0]
     assert ray.get(replica.current_version.remote()) == published.weights_sha
+
+
+def test_distributed_index_equals_single_process_and_gives_the_same_step(cluster, fitted):
+    """The groups build the index by map-reduced products (Lanczos on the aggregator): the
+    same Fisher scaling and Ritz values as one process, and an erase from either index,
+    one in each engine, takes the same step."""
+    args = EraseArguments(hvp="ggn", batch_size=4)
+    for name, distributed in (("single", None),
+                              ("dist", DistributedArguments(workers=2,
+                                                            collective_timeout_s=60))):
+        api.build_index("tiny-llama", fitted / "adapter", fitted / "train.parquet",
+                        fitted / f"index-{name}", args, IndexArguments(rank=6), progress=False,
+                        distributed=distributed)
+    single, dist = (load_index(fitted / f"index-{name}") for name in ("single", "dist"))
+    assert rel(dist.curvature.scaling, single.curvature.scaling) <= 1e-5
+    assert rel(dist.curvature.values, single.curvature.values) <= 1e-5
+    assert single.meta.adapter_version == dist.meta.adapter_version
+    step = EraseArguments(hvp="ggn", max_iter=8, tol=1e-8, batch_size=4)
+    steps = {}
+    for name, distributed in (("single", None), ("dist", TWO_BY_TWO)):
+        report = api.erase("tiny-llama", fitted / "adapter", fitted / "train.parquet",
+                           fitted / "remove.json", fitted / f"from-index-{name}", step,
+                           progress=False, distributed=distributed,
+                           index=fitted / f"index-{name}")
+        assert report.index.first_products == 1
+        steps[name] = delta_vector(fitted / f"from-index-{name}")
+    assert rel(steps["dist"], steps["single"]) <= 1e-3

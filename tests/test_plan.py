@@ -207,3 +207,15 @@ def test_cli_bad_input_exits_2_with_one_line(capsys, extra):
     lines = captured.err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("eraser: error:"), captured.err
     assert captured.out == ""
+
+
+def test_index_of_70b_is_low_rank_and_held_off_the_gpus():
+    """Llama-2-70B, rank 8 on q,v: d = 16.4M; 24 fp32 Ritz vectors and two fp64 vectors
+    are 24·4·d + 16·d bytes, on the aggregator's host, none of it on a GPU rank."""
+    plan = make_plan(PlanArguments(params=70e9, gpus=8, lora_rank=8, targets=("q_proj", "v_proj")))
+    assert plan.lora_params == 16_384_000
+    assert plan.index_bytes == 16_384_000 * (24 * 4 + 16)
+    assert plan.index_bytes_per_rank == 0
+    wider = make_plan(PlanArguments(params=70e9, gpus=8, lora_rank=8,
+                                    targets=("q_proj", "v_proj"), index_rank=48))
+    assert wider.index_bytes - plan.index_bytes == 16_384_000 * 24 * 4

@@ -467,3 +467,40 @@ def test_sigkill_of_the_serve_command_at_an_arbitrary_moment(fleet, reference_st
         ref_version, ref_w, ref_data_version, ref_sha = reference_state[adapter]
         assert (version, data_version, sha) == (ref_version, ref_data_version, ref_sha)
         assert float((w - ref_w).norm() / ref_w.norm()) <= 1e-9
+
+
+@pytest.mark.parametrize("rebuild_residual, builds", [(0.9999, 1), (1e-12, 2)])
+def test_batches_start_from_the_adapters_curvature_index(fleet, rebuild_residual, builds):
+    """--index-rank: the first batch builds the adapter's index, the next one (on the
+    version that batch published) reuses it, and each certificate names where CG started;
+    an index whose step misses --index-rebuild-residual is rebuilt. The published weights
+    are those of the same erases run without an index."""
+    service, tokens = fleet
+    erase = EraseArguments(hvp="ggn", damping=0.1, tol=1e-6, max_iter=60)
+    settings = ServiceArguments(max_batch_requests=1, holdout_sample=4, index_rank=6,
+                                index_rebuild_residual=rebuild_residual)
+    requests = [{"kind": "remove", "ids": ["a1-3"]},
+                {"kind": "correct_response", "edits": [{"id": "a1-30", "response": "xy"}]}]
+    ids = [service.submit(tokens["acme"], "a1", r)["id"] for r in requests]
+    original = service.registry.adapter("acme", "a1")
+    worker = service.worker(settings, erase)
+    assert worker.serve(drain=True) == 2
+    assert worker.index_builds == builds
+    starts = [service.certificate(tokens["acme"], i)["solver"]["start"] for i in ids]
+    assert starts[0]["curvature_index_of_version"] == original.weights_sha
+    assert starts[0]["versions_behind"] == 0 and 0 < starts[0]["rank"] <= 6
+    assert starts[1]["versions_behind"] == (1 if builds == 1 else 0)
+    current, data = original.path, service.registry.dataset("acme", "a1-data", 1).path
+    for position, request in enumerate(requests):
+        out = service.root.parent / f"no-index-{builds}-{position}"
+        api.erase("tiny-llama", current, data, parse_request(request), out, erase,
+                  progress=False)
+        from eraser_dist.core.requests import apply_request
+
+        edited = apply_request(parse_request(request), read_examples(data))
+        data = service.root.parent / f"no-index-{builds}-{position}.parquet"
+        write_examples(data, edited.rows_after)
+        current = out
+    served = weights(service.registry.adapter("acme", "a1").path)
+    replayed = weights(current)
+    assert float((served - replayed).norm() / replayed.norm()) < 1e-4

@@ -101,7 +101,7 @@ def test_preconditioned_cg_solves_a_badly_scaled_system_in_fewer_steps_and_resum
     direct = torch.linalg.solve(a, b)
     inverse_diagonal = 1.0 / torch.diagonal(a)
     pcg = conjugate_gradient(lambda v: a @ v, b, tol=1e-10, max_iter=40,
-                             inverse_diagonal=inverse_diagonal)
+                             preconditioner=lambda v: inverse_diagonal * v)
     plain = conjugate_gradient(lambda v: a @ v, b, tol=1e-10, max_iter=40)
     assert pcg.converged and pcg.iterations < 40
     assert (pcg.x - direct).norm() / direct.norm() < 1e-8
@@ -110,7 +110,7 @@ def test_preconditioned_cg_solves_a_badly_scaled_system_in_fewer_steps_and_resum
     assert not plain.converged and (plain.x - direct).norm() / direct.norm() > 1e-3
     states = []
     conjugate_gradient(lambda v: a @ v, b, tol=1e-10, max_iter=5, checkpoint=states.append,
-                       inverse_diagonal=inverse_diagonal)
+                       preconditioner=lambda v: inverse_diagonal * v)
     resumed = conjugate_gradient(lambda v: a @ v, b, tol=1e-10, max_iter=40, start=states[-1],
-                                 inverse_diagonal=inverse_diagonal)
+                                 preconditioner=lambda v: inverse_diagonal * v)
     assert resumed.iterations == pcg.iterations and torch.equal(resumed.x, pcg.x)

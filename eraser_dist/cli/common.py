@@ -27,7 +27,8 @@ def model_flags(p: argparse.ArgumentParser, out: bool = True) -> None:
                    help="tiny-llama, smollm2-135m, or a Hugging Face model directory")
     p.add_argument("--data", required=True, help="training set (Parquet: id, query, response)")
     if out:
-        p.add_argument("--out", required=True, help="new adapter directory")
+        p.add_argument("--out", required=True,
+                       help="output directory (the new adapter, or the index)")
         p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--device", default="cpu",
                    help="where the model runs in this process: cpu, cuda or cuda:N")

@@ -1,4 +1,5 @@
-"""``eraser train | erase | eval | plan``: adapters on files, and the cluster plan."""
+"""``eraser train | erase | index | eval | plan``: adapters and curvature indexes on files,
+and the cluster plan."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from ..arguments import (
     DistributedArguments,
     EraseArguments,
+    IndexArguments,
     LoraArguments,
     TrainArguments,
     check_engine,
@@ -19,6 +21,9 @@ from .options import add_options, given, options_from
 
 # flags that switch the distributed engine on; its other options only tune it
 ENGINE_SWITCHES = ("workers", "group_size", "address")
+# erase options that only concern a solve, not the matrix an index approximates
+INDEX_IRRELEVANT = ("on_negative_curvature", "tol", "max_iter", "step", "preconditioner",
+                    "gradient", "stages", "curvature")
 
 
 def distributed_options(ns: argparse.Namespace) -> DistributedArguments | None:
@@ -42,9 +47,15 @@ def solver_options(p: argparse.ArgumentParser) -> None:
 
 
 def engine_options(ns: argparse.Namespace) -> tuple[EraseArguments, DistributedArguments | None]:
-    """The solve's and the engine's options of a command line, checked together."""
+    """The solve's and the engine's options of a command line, checked together; with
+    ``--index``, the options not given are the index's (its matrix, a short solve)."""
     distributed = distributed_options(ns)
-    args = options_from(ns, EraseArguments)
+    if getattr(ns, "index", None) is not None:
+        from ..llm.curvature_index import read_index_meta
+
+        args = read_index_meta(ns.index).erase_arguments(**given(ns, EraseArguments))
+    else:
+        args = options_from(ns, EraseArguments)
     check_engine(args, distributed)
     return args, distributed
 
@@ -71,17 +82,39 @@ def cmd_erase(ns: argparse.Namespace) -> None:
     args, distributed = engine_options(ns)
     report = api.erase(ns.base, ns.adapter, ns.data, ns.request, ns.out, args,
                        overwrite=ns.overwrite, progress=not ns.quiet, distributed=distributed,
-                       device=ns.device)
+                       device=ns.device, index=ns.index)
     if ns.json:
         print_json(report.to_json())
         return
     status = "converged" if report.cg_converged else "NOT converged"
-    print(f"{report.kind} of {report.n_affected} of {report.n_train} rows: CG {status} in "
-          f"{report.cg_iterations} iterations, relative residual "
+    start = ""
+    if report.index is not None:
+        start = (f"from the index's step (residual {report.index.first_residual:.2e}, "
+                 f"{report.index.first_products} HVP) ")
+    print(f"{report.kind} of {report.n_affected} of {report.n_train} rows: CG {start}{status} "
+          f"in {report.cg_iterations} iterations, relative residual "
           f"{report.relative_residual:.2e}, ‖ΔΘ‖ = {report.delta_norm:.4g}, "
           f"{report.seconds:.1f}s → {ns.out}")
     for line in solve_notes(report):
         print(line, file=sys.stderr)
+
+
+def cmd_index(ns: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from .. import api
+
+    args, distributed = engine_options(ns)
+    meta = api.build_index(ns.base, ns.adapter, ns.data, ns.out, args,
+                           options_from(ns, IndexArguments), overwrite=ns.overwrite,
+                           progress=not ns.quiet, distributed=distributed, device=ns.device)
+    if ns.json:
+        print_json(asdict(meta))
+        return
+    print(f"curvature index of {meta.n_train} rows ({meta.hvp} matrix on "
+          f"{meta.hessian_rows} rows, damping {meta.damping:g}): {meta.rank} Ritz pairs, "
+          f"top value {meta.ritz_values[0]:.3g}, "
+          f"{meta.products} HVPs in {meta.seconds:.1f}s → {ns.out}")
 
 
 def solve_notes(report) -> list[str]:
@@ -144,8 +177,23 @@ def register(sub) -> None:
     p.add_argument("--adapter", required=True, help="adapter trained on --data")
     p.add_argument("--request", required=True, help="request JSON (remove / modify_query / "
                    "correct_response)")
+    p.add_argument("--index", help="curvature index of this adapter or of a version it was "
+                   "erased from (`eraser index`); the solve then starts from its step, with "
+                   "its matrix and a short solve unless flags say otherwise")
     solver_options(p)
     p.set_defaults(func=cmd_erase)
+
+    p = sub.add_parser("index", help="build an adapter's curvature index, once per version, "
+                       "for fast erases (--index)")
+    model_flags(p)
+    p.add_argument("--adapter", required=True, help="adapter trained on --data")
+    add_options(p, IndexArguments, "index")
+    add_options(p, EraseArguments, "the erase system it approximates",
+                exclude=INDEX_IRRELEVANT)
+    add_options(p, DistributedArguments,
+                "distributed engine (Ray worker groups on a ZeRO-3-partitioned base; "
+                "on with --workers, --group-size or --address)")
+    p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("eval", help="mean and per-id response loss of an adapter")
     model_flags(p, out=False)

@@ -27,19 +27,20 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
 
-from ..arguments import EraseArguments
+from ..arguments import EraseArguments, check_index_budget
 from ..errors import EraserError
 from .backend import CurvatureBackend, InProcessBackend
 from .objective import LossModel, check_finite
 from .progress import StatusCallback, status_bar
 from .requests import EditedObjective
 from .solve import CGResult, CGState, conjugate_gradient, galerkin_split
+from .spectral import LowRankCurvature, low_rank_curvature
 
 
 @dataclass
@@ -70,6 +71,8 @@ class InfluenceResult:
     ∇f(Θ̂) ≠ 0 (``delta`` = Σ_k parts_k + stationarity), with its right-hand side's norm and
     relative residual; None otherwise.
     ``stages`` lists each stage's figures (``EraseArguments.stages`` > 1; else empty).
+    ``first_residual`` is the relative residual of CG's first guess (a curvature index's
+    step; 1.0 from zero), ``first_products`` the products that guess cost (0 without one).
     """
 
     delta: torch.Tensor
@@ -90,6 +93,8 @@ class InfluenceResult:
     stationarity_rhs_norm: float = 0.0
     stationarity_residual: float = 0.0
     stages: list[StageFigures] = field(default_factory=list)
+    first_residual: float = 1.0
+    first_products: int = 0
 
 
 class CheckpointStore(Protocol):
@@ -151,9 +156,13 @@ def hessian_subset(edited: EditedObjective, curvature: str, samples: int | None,
     """Rows and weights on which H is estimated: those of D (``original``) or of D'
     (``edited``), all of them or a seeded uniform subset of ``samples``."""
     if curvature == "original":
-        rows, weights = edited.rows_before, edited.weights_before
-    else:
-        rows, weights = edited.rows_after, edited.weights_after
+        return sample_rows(edited.rows_before, edited.weights_before, samples, seed)
+    return sample_rows(edited.rows_after, edited.weights_after, samples, seed)
+
+
+def sample_rows(rows: Sequence, weights: torch.Tensor, samples: int | None, seed: int):
+    """All the rows [n] and weights [n], or a seeded uniform subset of ``samples`` of them
+    (in their order): the same rows for the same data, seed and count, whoever asks."""
     if samples is None or samples >= len(rows):
         return rows, weights
     generator = torch.Generator().manual_seed(seed)
@@ -168,9 +177,16 @@ def newton_step(
     args: EraseArguments,
     progress: bool | StatusCallback = True,
     checkpoints: Checkpoints | None = None,
+    index: LowRankCurvature | None = None,
 ) -> InfluenceResult:
     """ΔΘ = (H + damping·I)⁻¹ b on ``model`` (a LossModel in this process, or any
     :class:`CurvatureBackend`); damping defaults to the objective's λ.
+
+    With a curvature ``index`` (:func:`fit_curvature`, built once per adapter version), CG
+    starts from the best combination of the index's steps P⁻¹b_k (one per request of a
+    batch that must be split, else one for b) and is preconditioned by P⁻¹ instead of the
+    Fisher diagonal, which is then not computed: each step costs a product, and CG adds
+    products only while the residual is above ``args.tol``.
 
     With ``args.stages`` K > 1, ΔΘ is the sum of K such steps, each for 1/K of the edit from
     where the previous one ended (:meth:`EditedObjective.stage`); Θ is restored after.
@@ -178,17 +194,20 @@ def newton_step(
     status (a dict: ``phase``, and in CG ``hvp``, ``iteration``, ``residual``, ``max_iter``;
     ``stage`` and ``stages``). ``checkpoints`` makes every CG solve resumable.
     """
+    check_index_budget(args, index is not None)
     backend = as_backend(model)
     with status_bar(progress, args.max_iter) as report:
         if args.stages == 1:
-            return _one_step(backend, edited, weight_decay, args, report, checkpoints, 1)
+            return _one_step(backend, edited, weight_decay, args, report, checkpoints, 1,
+                             index)
         theta = backend.theta()
         steps: list[InfluenceResult] = []
         try:
-            for index in range(1, args.stages + 1):
-                steps.append(_one_step(backend, edited.stage(index, args.stages),
-                                       weight_decay, args, report, checkpoints, index))
-                if index < args.stages:
+            for stage in range(1, args.stages + 1):
+                steps.append(_one_step(backend, edited.stage(stage, args.stages),
+                                       weight_decay, args, report, checkpoints, stage,
+                                       index))
+                if stage < args.stages:
                     backend.set_theta(theta + sum(step.delta for step in steps))
         finally:
             backend.set_theta(theta)
@@ -213,7 +232,8 @@ def combine_stages(steps: list[InfluenceResult]) -> InfluenceResult:
         truncated=any(s.truncated for s in steps),
         part_residuals=torch.stack([s.part_residuals for s in steps]).amax(0),
         part_rhs_norms=total("part_rhs_norms"), rhs_seconds=total("rhs_seconds"),
-        solve_seconds=total("solve_seconds"),
+        solve_seconds=total("solve_seconds"), first_residual=steps[0].first_residual,
+        first_products=total("first_products"),
         stages=[StageFigures(s.rhs_norm, float(s.delta.norm()), s.cg.iterations,
                              s.cg.relative_residual, s.hvp, s.rhs_seconds, s.solve_seconds)
                 for s in steps])
@@ -221,7 +241,7 @@ def combine_stages(steps: list[InfluenceResult]) -> InfluenceResult:
 
 def _one_step(backend: CurvatureBackend, edited: EditedObjective, weight_decay: float,
               args: EraseArguments, report: StatusCallback, checkpoints: Checkpoints | None,
-              stage: int) -> InfluenceResult:
+              stage: int, index: LowRankCurvature | None) -> InfluenceResult:
     where = {"stage": stage, "stages": args.stages}
     damping = erase_damping(args, weight_decay)
     requested = args.hvp if args.hvp != "auto" else backend.default_hvp
@@ -234,13 +254,20 @@ def _one_step(backend: CurvatureBackend, edited: EditedObjective, weight_decay: 
     backend.use_hessian_rows(rows, weights)
     scale = 1.0 / float(weights.sum())
     start = time.perf_counter()
-    report({"phase": "computing the preconditioner", **where})
-    inverse_diagonal = preconditioner(args.preconditioner, backend.fisher_diagonal, scale,
+    record = keeps_directions(parts_rhs, args)
+    if index is None:
+        report({"phase": "computing the preconditioner", **where})
+        precondition = preconditioner(args.preconditioner, backend.fisher_diagonal, scale,
                                       damping)
+        guesses = None
+    else:
+        precondition = index.inverse
+        guesses = torch.stack([index.inverse(part) for part in parts_rhs]) if record else (
+            index.inverse(b)[None])
 
     def solve(kind: str) -> CGResult:
         store = None if checkpoints is None else checkpoints(
-            solve_key(parts_rhs, kind, damping, args))
+            solve_key(parts_rhs, kind, damping, args, index))
         resume = None if store is None else store.load()
 
         def iteration(done: int, residual: float) -> None:
@@ -252,33 +279,46 @@ def _one_step(backend: CurvatureBackend, edited: EditedObjective, weight_decay: 
             lambda v: backend.hvp(kind, v, args.batch_size, args.fd_step) * scale, b,
             damping=damping, tol=args.tol, max_iter=args.max_iter, callback=iteration,
             start=resume, checkpoint=None if store is None else store.save,
-            record=keeps_directions(parts_rhs, args), inverse_diagonal=inverse_diagonal)
+            record=record, preconditioner=precondition, x0=guesses)
 
     cg, hvp = solve_with_policy(solve, requested, args.on_negative_curvature)
     seconds = (rhs_seconds, time.perf_counter() - start)
     report({"phase": "done", **where})
-    return influence_result(cg, requested, hvp, parts_rhs, damping, len(rows), args, seconds)
+    result = influence_result(cg, requested, hvp, parts_rhs, damping, len(rows), args, seconds)
+    result.first_residual = cg.start_residual
+    result.first_products = 0 if guesses is None else guesses.shape[0]
+    return result
 
 
-def solve_key(rhs: torch.Tensor, kind: str, damping: float, args: EraseArguments) -> str:
-    """Names one solve: its right-hand sides and every setting its iterates depend on, so
-    that a checkpoint is only ever resumed by the same solve."""
+def solve_key(rhs: torch.Tensor, kind: str, damping: float, args: EraseArguments,
+              index: LowRankCurvature | None = None) -> str:
+    """Names one solve: its right-hand sides and every setting its iterates depend on (the
+    curvature index included), so that a checkpoint is only ever resumed by the same solve."""
     h = hashlib.sha256(rhs.double().contiguous().numpy().tobytes())
     h.update(repr((kind, damping, args.tol, args.max_iter, args.curvature,
                    args.hessian_samples, args.seed, args.fd_step, args.batch_size,
                    args.step, args.preconditioner)).encode())
+    if index is not None:
+        h.update(index.values.double().numpy().tobytes())
     return h.hexdigest()[:24]
 
 
+def fisher_scaling(fisher_sum: Callable[[], torch.Tensor], scale: float,
+                   damping: float) -> torch.Tensor:
+    """D = F/W + damping [d] float64, with ``fisher_sum`` computing Σ_i w_i ∇L_i ⊙ ∇L_i over
+    H's rows and ``scale`` = 1/W; a weight with neither curvature nor damping gets 1."""
+    diagonal = fisher_sum().double() * scale + damping
+    return torch.where(diagonal > 0, diagonal, 1.0)
+
+
 def preconditioner(kind: str, fisher_sum: Callable[[], torch.Tensor], scale: float,
-                   damping: float) -> torch.Tensor | None:
-    """M⁻¹ [d] float64 of the preconditioner ``kind`` (None for ``none``, plain CG):
-    M = F/W + damping, with ``fisher_sum`` computing Σ_i w_i ∇L_i ⊙ ∇L_i over H's rows and
-    ``scale`` = 1/W. A weight with neither curvature nor damping is left unscaled."""
+                   damping: float) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """v ↦ M⁻¹v of the preconditioner ``kind`` (None for ``none``, plain CG), M the
+    diagonal :func:`fisher_scaling`."""
     if kind == "none":
         return None
-    diagonal = fisher_sum().double() * scale + damping
-    return torch.where(diagonal > 0, 1.0 / diagonal, 1.0)
+    inverse = 1.0 / fisher_scaling(fisher_sum, scale, damping)
+    return lambda v: inverse * v
 
 
 def keeps_directions(parts_rhs: torch.Tensor, args: EraseArguments) -> bool:
@@ -317,6 +357,58 @@ def influence_result(cg: CGResult, requested: str, hvp: str, parts_rhs: torch.Te
 def erase_damping(args: EraseArguments, weight_decay: float) -> float:
     """``args.damping``, or the objective's own λ when it is not set."""
     return weight_decay if args.damping is None else args.damping
+
+
+@dataclass
+class FittedCurvature:
+    """A curvature index's maths and how it was found: the preconditioner, the HVP
+    back-end used, the Hessian rows and damping, the products made and the seconds."""
+
+    curvature: LowRankCurvature
+    hvp: str
+    hessian_rows: int
+    damping: float
+    products: int
+    seconds: float
+
+
+def fit_curvature(
+    model: LossModel | CurvatureBackend,
+    rows: Sequence,
+    weight_decay: float,
+    args: EraseArguments,
+    rank: int,
+    progress: bool | StatusCallback = True,
+) -> FittedCurvature:
+    """The curvature index of the objective over ``rows`` (weight 1 each, the adapter's
+    training set): the Fisher diagonal over ``args``'s Hessian rows (one gradient each) and
+    ``rank`` Lanczos steps on the scaled A = H/W + damping·I (one HVP each), with the
+    settings an erase uses (``hvp``, ``hessian_samples``, ``seed``, ``damping``,
+    ``batch_size``, ``fd_step``). The Gauss-Newton matrix is used where ``hvp`` is ``auto``:
+    Lanczos needs a positive semi-definite H, and an adapter short of its minimum has an
+    indefinite Hessian (docs/RESULTS.md, demo).
+    """
+    backend = as_backend(model)
+    kind = "ggn" if args.hvp == "auto" else args.hvp
+    damping = erase_damping(args, weight_decay)
+    h_rows, weights = sample_rows(list(rows), torch.ones(len(rows), dtype=torch.float64),
+                                  args.hessian_samples, args.seed)
+    backend.use_hessian_rows(h_rows, weights)
+    scale = 1.0 / float(weights.sum())
+    start = time.perf_counter()
+    with status_bar(progress, rank) as report:
+        report({"phase": "computing the Fisher diagonal"})
+        diagonal = fisher_scaling(backend.fisher_diagonal, scale, damping)
+
+        def step(done: int) -> None:
+            report({"phase": "Lanczos", "hvp": kind, "iteration": done, "max_iter": rank})
+
+        curvature = low_rank_curvature(
+            lambda v: backend.hvp(kind, v, args.batch_size, args.fd_step) * scale + damping * v,
+            diagonal, rank, seed=args.seed, callback=step)
+        report({"phase": "done"})
+    return FittedCurvature(curvature, kind, len(h_rows), damping, curvature.steps,
+                           time.perf_counter() - start)
 
 
 def solve_with_policy(solve: Callable[[str], CGResult], kind: str,

@@ -1,7 +1,8 @@
 """Progress of a long solve: status dicts, and one progress bar that renders them.
 
 The Newton step reports its phase ("computing b", "computing the preconditioner", "CG",
-"done") and, in CG, the back-end, iteration and relative residual. In one process those
+"done") and, in CG, the back-end, iteration and relative residual; building a curvature
+index reports "Lanczos" steps the same way, without a residual. In one process those
 reports drive a bar directly; on a cluster the aggregator keeps the latest one and the
 driver polls it and feeds the same bar, so both engines show the same thing.
 """
@@ -19,7 +20,7 @@ StatusCallback = Callable[[Status], None]
 
 
 class StatusBar:
-    """A tqdm bar over CG iterations whose label follows the reported phase."""
+    """A tqdm bar over CG iterations (or Lanczos steps) whose label follows the phase."""
 
     def __init__(self, max_iter: int, enabled: bool = True, label: str = "erase"):
         self.bar = tqdm(total=max_iter, desc=label, disable=not enabled, leave=False)
@@ -28,14 +29,14 @@ class StatusBar:
         stage = ""
         if status.get("stages", 1) > 1:
             stage = f" stage {status['stage']}/{status['stages']}"
-        if status.get("phase") != "CG":
+        if "iteration" not in status:
             self.bar.set_description(f"{status.get('phase', '')}{stage}")
             return
-        self.bar.set_description(f"CG ({status['hvp']} HVP){stage}")
+        self.bar.set_description(f"{status['phase']} ({status['hvp']} HVP){stage}")
         if status["iteration"] < self.bar.n:  # a new solve: a fallback or the next stage
             self.bar.reset(total=status.get("max_iter", self.bar.total))
         self.bar.update(status["iteration"] - self.bar.n)
-        figures = {"residual": f"{status['residual']:.2e}"}
+        figures = {"residual": f"{status['residual']:.2e}"} if "residual" in status else {}
         if status.get("group_restarts"):
             figures["restarts"] = sum(status["group_restarts"])
         self.bar.set_postfix(figures)

@@ -22,21 +22,46 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))
 
 
-def flat_loss_fn(model: LoraCausalLM, rows: Sequence[Example], weights: torch.Tensor):
-    """θ [d] ↦ Σ w_i L_i(θ) as a pure function (torch.func.functional_call)."""
+def flat_outputs_fn(model: LoraCausalLM, batch):
+    """θ [d] ↦ the logits of ``batch`` as a pure function (torch.func.functional_call)."""
     shapes = [p.shape for p in model.params]
-    batch = model.collate(rows)
 
     def f(theta):
         params, offset = {}, 0
         for name, shape in zip(model.names, shapes, strict=True):
             params[name] = theta[offset : offset + shape.numel()].view(shape)
             offset += shape.numel()
-        logits = torch.func.functional_call(
+        return torch.func.functional_call(
             model.peft_model, params, (), model.model_inputs(batch)).logits
+
+    return f
+
+
+def flat_loss_fn(model: LoraCausalLM, rows: Sequence[Example], weights: torch.Tensor):
+    """θ [d] ↦ Σ w_i L_i(θ) as a pure function."""
+    batch = model.collate(rows)
+    outputs = flat_outputs_fn(model, batch)
+
+    def f(theta):
+        logits = outputs(theta)
         return (weights.to(logits.dtype) * model.losses(logits, batch)).sum()
 
     return f
+
+
+def explicit_gauss_newton(model: LoraCausalLM, rows, weights) -> torch.Tensor:
+    """Σ_i w_i J_iᵀ H_z,i J_i as a dense [d, d] matrix: the logits' Jacobian by
+    ``torch.func.jacrev`` (not the finite difference the ``ggn`` product uses), and the
+    loss's Hessian in logit space applied to each of its d columns."""
+    batch = model.collate(rows)
+    theta = model.get_flat()
+    jacobian = torch.func.jacrev(flat_outputs_fn(model, batch))(theta)  # [B, T, V, d]
+    with torch.no_grad():
+        outputs = flat_outputs_fn(model, batch)(theta)
+        columns = torch.stack([model.output_hvp(outputs, batch, jacobian[..., j])
+                               for j in range(theta.numel())], -1)
+    w = weights.to(jacobian.dtype).view(-1, *([1] * (jacobian.dim() - 1)))
+    return torch.einsum("...i,...j->ij", w * jacobian, columns)
 
 
 def explicit_hessian(model: LoraCausalLM, rows, weights) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
 Pure tensor code: ``matvec`` is any function v ↦ Hv (one HVP per iteration), so the same
 solver runs in one process or with each product a map-reduce over Ray workers. An optional
-diagonal preconditioner M (a [d] vector of M⁻¹'s entries) makes it preconditioned CG: same
+preconditioner v ↦ M⁻¹v (symmetric positive definite) makes it preconditioned CG: same
 solution, a Krylov space of M⁻¹(H + λI) instead, which converges in fewer products when the
-weights' curvatures differ by orders of magnitude (a LoRA adapter's A and B factors do).
+weights' curvatures differ by orders of magnitude (a LoRA adapter's A and B factors do) or
+when a curvature index already knows the largest directions.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class CGResult:
     curvature: float | None = None  # pᵀAp/pᵀp at the step that met negative curvature
     directions: torch.Tensor | None = None  # [m, d] the search directions p (if recorded)
     products: torch.Tensor | None = None  # [m, d] (H + damping·I) p of each
+    start_residual: float = 1.0  # ‖b − (H+λI)x₀‖/‖b‖ of the first guess (1 from x₀ = 0)
 
 
 @dataclass
@@ -52,6 +54,7 @@ class CGState:
     iterations: int
     directions: list[torch.Tensor] | None = None
     products: list[torch.Tensor] | None = None
+    start_residual: float = 1.0
 
 
 def conjugate_gradient(
@@ -65,9 +68,10 @@ def conjugate_gradient(
     start: CGState | None = None,
     checkpoint: Callable[[CGState], None] | None = None,
     record: bool = False,
-    inverse_diagonal: torch.Tensor | None = None,
+    preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    x0: torch.Tensor | None = None,
 ) -> CGResult:
-    """Solve (H + damping·I) x = b from x₀ = 0, or continue from ``start``.
+    """Solve (H + damping·I) x = b from x₀ (default 0), or continue from ``start``.
 
     Args:
         matvec: v [d] float64 ↦ H v [d] (any dtype; cast to float64 here).
@@ -80,8 +84,15 @@ def conjugate_gradient(
         record: keep every direction p and its product (H + damping·I)p in the result
             (2·m·d floats), so that :func:`galerkin_split` can solve other right-hand
             sides in the same Krylov space without more products.
-        inverse_diagonal: M⁻¹ [d] of a diagonal preconditioner M (positive), or None. A
-            resumed solve must be given the same one.
+        preconditioner: v [d] ↦ M⁻¹v [d] float64 for a symmetric positive definite M, or
+            None. A resumed solve must be given the same one.
+        x0: first guesses [K, d] (or one [d]), e.g. a curvature index's step for each
+            request of a batch. CG starts from their combination Σ_k c_k x0_k with the
+            least residual ‖b − (H+λI)x‖ (never worse than x = 0; for one guess, the best
+            multiple of it). That costs one product per guess, which ``iterations`` does
+            not count; a recorded solve keeps each guess and its product as a direction,
+            so that :func:`galerkin_split` finds each request's part in a span that holds
+            its own guess. With ``max_iter`` 0 the result is that start and its residual.
     """
     b = b.double()
     b_norm = float(b.norm())
@@ -90,11 +101,22 @@ def conjugate_gradient(
         return CGResult(torch.zeros_like(b), 0, 0.0, True, False, None, empty, empty)
 
     def precondition(v: torch.Tensor) -> torch.Tensor:
-        return v if inverse_diagonal is None else inverse_diagonal.double() * v
+        return v if preconditioner is None else preconditioner(v).double()
 
     if start is None:
-        z = precondition(b)
-        start = CGState(torch.zeros_like(b), b.clone(), z.clone(), float(b @ z), 0)
+        x, r = torch.zeros_like(b), b.clone()
+        guesses: list[torch.Tensor] = []
+        guess_products: list[torch.Tensor] = []
+        if x0 is not None:
+            guesses = list(x0.double().reshape(-1, b.numel()))
+            guess_products = [matvec(g).double() + damping * g for g in guesses]
+            weights = torch.linalg.lstsq(torch.stack(guess_products).T, b[:, None]).solution[:, 0]
+            x = weights @ torch.stack(guesses)
+            r = b - weights @ torch.stack(guess_products)
+        z = precondition(r)
+        start = CGState(x, r, z.clone(), float(r @ z), 0,
+                        *((guesses, guess_products) if record else (None, None)),
+                        float(r.norm()) / b_norm)
     x, r, p, rz, iterations = start.x, start.r, start.p, start.rz, start.iterations
     residual_norm = float(r.norm())
     if record and start.iterations and start.directions is None:
@@ -106,8 +128,10 @@ def conjugate_gradient(
         kept = (torch.stack(directions), torch.stack(products)) if directions else (
             torch.zeros(0, b.numel(), dtype=torch.float64),) * 2
         return CGResult(x, iterations, residual_norm / b_norm, converged, negative, curvature,
-                        *(kept if record else (None, None)))
+                        *(kept if record else (None, None)), start.start_residual)
 
+    if residual_norm / b_norm <= tol:  # x0 already good enough
+        return result(True, False)
     while iterations < max_iter:
         ap = matvec(p).double() + damping * p
         pap = float(p @ ap)
@@ -133,7 +157,8 @@ def conjugate_gradient(
         if checkpoint is not None:
             # copies of the lists, not of the tensors: a kept state must not grow later
             checkpoint(CGState(x, r, p, rz, iterations,
-                               *((directions[:], products[:]) if record else (None, None))))
+                               *((directions[:], products[:]) if record else (None, None)),
+                               start.start_residual))
     return result(False, False)
 
 

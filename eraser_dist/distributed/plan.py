@@ -38,6 +38,9 @@ CG_VECTORS_PER_WORKER = 5
 PASSES_PER_GRADIENT = 3
 #: Gradients per finite-difference HVP: g(Θ + hv) and g(Θ − hv).
 GRADIENTS_PER_HVP = 2
+#: Bytes per index weight: its k Ritz vectors in fp32, and its scaling D and its Θ in fp64.
+INDEX_VECTOR_BYTES = 4
+INDEX_DIAGONAL_BYTES = 2 * 8
 #: Group sizes tried for the default, smallest first: powers of two that fit on one node.
 NODE_GROUP_SIZES: tuple[int, ...] = (1, 2, 4, 8)
 
@@ -168,6 +171,8 @@ class PlanArguments(Options):
     base_dtype: BaseDtype = option("bfloat16", "dtype the base is held in")
     gpu_memory_gb: float = option(80.0, "memory of each GPU in GB (10^9 bytes); plans use at "
                                   "most 90%", above=0)
+    index_rank: int = option(24, "Ritz pairs of the curvature index (eraser index --rank)",
+                             minimum=1)
 
     def check(self) -> None:
         if not self.targets:
@@ -216,6 +221,11 @@ class Plan:
       6 · (k − 1)/k · base_bytes; plus a ring all-reduce of each gradient inside the group:
       2 · 2 · (k − 1)/k · lora_bytes (k = group_size).
     - ``ratio_to_base`` = aggregator_bytes_per_iteration / base_bytes.
+
+    The curvature index (docs/DESIGN.md §7) is low rank: ``index_bytes`` = lora_params ·
+    (4 · index_rank + 16), its Ritz vectors in fp32 and its scaling and Θ in fp64. It is
+    held and applied where CG runs, on the aggregator's host, so ``index_bytes_per_rank``
+    on the GPUs is 0: building it and using it only send the ranks v, as CG does.
     """
 
     architecture: str
@@ -243,6 +253,9 @@ class Plan:
     aggregator_bytes_per_iteration: int
     intra_group_bytes_per_iteration: float
     ratio_to_base: float
+    index_rank: int = 24
+    index_bytes: int = 0
+    index_bytes_per_rank: int = 0
 
 
 def _plan(args: PlanArguments, arch: Architecture, group_size: int) -> Plan:
@@ -280,7 +293,9 @@ def _plan(args: PlanArguments, arch: Architecture, group_size: int) -> Plan:
         activation_bytes=activations, zero3_gather_bytes=gathered, total_per_gpu_bytes=total,
         usable_bytes_per_gpu=usable, fits=total <= usable,
         aggregator_bytes_per_iteration=aggregator, intra_group_bytes_per_iteration=intra,
-        ratio_to_base=aggregator / base_bytes,
+        ratio_to_base=aggregator / base_bytes, index_rank=args.index_rank,
+        index_bytes=n_lora * (INDEX_VECTOR_BYTES * args.index_rank + INDEX_DIAGONAL_BYTES),
+        index_bytes_per_rank=0,
     )
 
 
@@ -338,6 +353,10 @@ def format_plan(plan: Plan) -> str:
          f"({plan.ratio_to_base:.3%} of the base)"),
         ("  within a group, received per GPU (ZeRO-3 all-gathers)",
          _size(plan.intra_group_bytes_per_iteration)),
+        ("curvature index (low rank, on the aggregator's host)", ""),
+        (f"  {plan.index_rank} Ritz vectors (fp32) + scaling and Θ (fp64)",
+         _size(plan.index_bytes)),
+        ("  per GPU rank", _size(plan.index_bytes_per_rank)),
     ]
     width = max(len(label) for label, _ in rows) + 2
     header = [

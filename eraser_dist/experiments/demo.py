@@ -1,11 +1,12 @@
 """``eraser demo``: the whole method end to end on a small real setting, in minutes on a laptop.
 
 SmolLM2-135M-Instruct learns the genres of a few hundred MovieLens movies from their titles.
-Some training rows carry wrong genres. Two requests follow: remove some rows (a deletion
-request) and correct the wrong ones (a correction request). Each is applied by one influence
-step (``erase``) and, for comparison, by warm-started retraining on the edited data; the
-table shows the loss on the affected and on kept rows, the cosine between the influence ΔΘ
-and the retraining ΔΘ, and the time of each.
+Some training rows carry wrong genres. The adapter's curvature index is built once
+(``eraser index``). Two requests follow: remove some rows (a deletion request) and correct
+the wrong ones (a correction request). Each is applied by one influence step that starts
+from the index (``erase --index``) and, for comparison, by warm-started retraining on the
+edited data; the table shows the loss on the affected and on kept rows, the cosine between
+the influence ΔΘ and the retraining ΔΘ, and the time of each, with the index's build time.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from .. import api
-from ..arguments import EraseArguments, LoraArguments, TrainArguments
+from ..arguments import EraseArguments, IndexArguments, LoraArguments, TrainArguments
 from ..core.objective import loss_values
 from ..core.reference import cosine
 from ..core.requests import apply_request, parse_request
@@ -27,6 +28,9 @@ from ..data import Example, write_examples
 from ..llm.adapters import adapter_vector, load_adapter, write_json
 from ..llm.models import load_base
 from .movielens import genre_examples
+
+DEMO_RANK = 8
+DEMO_CG = 1
 
 
 @dataclass
@@ -44,10 +48,14 @@ class DemoPreset:
     retrain_epochs: int = 1
     # Adam leaves the adapter short of a minimum, where the exact Hessian is indefinite
     # (docs/RESULTS.md, demo): go to the PSD Gauss-Newton matrix directly instead of paying
-    # for a first solve that falls back to it.
+    # for a first solve that falls back to it. The index is built on the same matrix; each
+    # erase then takes its step and CG's iterations up to max_iter (docs/RESULTS.md,
+    # "Curvature index").
     erase: EraseArguments = field(
-        default_factory=lambda: EraseArguments(hvp="ggn", hessian_samples=32, max_iter=8, tol=1e-2)
+        default_factory=lambda: EraseArguments(hvp="ggn", hessian_samples=32, max_iter=DEMO_CG,
+                                               tol=1e-2)
     )
+    index: IndexArguments = field(default_factory=lambda: IndexArguments(rank=DEMO_RANK))
     seed: int = 0
 
 
@@ -104,14 +112,20 @@ def run_demo(
     api.train(base, data, continued, None, retrain_args, init_adapter=original, overwrite=True,
               progress=progress)
 
+    say(f"[demo] building the adapter's curvature index ({preset.index.rank} Lanczos "
+        f"steps, {preset.erase.hvp} HVP) ...")
+    index = work / "index-v0"
+    index_meta = api.build_index(base, original, data, index, preset.erase, preset.index,
+                                 overwrite=True, progress=progress)
+
     results = {}
     for name, request_json in requests.items():
         request = parse_request(request_json)
         (work / f"{name}.json").write_text(json.dumps(request_json, indent=2))
-        say(f"[demo] {name}: erase by influence ({preset.erase.hvp} HVP) ...")
+        say(f"[demo] {name}: erase by influence from the index ...")
         erased = work / f"adapter-{name}-erased"
         report = api.erase(base, original, data, request, erased, preset.erase, overwrite=True,
-                           progress=progress).to_json()
+                           progress=progress, index=index).to_json()
         say(f"[demo] {name}: warm-started retraining on the edited data ...")
         edited_data = work / f"train-{name}.parquet"
         write_examples(edited_data, apply_request(request, noisy).rows_after)
@@ -128,9 +142,12 @@ def run_demo(
         }
 
     table = measure(base, noisy, results, continued, preset)
-    summary = {"preset": asdict(preset), "train_seconds": trained["seconds"], "results": table}
+    summary = {"preset": asdict(preset), "train_seconds": trained["seconds"],
+               "index": {"seconds": index_meta.seconds, "products": index_meta.products,
+                         "rank": index_meta.rank},
+               "results": table}
     write_json(work / "demo_results.json", summary)
-    print(format_table(table, trained["seconds"]))
+    print(format_table(table, trained["seconds"], summary["index"]))
     print(f"(details: {work / 'demo_results.json'})")
     return summary
 
@@ -165,6 +182,8 @@ def measure(base_name, rows, results, continued, preset) -> dict[str, Any]:
             cosine_to_raw_retrain=cosine(deltas["erased"], deltas["retrained"]),
             seconds=report["seconds"],
             cg_iterations=report["cg_iterations"],
+            index_products=report["index"]["first_products"],
+            first_residual=report["index"]["first_residual"],
             relative_residual=report["relative_residual"],
             negative_curvature=report["negative_curvature"],
         )
@@ -174,9 +193,10 @@ def measure(base_name, rows, results, continued, preset) -> dict[str, Any]:
     return table
 
 
-def format_table(table: dict[str, Any], train_seconds: float) -> str:
+def format_table(table: dict[str, Any], train_seconds: float, index: dict[str, Any]) -> str:
     lines = [
-        f"fine-tuning took {train_seconds:.0f}s",
+        f"fine-tuning took {train_seconds:.0f}s; the curvature index, built once for every "
+        f"erase of this version, {index['seconds']:.0f}s ({index['products']} HVPs)",
         f"{'request':<27}{'adapter':<11}{'loss affected':>14}{'loss kept':>11}"
         f"{'cos ΔΘ':>8}{'‖ΔΘ‖ ratio':>11}{'seconds':>9}",
     ]
@@ -192,5 +212,6 @@ def format_table(table: dict[str, Any], train_seconds: float) -> str:
             title = ""
     lines.append("loss affected: on the removed rows (remove) or on the corrected responses "
                  "(correct_response); cos ΔΘ: influence step against warm-started retraining, "
-                 "net of the drift of continued training on unedited data")
+                 "net of the drift of continued training on unedited data; seconds: the "
+                 "erase from the index (b, its step, CG) and the retraining")
     return "\n".join(lines)

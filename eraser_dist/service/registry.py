@@ -162,6 +162,11 @@ class Registry:
     def adapter_dir(self, tenant: str, adapter: str, version: int) -> Path:
         return self.tenant_dir(tenant) / "adapters" / adapter / f"v{version:04d}"
 
+    def index_dir(self, tenant: str, adapter: str) -> Path:
+        """The adapter's curvature index: one per adapter, replaced atomically when rebuilt;
+        it names the version it was built on and fits that version's descendants."""
+        return self.tenant_dir(tenant) / "adapters" / adapter / "curvature-index"
+
     def dataset_file(self, tenant: str, dataset: str, version: int) -> Path:
         return self.tenant_dir(tenant) / "datasets" / dataset / f"v{version:04d}.parquet"
 

@@ -31,13 +31,20 @@ from typing import Any
 import torch
 
 from .. import api
-from ..arguments import DistributedArguments, EraseArguments, ServiceArguments, check_engine
+from ..arguments import (
+    DistributedArguments,
+    EraseArguments,
+    IndexArguments,
+    ServiceArguments,
+    check_engine,
+)
 from ..core.objective import loss_values
 from ..core.requests import EditedObjective, apply_requests
 from ..data import examples_digest, read_examples, write_examples
 from ..errors import EraserError
 from ..faults import FaultPlan, check_all
-from ..llm.adapters import adapter_vector, adapter_version, load_adapter
+from ..llm.adapters import adapter_vector, adapter_version, load_adapter, read_meta
+from ..llm.curvature_index import check_index, load_index
 from ..llm.models import load_base
 from ..report import EraseReport
 from .batching import next_adapter, plan_batch
@@ -73,6 +80,7 @@ class BatchWorker:
         self.faults = faults
         self.progress = progress
         self.batches_here = 0
+        self.index_builds = 0  # curvature indexes built by this worker
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -169,9 +177,11 @@ class BatchWorker:
         self._fault("planned")
         out = self.registry.adapter_dir(tenant, name, adapter.version + 1)
         try:
+            index = self._index_for(adapter, data)
             report = api.erase(adapter.base, adapter.path, data.path,
                                [e.request for e in plan.batch], out, self.erase_args,
-                               progress=self.progress, distributed=self.distributed)
+                               progress=self.progress, distributed=self.distributed,
+                               index=index)
         except EraserError as err:
             self._remove_outputs(self.registry.query("SELECT * FROM batches WHERE id = ?",
                                                      (batch_id,))[0])
@@ -199,6 +209,9 @@ class BatchWorker:
         self._commit(batch_id, plan.batch, new_adapter, new_data, certificates,
                      {**report.to_json(), **timing})
         self._fault("committed")
+        if report.index is not None and report.index.rebuild_advised:
+            # derived data: the next batch builds a fresh one on its own version
+            shutil.rmtree(self.registry.index_dir(tenant, name), ignore_errors=True)
         log.info("batch %d committed: %s/%s v%d, CG %d iterations (%s), solve %.1fs, "
                  "certificates %.1fs, in all %.1fs", batch_id, tenant, name,
                  new_adapter.version, report.cg_iterations, report.hvp_used, report.seconds,
@@ -211,6 +224,36 @@ class BatchWorker:
                                     f"{new_adapter.version}: {err!r}")
         return {"state": "committed", "batch": batch_id, "requests": len(plan.batch),
                 "adapter_version": new_adapter.version, "report": report, **timing}
+
+    def _index_for(self, adapter: AdapterVersion, data: DatasetVersion) -> Path | None:
+        """The adapter's curvature index (docs/DESIGN.md §7.5), built on this version when
+        there is none or the one kept does not fit it; None without ``index_rank``.
+
+        An index is derived data outside the batch's commit: it is published atomically,
+        names the version it was built on, and is checked against the adapter's chain by
+        every erase, so a crash or a rolled-back batch leaves nothing to undo.
+        """
+        if self.settings.index_rank == 0:
+            return None
+        path = self.registry.index_dir(adapter.tenant, adapter.name)
+        if path.exists():
+            try:
+                check_index(load_index(path), path, read_meta(adapter.path), adapter.path)
+                return path
+            except EraserError as err:
+                log.info("curvature index of %s/%s does not fit v%d (%s): rebuilding",
+                         adapter.tenant, adapter.name, adapter.version, err)
+        started = time.perf_counter()
+        meta = api.build_index(adapter.base, adapter.path, data.path, path, self.erase_args,
+                               IndexArguments(self.settings.index_rank,
+                                              self.settings.index_rebuild_residual),
+                               overwrite=True, progress=self.progress,
+                               distributed=self.distributed)
+        self.index_builds += 1
+        log.info("curvature index of %s/%s v%d: %d pairs, %d HVPs, %.1fs", adapter.tenant,
+                 adapter.name, adapter.version, meta.rank, meta.products,
+                 time.perf_counter() - started)
+        return path
 
     def _fault(self, phase: str) -> None:
         check_all(self.faults, "serve", phase, self.batches_here)
@@ -311,6 +354,12 @@ class BatchWorker:
                     "own_delta_method": "least-residual in the batch's Krylov space"
                     if len(batch) > 1 else "own solve",
                     "seconds": report.seconds,
+                    # where CG started: zero, or a curvature index's step (and its residual)
+                    "start": "zero" if report.index is None else {
+                        "curvature_index_of_version": report.index.adapter_version,
+                        "versions_behind": report.index.versions_behind,
+                        "rank": report.index.rank,
+                        "first_relative_residual": report.index.first_residual},
                 },
                 "verification": verification(b[old], a[old], b[~old], a[~old], held_before,
                                              held_after),
