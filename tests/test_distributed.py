@@ -352,9 +352,8 @@ def test_distributed_index_equals_single_process_and_gives_the_same_step(cluster
     same Fisher scaling and Ritz values as one process, and an erase from either index,
     one in each engine, takes the same step."""
     args = EraseArguments(hvp="ggn", batch_size=4)
-    for name, distributed in (("single", None),
-                              ("dist", DistributedArguments(workers=2,
-                                                            collective_timeout_s=60))):
+    two_groups = DistributedArguments(workers=2, collective_timeout_s=60)
+    for name, distributed in (("single", None), ("dist", two_groups)):
         api.build_index("tiny-llama", fitted / "adapter", fitted / "train.parquet",
                         fitted / f"index-{name}", args, IndexArguments(rank=6), progress=False,
                         distributed=distributed)
@@ -364,7 +363,7 @@ def test_distributed_index_equals_single_process_and_gives_the_same_step(cluster
     assert single.meta.adapter_version == dist.meta.adapter_version
     step = EraseArguments(hvp="ggn", max_iter=8, tol=1e-8, batch_size=4)
     steps = {}
-    for name, distributed in (("single", None), ("dist", TWO_BY_TWO)):
+    for name, distributed in (("single", None), ("dist", two_groups)):
         report = api.erase("tiny-llama", fitted / "adapter", fitted / "train.parquet",
                            fitted / "remove.json", fitted / f"from-index-{name}", step,
                            progress=False, distributed=distributed,
