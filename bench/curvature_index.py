@@ -8,8 +8,9 @@ MovieLens rows, rank-8 LoRA; the Gauss-Newton matrix on its 32-row Hessian sampl
 1. The spectrum of A = G/W + λI: ``--lanczos`` plain Lanczos steps (top Ritz values), and the
    spectrum of the Fisher-diagonal-scaled S = D^-½ A D^-½ from ``--rank`` steps, which is
    also the curvature index (core/spectral.py) built the way ``eraser index`` builds it.
-2. Per request (remove, correct_response): b; the converged reference, PCG to a relative
-   residual ≤ ``--reference-tol`` (at most ``--reference-iters`` products) from the index;
+2. Per request (remove, correct_response): b; the reference, PCG from the index until a
+   relative residual ≤ ``--reference-tol`` or ``--reference-iters`` products, whichever
+   comes first (the JSON says which: ``reference.converged``);
    then the relative residual, the cosine to the reference and the norm ratio after m
    products for (a) today's Fisher-diagonal PCG and (b) the index (its step, then PCG
    preconditioned by it); and (c) Krylov recycling: the correct_response's b solved in the
@@ -181,7 +182,8 @@ def draw(out: dict, path: str) -> None:
             axes[1].plot(products, [points[m]["cosine"] for m in points], style,
                          color=colour, marker="o", label=f"{name}, {method}")
     axes[0].set(xlabel="products with A (per request)", ylabel="relative residual")
-    axes[1].set(xlabel="products with A (per request)", ylabel="cosine to converged ΔΘ")
+    axes[1].set(xlabel="products with A (per request)",
+                ylabel="cosine to the reference ΔΘ (longest PCG run)")
     axes[1].legend(fontsize=7)
     fig.suptitle("demo erase system: Fisher-diagonal PCG against the curvature index")
     fig.tight_layout()

@@ -30,7 +30,7 @@ from ..llm.models import load_base
 from .movielens import genre_examples
 
 DEMO_RANK = 8
-DEMO_CG = 1
+DEMO_CG = 2
 
 
 @dataclass
