@@ -16,9 +16,10 @@ MovieLens rows, rank-8 LoRA; the Gauss-Newton matrix on its 32-row Hessian sampl
    preconditioned by it); and (c) Krylov recycling: the correct_response's b solved in the
    span of the remove solve's directions, with no product of its own.
 
-The adapter is trained into ``--work`` first if it is not there (as the demo does). Prints
-JSON; ``--out FILE`` also writes it, and ``--chart FILE`` draws residual and cosine against
-products.
+The adapter is trained into ``--work`` first if it is not there (as the demo does).
+``--hvp`` swaps the product (``ggn_exact``: the same matrix with Jv exact) and
+``--requests`` with no name stops after the spectrum and the index. Prints JSON; ``--out
+FILE`` also writes it, and ``--chart FILE`` draws residual and cosine against products.
 
     .venv/bin/python bench/curvature_index.py --work runs/index-bench \\
         --out docs/curvature_index.json --chart docs/curvature_index.png
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -80,6 +82,10 @@ def main() -> None:
     parser.add_argument("--reference-tol", type=float, default=1e-3)
     parser.add_argument("--reference-iters", type=int, default=50)
     parser.add_argument("--products", type=int, default=8, help="products per method")
+    parser.add_argument("--hvp", choices=("ggn", "ggn_exact", "fd", "exact"), default="ggn",
+                        help="the product (the demo's: ggn)")
+    parser.add_argument("--requests", nargs="*", choices=REQUEST_NAMES, default=REQUEST_NAMES,
+                        help="requests to solve; none: the spectrum and the index only")
     parser.add_argument("--out")
     parser.add_argument("--chart")
     args = parser.parse_args()
@@ -88,7 +94,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     preset = DemoPreset()
     requests = demo_setting(work, preset)
-    erase = preset.erase
+    erase = replace(preset.erase, hvp=args.hvp)
     model, meta = load_adapter(load_base("smollm2-135m"), work / "adapter-v0")
     examples = read_examples(work / "train.parquet")
     backend = InProcessBackend(model)
@@ -116,9 +122,11 @@ def main() -> None:
     start = time.perf_counter()
     index = low_rank_curvature(matrix, diagonal, args.rank, seed=erase.seed)
     out["ritz_values_S"] = index.values.tolist()
+    out["index_asymmetry"] = index.asymmetry
+    out["index_steps"] = index.steps
     out["index_seconds"] = out["fisher_seconds"] + time.perf_counter() - start
     recycled = None
-    for name in REQUEST_NAMES:
+    for name in args.requests:
         edited = apply_requests([parse_request(requests[name])], examples)
         start = time.perf_counter()
         b = newton_rhs(backend, edited, damping, erase.batch_size).sum(0)
@@ -161,19 +169,19 @@ def main() -> None:
     text = json.dumps(out, indent=1)
     if args.out:
         Path(args.out).write_text(text + "\n")
-    if args.chart:
-        draw(out, args.chart)
+    if args.chart and args.requests:
+        draw(out, args.chart, args.requests)
     print(text)
 
 
-def draw(out: dict, path: str) -> None:
+def draw(out: dict, path: str, names: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name, style in zip(REQUEST_NAMES, ("-", "--"), strict=True):
+    for name, style in zip(names, ("-", "--")[: len(names)], strict=True):
         for method, colour in (("fisher_diagonal", "tab:blue"), ("index", "tab:orange")):
             points = out[name][method]
             products = [int(m) for m in points]

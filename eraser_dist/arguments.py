@@ -19,8 +19,9 @@ from typing import Any, Literal, get_args, get_origin
 from .errors import EraserError
 
 LrSchedule = Literal["constant", "linear"]
-HvpKind = Literal["exact", "fd", "ggn"]
-HvpChoice = Literal["auto", "exact", "fd", "ggn"]
+HvpKind = Literal["exact", "fd", "ggn", "ggn_exact"]
+HvpChoice = Literal["auto", "exact", "fd", "ggn", "ggn_exact"]
+DOUBLE_BACKWARD_HVPS = ("exact", "ggn_exact")  # not on a ZeRO-3-partitioned base
 CurvatureData = Literal["original", "edited"]
 NegativeCurvaturePolicy = Literal["ggn", "truncate", "fail"]
 StepKind = Literal["cg", "least_residual"]
@@ -178,7 +179,8 @@ class EraseArguments(Options):
 
     hvp: HvpChoice = option("auto", "HVP back-end: auto (exact in one process, fd with "
                             "--workers), exact (double backward), fd (difference of "
-                            "gradients) or ggn (Gauss-Newton)")
+                            "gradients), ggn (Gauss-Newton, Jv by a difference of logits) "
+                            "or ggn_exact (Gauss-Newton, Jv by double backward)")
     curvature: CurvatureData = option("original", "Hessian of the original objective "
                                       "(positive definite at a converged adapter) or of the "
                                       "edited one")
@@ -329,9 +331,9 @@ class GenreArguments(CorruptionArguments):
 
 def check_engine(args: EraseArguments, distributed: DistributedArguments | None) -> None:
     """Refuse a solver setting the chosen engine cannot run (before any file is read)."""
-    if distributed is not None and args.hvp == "exact":
-        raise EraserError("--hvp exact needs double backward, which does not work on a "
-                          "ZeRO-3-partitioned base; use --hvp fd or ggn")
+    if distributed is not None and args.hvp in DOUBLE_BACKWARD_HVPS:
+        raise EraserError(f"--hvp {args.hvp} needs double backward, which does not work on "
+                          "a ZeRO-3-partitioned base; use --hvp fd or ggn")
 
 
 def check_index_budget(args: EraseArguments, has_index: bool) -> None:

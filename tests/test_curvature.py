@@ -1,11 +1,17 @@
 """Each HVP back-end against an explicit matrix built independently with torch.func."""
 
 import torch
-from conftest import word_rows
+from conftest import tiny_lora, word_rows
 
-from eraser_dist.core.curvature import exact_hvp, fd_hvp, fisher_diagonal, ggn_hvp
+from eraser_dist.core.curvature import (
+    exact_hvp,
+    fd_hvp,
+    fisher_diagonal,
+    ggn_hvp,
+    hessian_vector_product,
+)
 from eraser_dist.core.objective import gradient_sum
-from eraser_dist.core.reference import explicit_hessian, flat_loss_fn
+from eraser_dist.core.reference import explicit_gauss_newton, explicit_hessian, flat_loss_fn
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -116,3 +122,26 @@ def test_fisher_diagonal_sums_each_rows_squared_gradient(tiny_float32):
     assert found.dtype == torch.float64 and rel_err(found, expected) <= 1e-6
     batch_gradient = gradient_sum(model, rows, weights, batch_size=4).double()
     assert rel_err(batch_gradient**2, expected) > 0.1
+
+
+def test_exact_gauss_newton_product_is_the_dense_matrix_and_symmetric():
+    """ggn_exact: the Gauss-Newton product with Jv by double backward equals Jᵀ H_z J
+    formed from the logits' Jacobian (torch.func) to float32 rounding, and so is symmetric,
+    where the finite-difference ggn is off by more (its truncation and rounding)."""
+    torch.manual_seed(3)
+    model = tiny_lora(torch.float64, rank=1, targets=("q_proj",))
+    with torch.no_grad():
+        for p in model.params:
+            p.normal_(0, 0.3)
+    rows = word_rows(6)
+    weights = torch.linspace(0.5, 1.5, 6, dtype=torch.float64)
+    dense = explicit_gauss_newton(model, rows, weights)
+    exact = hessian_vector_product("ggn_exact", model, rows, weights, 4)
+    fd = hessian_vector_product("ggn", model, rows, weights, 4)
+    g = torch.Generator().manual_seed(5)
+    u, v = (torch.randn(model.dim, dtype=torch.float64, generator=g) for _ in range(2))
+    # transformers keeps softmax and RMSNorm in float32 even in a float64 model: 1e-7
+    exact_error = float((exact(v) - dense @ v).norm() / (dense @ v).norm())
+    assert exact_error < 1e-6
+    assert abs(float(u @ exact(v) - v @ exact(u))) < 1e-6 * float((dense @ v).norm())
+    assert float((fd(v) - dense @ v).norm() / (dense @ v).norm()) > 10 * exact_error

@@ -1,4 +1,4 @@
-"""Hessian-vector products of the data term Σ_i w_i ∇²L_i(Θ) · v, three back-ends.
+"""Hessian-vector products of the data term Σ_i w_i ∇²L_i(Θ) · v, four back-ends.
 
 - ``exact``: double backward (Pearlmutter). Exact, but needs every op to have a
   double-backward formula (eager attention, not SDPA) and fails under ZeRO-3, where the
@@ -7,6 +7,9 @@
   so it runs wherever gradients run (ZeRO-3 included); error O(h²) + rounding/h.
 - ``ggn``: Gauss-Newton Jᵀ H_z J v, positive semi-definite. Jv by a central difference of
   the outputs (forward passes only), H_z analytic, Jᵀ(·) by one backward; also ZeRO-3-safe.
+  On a real model the difference's error shows (docs/RESULTS.md, "Curvature index").
+- ``ggn_exact``: the same matrix with Jv exact by the double-backward trick
+  (:func:`ggn_exact_hvp`): symmetric to rounding; like ``exact``, one process only.
 
 Each returns Σ_i w_i (∇²L_i) v as a vector [d] in the model's dtype, unnormalised; the
 caller divides by W and adds damping. Θ is always restored, also when a pass raises.
@@ -127,6 +130,33 @@ def ggn_hvp(
     return total
 
 
+def ggn_exact_hvp(
+    model: LossModel, rows: Sequence[Any], weights: torch.Tensor, v: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """Σ_i w_i J_iᵀ H_z,i J_i v with J v exact: Jᵀu is linear in a dummy u, so the gradient
+    of (Jᵀu)·v with respect to u is J v (two backward passes, one of them double), then
+    H_z analytic and Jᵀ(·) by one more backward over the same forward pass."""
+    total = model.zeros()
+    for chunk, w in batches(rows, weights, batch_size):
+        batch = model.collate(chunk)
+        outputs = model.outputs(batch)
+        dummy = torch.zeros_like(outputs, requires_grad=True)
+        pulled = torch.autograd.grad(outputs, model.params, grad_outputs=dummy,
+                                     create_graph=True, allow_unused=True)
+        try:
+            jv = torch.autograd.grad(model.flatten(pulled) @ v, dummy, retain_graph=True)[0]
+        except RuntimeError as err:
+            raise EraserError(
+                f"the ggn_exact product failed ({err}); it needs double backward: use "
+                "eager attention, or --hvp ggn on a partitioned base") from err
+        w_shape = (-1,) + (1,) * (outputs.dim() - 1)
+        hjv = model.output_hvp(outputs.detach(), batch, jv.detach()) * w.to(
+            outputs.dtype).view(w_shape)
+        grads = torch.autograd.grad(outputs, model.params, grad_outputs=hjv, allow_unused=True)
+        total += model.flatten(grads).detach()
+    return total
+
+
 def hessian_vector_product(
     kind: str,
     model: LossModel,
@@ -145,6 +175,8 @@ def hessian_vector_product(
             out = exact_hvp(model, rows, weights, v, batch_size)
         elif kind == "fd":
             out = fd_hvp(model, rows, weights, v, batch_size, fd_step)
+        elif kind == "ggn_exact":
+            out = ggn_exact_hvp(model, rows, weights, v, batch_size)
         else:
             out = ggn_hvp(model, rows, weights, v, batch_size, fd_step)
         return check_finite(out, "a Hessian-vector product")
