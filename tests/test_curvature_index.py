@@ -237,3 +237,14 @@ def test_the_index_step_alone_costs_one_product(chain, capsys):
                  str(root / "no-index"), "--max-iter", "0", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "--max-iter 0 takes a curvature index's step alone" in err
+
+
+def test_index_command_builds_and_says_what_it_built(chain, capsys, tmp_path):
+    root, _ = chain
+    code = main(["index", "--base", "tiny-llama", "--adapter", str(root / "v0"), "--data",
+                 str(root / "train.parquet"), "--out", str(tmp_path / "i"), "--rank", "3",
+                 "--hvp", "ggn", "--quiet"])
+    out = capsys.readouterr().out
+    meta = load_index(tmp_path / "i").meta
+    assert code == 0 and meta.products == 3 and meta.hvp == "ggn"
+    assert f"{meta.rank} Ritz pairs" in out and "3 HVPs" in out and str(tmp_path / "i") in out

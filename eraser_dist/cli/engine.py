@@ -111,10 +111,11 @@ def cmd_index(ns: argparse.Namespace) -> None:
     if ns.json:
         print_json(asdict(meta))
         return
+    top = f"top value {meta.ritz_values[0]:.3g}" if meta.ritz_values else (
+        "none above the product's noise: the Fisher diagonal alone")
     print(f"curvature index of {meta.n_train} rows ({meta.hvp} matrix on "
-          f"{meta.hessian_rows} rows, damping {meta.damping:g}): {meta.rank} Ritz pairs, "
-          f"top value {meta.ritz_values[0]:.3g}, "
-          f"{meta.products} HVPs in {meta.seconds:.1f}s → {ns.out}")
+          f"{meta.hessian_rows} rows, damping {meta.damping:g}): {meta.rank} Ritz pairs "
+          f"({top}), {meta.products} HVPs in {meta.seconds:.1f}s → {ns.out}")
 
 
 def solve_notes(report) -> list[str]:
