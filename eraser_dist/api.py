@@ -287,7 +287,8 @@ def build_index(
     """Build the curvature index of an adapter on its training set and publish it to ``out``
     (docs/DESIGN.md §7): ``index.rank`` Lanczos steps on the erase system's matrix as
     ``args`` defines it (``hvp``, ``hessian_samples``, ``seed``, ``damping``,
-    ``batch_size``, ``fd_step``; the Gauss-Newton matrix for ``hvp`` ``auto``). Every erase
+    ``batch_size``, ``fd_step``; for ``hvp`` ``auto`` the Gauss-Newton matrix, its exact
+    product in one process). Every erase
     of this version, and of the versions erased from it, can then start from it
     (``erase(..., index=out)``). With ``distributed`` the HVPs run on the worker groups.
     """

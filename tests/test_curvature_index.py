@@ -243,8 +243,9 @@ def test_index_command_builds_and_says_what_it_built(chain, capsys, tmp_path):
     root, _ = chain
     code = main(["index", "--base", "tiny-llama", "--adapter", str(root / "v0"), "--data",
                  str(root / "train.parquet"), "--out", str(tmp_path / "i"), "--rank", "3",
-                 "--hvp", "ggn", "--quiet"])
+                 "--quiet"])
     out = capsys.readouterr().out
     meta = load_index(tmp_path / "i").meta
-    assert code == 0 and meta.products == 3 and meta.hvp == "ggn"
+    # --hvp auto in one process: the exact Gauss-Newton product
+    assert code == 0 and meta.products == 3 and meta.hvp == "ggn_exact"
     assert f"{meta.rank} Ritz pairs" in out and "3 HVPs" in out and str(tmp_path / "i") in out

@@ -386,10 +386,14 @@ def fit_curvature(
     settings an erase uses (``hvp``, ``hessian_samples``, ``seed``, ``damping``,
     ``batch_size``, ``fd_step``). The Gauss-Newton matrix is used where ``hvp`` is ``auto``:
     Lanczos needs a positive semi-definite H, and an adapter short of its minimum has an
-    indefinite Hessian (docs/RESULTS.md, demo).
+    indefinite Hessian (docs/RESULTS.md, demo). Its exact product where double backward
+    works (one process), since the finite-difference one is too inexact for Lanczos on a
+    real model; the difference on a partitioned base (docs/RESULTS.md, "Curvature index").
     """
     backend = as_backend(model)
-    kind = "ggn" if args.hvp == "auto" else args.hvp
+    kind = args.hvp
+    if kind == "auto":
+        kind = "ggn_exact" if backend.default_hvp == "exact" else "ggn"
     damping = erase_damping(args, weight_decay)
     h_rows, weights = sample_rows(list(rows), torch.ones(len(rows), dtype=torch.float64),
                                   args.hessian_samples, args.seed)
