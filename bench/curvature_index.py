@@ -43,8 +43,7 @@ from eraser_dist.core.requests import apply_requests, parse_request
 from eraser_dist.core.solve import conjugate_gradient, galerkin_split
 from eraser_dist.core.spectral import lanczos, low_rank_curvature, ritz_pairs
 from eraser_dist.data import read_examples, write_examples
-from eraser_dist.experiments.demo import DemoPreset, corrupt_genres
-from eraser_dist.experiments.movielens import genre_examples
+from eraser_dist.experiments.demo import DemoPreset, demo_data
 from eraser_dist.llm.adapters import load_adapter
 from eraser_dist.llm.models import load_base
 
@@ -53,20 +52,12 @@ REQUEST_NAMES = ("remove", "correct_response")
 
 def demo_setting(work: Path, preset: DemoPreset) -> dict[str, dict]:
     """The demo's training set, adapter and two requests (the same seeds as ``eraser demo``)."""
-    clean = genre_examples(preset.rows, seed=preset.seed)
-    noisy, corrupted = corrupt_genres(clean, preset.corrupted, preset.seed)
-    others = [i for i in range(len(clean)) if i not in set(corrupted)]
-    g = torch.Generator().manual_seed(preset.seed + 2)
-    removed = [others[i] for i in torch.randperm(len(others), generator=g)[: preset.removed]]
+    noisy, requests = demo_data(preset)
     if not (work / "adapter-v0").exists():
         write_examples(work / "train.parquet", noisy)
         api.train("smollm2-135m", work / "train.parquet", work / "adapter-v0", preset.lora,
                   preset.training, progress=False)
-    return {
-        "remove": {"kind": "remove", "ids": [noisy[i].id for i in removed]},
-        "correct_response": {"kind": "correct_response", "edits": [
-            {"id": clean[i].id, "response": clean[i].response} for i in corrupted]},
-    }
+    return requests
 
 
 def figures(x: torch.Tensor, residual: float, reference: torch.Tensor) -> dict[str, float]:

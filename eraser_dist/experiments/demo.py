@@ -70,6 +70,23 @@ def corrupt_genres(rows: list[Example], count: int, seed: int) -> tuple[list[Exa
     return out, picked
 
 
+def demo_data(preset: DemoPreset) -> tuple[list[Example], dict[str, dict[str, Any]]]:
+    """The demo's training rows (``preset.corrupted`` of them with wrong genres) and its two
+    requests as JSON: remove ``preset.removed`` other rows, and correct the wrong ones."""
+    clean = genre_examples(preset.rows, seed=preset.seed)
+    noisy, corrupted = corrupt_genres(clean, preset.corrupted, preset.seed)
+    others = [i for i in range(len(clean)) if i not in set(corrupted)]
+    g = torch.Generator().manual_seed(preset.seed + 2)
+    removed = [others[i] for i in torch.randperm(len(others), generator=g)[: preset.removed]]
+    return noisy, {
+        "remove": {"kind": "remove", "ids": [noisy[i].id for i in removed]},
+        "correct_response": {
+            "kind": "correct_response",
+            "edits": [{"id": clean[i].id, "response": clean[i].response} for i in corrupted],
+        },
+    }
+
+
 def run_demo(
     workdir: str | Path = "runs/demo",
     base: str = "smollm2-135m",
@@ -84,20 +101,9 @@ def run_demo(
     work.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *a, **k: None)
 
-    clean = genre_examples(preset.rows, seed=preset.seed)
-    noisy, corrupted = corrupt_genres(clean, preset.corrupted, preset.seed)
-    others = [i for i in range(len(clean)) if i not in set(corrupted)]
-    g = torch.Generator().manual_seed(preset.seed + 2)
-    removed = [others[i] for i in torch.randperm(len(others), generator=g)[: preset.removed]]
+    noisy, requests = demo_data(preset)
     data = work / "train.parquet"
     write_examples(data, noisy)
-    requests = {
-        "remove": {"kind": "remove", "ids": [noisy[i].id for i in removed]},
-        "correct_response": {
-            "kind": "correct_response",
-            "edits": [{"id": clean[i].id, "response": clean[i].response} for i in corrupted],
-        },
-    }
     say(f"[demo] {len(noisy)} MovieLens rows ({preset.corrupted} with wrong genres) → {data}")
 
     say(f"[demo] fine-tuning a LoRA adapter on {base} ...")
