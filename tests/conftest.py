@@ -21,6 +21,14 @@ def tiny_lora(dtype=torch.float64, rank=2, targets=("q_proj", "v_proj"), max_len
     return LoraCausalLM(peft_model, base.tokenizer, max_length)
 
 
+def delta_vector(adapter_dir) -> torch.Tensor:
+    """The ΔΘ a published erase wrote (adapter_delta.safetensors), flattened in key order."""
+    from eraser_dist.llm.adapters import read_delta
+
+    delta = read_delta(adapter_dir)[0]
+    return torch.cat([delta[k].reshape(-1) for k in sorted(delta)])
+
+
 def word_rows(n: int, prefix: str = "r") -> list[Example]:
     """Short rows with a learnable pattern: the response is the query's word reversed."""
     words = ["cat", "dog", "owl", "elk", "bee", "ant", "cow", "pig", "rat", "emu",

@@ -7,7 +7,14 @@ import json
 
 import pytest
 import torch
-from conftest import QuadraticModel, regression_rows, ridge_solution, tiny_lora, word_rows
+from conftest import (
+    QuadraticModel,
+    delta_vector,
+    regression_rows,
+    ridge_solution,
+    tiny_lora,
+    word_rows,
+)
 
 from eraser_dist import api
 from eraser_dist.arguments import EraseArguments, IndexArguments, LoraArguments, TrainArguments
@@ -114,15 +121,8 @@ def test_an_erase_from_the_index_reaches_the_converged_step_in_few_products(chai
     assert fast.cg_iterations + fast.index.first_products < plain.cg_iterations
     assert fast.index.versions_behind == 0 and fast.index.drift == 0.0
     assert fast.index.rank == meta.rank and fast.index.first_residual < 1.0
-    delta = {name: api_delta(root / name) for name in ("converged", "v1")}
+    delta = {name: delta_vector(root / name) for name in ("converged", "v1")}
     assert float((delta["v1"] - delta["converged"]).norm() / delta["converged"].norm()) < 5e-3
-
-
-def api_delta(adapter_dir) -> torch.Tensor:
-    from eraser_dist.llm.adapters import read_delta
-
-    delta = read_delta(adapter_dir)[0]
-    return torch.cat([delta[k].reshape(-1) for k in sorted(delta)])
 
 
 def test_a_later_version_of_the_chain_reuses_the_index_and_reports_its_age(chain):
@@ -139,7 +139,7 @@ def test_a_later_version_of_the_chain_reuses_the_index_and_reports_its_age(chain
                        root / "second.json", root / "v2", progress=False, index=root / "index")
     assert report.index.versions_behind == 1
     assert report.index.drift == pytest.approx(
-        float(api_delta(root / "v1").norm() / load_index(root / "index").theta.norm()),
+        float(delta_vector(root / "v1").norm() / load_index(root / "index").theta.norm()),
         rel=1e-5)
     # the defaults from an index: its matrix and a short solve
     assert report.hvp == "ggn" and report.hessian_rows == 14

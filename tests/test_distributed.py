@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 import ray
 import torch
-from conftest import word_rows
+from conftest import delta_vector, word_rows
 
 from actors import driver
 from actors.aggregator import Aggregator
@@ -34,7 +34,7 @@ from eraser_dist.distributed.checkpoint import CheckpointFile
 from eraser_dist.distributed.sharding import RankPlace, owner, rank_rows
 from eraser_dist.errors import EraserError
 from eraser_dist.faults import FaultPlan
-from eraser_dist.llm.adapters import adapter_version, load_adapter, read_delta
+from eraser_dist.llm.adapters import adapter_version, load_adapter
 from eraser_dist.llm.curvature_index import load_index
 from eraser_dist.llm.models import load_base
 
@@ -73,11 +73,6 @@ def run_erase(root, kind, out, args=ARGS, distributed=TWO_BY_TWO):
     api.erase("tiny-llama", root / "adapter", root / "train.parquet", root / f"{kind}.json",
               root / out, args, progress=False, distributed=distributed)
     return delta_vector(root / out)
-
-
-def delta_vector(adapter_dir) -> torch.Tensor:
-    delta = read_delta(adapter_dir)[0]
-    return torch.cat([delta[k].reshape(-1) for k in sorted(delta)])
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
