@@ -6,7 +6,8 @@ The public API::
 
     train("smollm2-135m", "train.parquet", "adapters/v0")
     report = erase("smollm2-135m", "adapters/v0", "train.parquet", "request.json",
-                   "adapters/v1", EraseArguments(hvp="ggn", max_iter=16))
+                   "adapters/v1")                    # the fast path: EraseArguments()
+    report = erase(..., args=EraseArguments(hvp="exact", max_iter=100, tol=1e-4))
     build_index("smollm2-135m", "adapters/v0", "train.parquet", "adapters/v0-index")
     report = erase(..., index="adapters/v0-index")   # starts from the curvature index
 

@@ -163,10 +163,17 @@ class TrainArguments(Options):
 class EraseArguments(Options):
     """How ΔΘ = (H + damping·I)⁻¹ b is solved (docs/DESIGN.md §1–2).
 
-    The defaults run on either engine: ``hvp`` ``auto`` is the exact HVP in one process and
-    the finite-difference one on a ZeRO-3-partitioned base, where double backward does not
-    work. ``damping`` defaults to the adapter's training weight decay λ, the exact λI term of
-    the objective's Hessian. ``curvature`` ``original`` is the Hessian of the objective the
+    The defaults are the fast path on a real model and run on either engine: ``hvp``
+    ``auto`` is the Gauss-Newton matrix, with its exact product in one process and the
+    finite-difference one on a ZeRO-3-partitioned base, where double backward does not work;
+    it is positive semi-definite where the Hessian of an adapter short of its minimum is
+    not, so CG cannot meet negative curvature. It is estimated on 96 seeded rows, and CG
+    stops at 16 iterations or a relative residual of 1e-3: the budget chosen on the cpu
+    experiments (docs/RESULTS.md, "How the preset was chosen"), which keeps an erase's cost
+    flat in the size of the training set. The slow exact path is ``--hvp exact
+    --hessian-samples N`` (N at least the row count) ``--max-iter 100 --tol 1e-4``.
+    ``damping`` defaults to the adapter's training weight decay λ, the exact λI term of the
+    objective's Hessian. ``curvature`` ``original`` is the Hessian of the objective the
     adapter was fitted on (positive definite at its minimiser), ``edited`` that of the
     edited objective at the same point (exact for a quadratic loss, but it can be
     indefinite). ``step`` ``least_residual`` returns the vector of CG's Krylov space with
@@ -177,10 +184,11 @@ class EraseArguments(Options):
     a full solve. What each choice measured: docs/RESULTS.md.
     """
 
-    hvp: HvpChoice = option("auto", "HVP back-end: auto (exact in one process, fd with "
-                            "--workers), exact (double backward), fd (difference of "
-                            "gradients), ggn (Gauss-Newton, Jv by a difference of logits) "
-                            "or ggn_exact (Gauss-Newton, Jv by double backward)")
+    hvp: HvpChoice = option("auto", "HVP back-end: auto (Gauss-Newton: ggn_exact in one "
+                            "process, ggn with --workers), exact (double backward), fd "
+                            "(difference of gradients), ggn (Gauss-Newton, Jv by a "
+                            "difference of logits) or ggn_exact (Gauss-Newton, Jv by double "
+                            "backward)")
     curvature: CurvatureData = option("original", "Hessian of the original objective "
                                       "(positive definite at a converged adapter) or of the "
                                       "edited one")
@@ -189,11 +197,11 @@ class EraseArguments(Options):
         "(truncate) or stop (fail)")
     damping: float | None = option(None, "λ in (H + λI); default: the adapter's training "
                                    "weight decay", minimum=0)
-    tol: float = option(1e-4, "CG stops at this relative residual", above=0)
-    max_iter: int = option(100, "most CG iterations (HVPs) per solve; 0 with --index: the "
+    tol: float = option(1e-3, "CG stops at this relative residual", above=0)
+    max_iter: int = option(16, "most CG iterations (HVPs) per solve; 0 with --index: the "
                            "index's step alone", minimum=0)
-    hessian_samples: int | None = option(None, "estimate H on this many rows (seeded); "
-                                         "default: all", minimum=1)
+    hessian_samples: int | None = option(96, "estimate H on this many rows (seeded): all "
+                                         "rows where the data has no more", minimum=1)
     batch_size: int = option(8, "rows per forward pass", minimum=1)
     seed: int = option(0, "seed of the Hessian sample")
     fd_step: float | None = option(None, "step h of the finite-difference HVPs; default: "

@@ -183,8 +183,8 @@ def test_erase_publishes_adapter_and_report(kind, work, tmp_path, capsys):
     out = tmp_path / "out"
     adapter_before = tree_state(work.adapter)
     captured = run_ok(capsys, erase_argv("tiny-llama", work.adapter, work.data, request, out,
-                                         "--hvp", "ggn", "--max-iter", "30", "--json",
-                                         "--quiet"))
+                                         "--hvp", "ggn", "--max-iter", "30", "--tol", "1e-4",
+                                         "--json", "--quiet"))
 
     assert ADAPTER_FILES | {"erase_report.json"} <= {p.name for p in out.iterdir()}
     report = json.loads(captured.out)  # stdout is nothing but the report
@@ -232,7 +232,9 @@ def test_erase_damping_flag_and_text_output(work, tmp_path, capsys):
     report = json.loads((out / "erase_report.json").read_text())
     assert report["damping"] == 0.5
     assert report["weight_decay"] == pytest.approx(WEIGHT_DECAY)
-    assert report["hvp"] == "exact"
+    # no solver flag: the fast path, Gauss-Newton with its exact product on ≤ 96 rows
+    assert report["hvp"] == "ggn_exact" and report["hvp_used"] == "ggn_exact"
+    assert report["hessian_rows"] == N_ROWS  # fewer rows than the default sample of 96
     assert (report["n_affected"], report["n_train"]) == (2, N_ROWS)
     assert captured.out.startswith("remove of 2 of 16 rows: CG ")
     assert str(out) in captured.out
@@ -248,8 +250,9 @@ def test_erase_all_rows_gradient_reports_the_training_shortfall_apart(work, tmp_
     for gradient in ("changed_rows", "all_rows"):
         out = tmp_path / gradient
         captured = run_ok(capsys, erase_argv("tiny-llama", work.adapter, work.data, request, out,
-                                             "--hvp", "ggn", "--max-iter", "30",
-                                             "--gradient", gradient, "--json", "--quiet"))
+                                             "--hvp", "ggn", "--max-iter", "30", "--tol",
+                                             "1e-4", "--gradient", gradient, "--json",
+                                             "--quiet"))
         reports[gradient] = json.loads(captured.out)
     shortcut, full = reports["changed_rows"], reports["all_rows"]
     assert shortcut["gradient"] == "changed_rows" and shortcut["stationarity"] is None

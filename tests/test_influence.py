@@ -270,7 +270,7 @@ def test_first_order_influence_matches_retraining(converged, request_json, curva
     eps = 1e-3
     edited = down_weighted(rows, request_json, eps)
     model.set_flat(theta_hat)
-    args = EraseArguments(hvp="exact", curvature=curvature, tol=1e-6)
+    args = EraseArguments(hvp="exact", curvature=curvature, tol=1e-6, max_iter=100)
     result = newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
     assert result.cg.converged and not result.cg.negative_curvature
     newton_polish(model, edited.rows_after, edited.weights_after, WEIGHT_DECAY, steps=3)
@@ -330,7 +330,7 @@ def test_negative_curvature_policies(converged):
     model.set_flat(theta_hat)
 
     def run(policy, hvp="exact"):
-        args = EraseArguments(hvp=hvp, curvature="edited", tol=1e-8,
+        args = EraseArguments(hvp=hvp, curvature="edited", tol=1e-8, max_iter=100,
                               on_negative_curvature=policy)
         return newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
 

@@ -450,8 +450,8 @@ def test_sigkill_of_the_serve_command_at_an_arbitrary_moment(fleet, reference_st
     service, tokens = fleet
     submit_small_load(service, tokens)
     argv = [sys.executable, "-m", "eraser_dist.cli", "serve", "--drain", "--quiet", "--root",
-            str(service.root), "--max-batch-requests", "3", "--damping", "0.1", "--tol",
-            "1e-6", "--max-iter", "30"]
+            str(service.root), "--max-batch-requests", "3", "--hvp", "exact", "--damping", "0.1",
+            "--tol", "1e-6", "--max-iter", "30"]
     child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not service.registry.query("SELECT 1 FROM batches WHERE state = 'committed'"):

@@ -31,7 +31,8 @@ class CurvatureBackend(Protocol):
     """The model and its data, wherever they live.
 
     ``default_hvp`` is the HVP back-end that ``EraseArguments.hvp`` ``auto`` means here:
-    ``exact`` where double backward works, ``fd`` on a partitioned base.
+    the Gauss-Newton product, ``ggn_exact`` where double backward works, ``ggn`` on a
+    partitioned base.
     """
 
     default_hvp: str
@@ -66,7 +67,7 @@ class InProcessBackend:
     distributed engine uses it so on its share of the rows, and reduces the sums over its
     group before they leave the device."""
 
-    default_hvp = "exact"
+    default_hvp = "ggn_exact"  # the Gauss-Newton matrix, its Jv by double backward
 
     def __init__(self, model: LossModel, to_cpu: bool = True):
         self.model = model

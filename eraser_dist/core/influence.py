@@ -384,16 +384,14 @@ def fit_curvature(
     training set): the Fisher diagonal over ``args``'s Hessian rows (one gradient each) and
     ``rank`` Lanczos steps on the scaled A = H/W + damping·I (one HVP each), with the
     settings an erase uses (``hvp``, ``hessian_samples``, ``seed``, ``damping``,
-    ``batch_size``, ``fd_step``). The Gauss-Newton matrix is used where ``hvp`` is ``auto``:
-    Lanczos needs a positive semi-definite H, and an adapter short of its minimum has an
-    indefinite Hessian (docs/RESULTS.md, demo). Its exact product where double backward
-    works (one process), since the finite-difference one is too inexact for Lanczos on a
-    real model; the difference on a partitioned base (docs/RESULTS.md, "Curvature index").
+    ``batch_size``, ``fd_step``). ``hvp`` ``auto`` is the Gauss-Newton matrix, as for an
+    erase: Lanczos needs a positive semi-definite H, and an adapter short of its minimum has
+    an indefinite Hessian (docs/RESULTS.md, demo). Its exact product where double backward
+    works (one process) matters here, since the finite-difference one is too inexact for
+    Lanczos on a real model (docs/RESULTS.md, "Curvature index").
     """
     backend = as_backend(model)
-    kind = args.hvp
-    if kind == "auto":
-        kind = "ggn_exact" if backend.default_hvp == "exact" else "ggn"
+    kind = backend.default_hvp if args.hvp == "auto" else args.hvp
     damping = erase_damping(args, weight_decay)
     h_rows, weights = sample_rows(list(rows), torch.ones(len(rows), dtype=torch.float64),
                                   args.hessian_samples, args.seed)

@@ -46,14 +46,12 @@ class DemoPreset:
         default_factory=lambda: TrainArguments(epochs=3, lr=3e-3, batch_size=8, weight_decay=0.01)
     )
     retrain_epochs: int = 1
-    # Adam leaves the adapter short of a minimum, where the exact Hessian is indefinite
-    # (docs/RESULTS.md, demo): go to the PSD Gauss-Newton matrix directly instead of paying
-    # for a first solve that falls back to it. The index is built on the same matrix; each
-    # erase then takes its step and CG's iterations up to max_iter (docs/RESULTS.md,
-    # "Curvature index").
+    # The erase's default matrix, Gauss-Newton with its exact product: Adam leaves the
+    # adapter short of a minimum, where the exact Hessian is indefinite (docs/RESULTS.md,
+    # demo). The index is built on the same matrix; each erase then takes its step and CG's
+    # iterations up to max_iter (docs/RESULTS.md, "Curvature index").
     erase: EraseArguments = field(
-        default_factory=lambda: EraseArguments(hvp="ggn", hessian_samples=32, max_iter=DEMO_CG,
-                                               tol=1e-2)
+        default_factory=lambda: EraseArguments(hessian_samples=32, max_iter=DEMO_CG, tol=1e-2)
     )
     index: IndexArguments = field(default_factory=lambda: IndexArguments(rank=DEMO_RANK))
     seed: int = 0
