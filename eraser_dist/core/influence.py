@@ -284,10 +284,8 @@ def _one_step(backend: CurvatureBackend, edited: EditedObjective, weight_decay: 
     cg, hvp = solve_with_policy(solve, requested, args.on_negative_curvature)
     seconds = (rhs_seconds, time.perf_counter() - start)
     report({"phase": "done", **where})
-    result = influence_result(cg, requested, hvp, parts_rhs, damping, len(rows), args, seconds)
-    result.first_residual = cg.start_residual
-    result.first_products = 0 if guesses is None else guesses.shape[0]
-    return result
+    return influence_result(cg, requested, hvp, parts_rhs, damping, len(rows), args, seconds,
+                            first_products=0 if guesses is None else guesses.shape[0])
 
 
 def solve_key(rhs: torch.Tensor, kind: str, damping: float, args: EraseArguments,
@@ -328,9 +326,10 @@ def keeps_directions(parts_rhs: torch.Tensor, args: EraseArguments) -> bool:
 
 def influence_result(cg: CGResult, requested: str, hvp: str, parts_rhs: torch.Tensor,
                      damping: float, hessian_rows: int, args: EraseArguments,
-                     seconds: tuple[float, float]) -> InfluenceResult:
+                     seconds: tuple[float, float], first_products: int = 0) -> InfluenceResult:
     """The figures of a finished solve of Σ_t b_t (``parts_rhs`` [T, d], as
-    :func:`newton_rhs`), with each term's own ΔΘ_t and the (b, solve) wall ``seconds``; with
+    :func:`newton_rhs`), with each term's own ΔΘ_t, the (b, solve) wall ``seconds`` and the
+    products its first guesses cost (``first_products``); with
     ``args.step`` ``least_residual`` the step (and its residual) is the least-residual vector
     of CG's span instead of CG's iterate. The recorded directions are dropped once used."""
     if args.step == "least_residual":
@@ -351,7 +350,8 @@ def influence_result(cg: CGResult, requested: str, hvp: str, parts_rhs: torch.Te
     return InfluenceResult(cg.x, cg, float(parts_rhs.sum(0).norm()), damping, hessian_rows,
                            requested, hvp, cg.negative_curvature or hvp != requested,
                            cg.negative_curvature, parts, residuals, norms, *seconds,
-                           **stationarity)
+                           **stationarity, first_residual=cg.start_residual,
+                           first_products=first_products)
 
 
 def erase_damping(args: EraseArguments, weight_decay: float) -> float:
