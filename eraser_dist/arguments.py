@@ -167,10 +167,10 @@ class EraseArguments(Options):
     ``auto`` is the Gauss-Newton matrix, with its exact product in one process and the
     finite-difference one on a ZeRO-3-partitioned base, where double backward does not work;
     it is positive semi-definite where the Hessian of an adapter short of its minimum is
-    not, so CG cannot meet negative curvature. It is estimated on 96 seeded rows, and CG
-    stops at 16 iterations or a relative residual of 1e-3: the budget chosen on the cpu
-    experiments (docs/RESULTS.md, "How the preset was chosen"), which keeps an erase's cost
-    flat in the size of the training set. The slow exact path is ``--hvp exact
+    not, so with damping > 0 CG meets no negative curvature. It is estimated on 96 seeded
+    rows, and CG stops at 16 iterations or a relative residual of 1e-3: the budget chosen
+    on the cpu experiments (docs/RESULTS.md, "How the preset was chosen"), which keeps an
+    erase's cost flat in the size of the training set. The slow exact path is ``--hvp exact
     --hessian-samples N`` (N at least the row count) ``--max-iter 100 --tol 1e-4``.
     ``damping`` defaults to the adapter's training weight decay λ, the exact λI term of the
     objective's Hessian. ``curvature`` ``original`` is the Hessian of the objective the
