@@ -170,6 +170,11 @@ def sample_rows(rows: Sequence, weights: torch.Tensor, samples: int | None, seed
     return [rows[i] for i in picked], weights[picked]
 
 
+def hvp_kind(args: EraseArguments, backend: CurvatureBackend) -> str:
+    """The HVP back-end ``args.hvp`` names on ``backend`` (``auto``: the backend's default)."""
+    return backend.default_hvp if args.hvp == "auto" else args.hvp
+
+
 def newton_step(
     model: LossModel | CurvatureBackend,
     edited: EditedObjective,
@@ -244,7 +249,7 @@ def _one_step(backend: CurvatureBackend, edited: EditedObjective, weight_decay: 
               stage: int, index: LowRankCurvature | None) -> InfluenceResult:
     where = {"stage": stage, "stages": args.stages}
     damping = erase_damping(args, weight_decay)
-    requested = args.hvp if args.hvp != "auto" else backend.default_hvp
+    requested = hvp_kind(args, backend)
     report({"phase": "computing b", **where})
     start = time.perf_counter()
     parts_rhs = newton_rhs(backend, edited, weight_decay, args.batch_size, args.gradient)
@@ -391,7 +396,7 @@ def fit_curvature(
     Lanczos on a real model (docs/RESULTS.md, "Curvature index").
     """
     backend = as_backend(model)
-    kind = backend.default_hvp if args.hvp == "auto" else args.hvp
+    kind = hvp_kind(args, backend)
     damping = erase_damping(args, weight_decay)
     h_rows, weights = sample_rows(list(rows), torch.ones(len(rows), dtype=torch.float64),
                                   args.hessian_samples, args.seed)
