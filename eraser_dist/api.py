@@ -50,6 +50,7 @@ from .llm.curvature_index import (
     index_drift,
     lineage_chain,
     load_index,
+    record_fresh_residual,
     save_index,
 )
 from .llm.models import LoraCausalLM, attach_lora, load_base
@@ -226,10 +227,13 @@ def erase(
 def index_report(loaded: CurvatureIndex, path: PathLike, versions_behind: int, theta,
                  result: InfluenceResult) -> IndexFigures:
     """The figures of the curvature index an erase started from (``theta``: Θ̂ [d])."""
-    return IndexFigures(str(path), loaded.meta.adapter_version, versions_behind,
+    meta = loaded.meta
+    if versions_behind == 0 and meta.fresh_residual is None:
+        record_fresh_residual(path, meta, result.first_residual)
+    return IndexFigures(str(path), meta.adapter_version, versions_behind,
                         index_drift(loaded, path, theta), loaded.curvature.rank,
-                        result.first_residual, result.first_products,
-                        result.first_residual > loaded.meta.rebuild_residual)
+                        result.first_residual, result.first_products, meta.fresh_residual,
+                        meta.rebuild_advised(result.first_residual))
 
 
 def erase_report(batch: Sequence[EraseRequest], edited: EditedObjective, args: EraseArguments,
@@ -320,7 +324,7 @@ def build_index(
         batch_size=args.batch_size, fd_step=args.fd_step,
         ritz_values=fitted.curvature.values.tolist(),
         asymmetry=fitted.curvature.asymmetry, products=fitted.products,
-        seconds=fitted.seconds, rebuild_residual=index.rebuild_residual)
+        seconds=fitted.seconds, rebuild_growth=index.rebuild_growth)
     save_index(CurvatureIndex(index_meta, fitted.curvature, theta), out, overwrite=overwrite)
     return index_meta
 

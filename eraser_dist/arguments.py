@@ -229,15 +229,16 @@ class IndexArguments(Options):
     steps, one HVP each, on the Fisher-diagonal-scaled matrix of the erase system. Its
     matrix is set by the erase options it is built with (``hvp``, ``hessian_samples``,
     ``seed``, ``damping``, ``batch_size``, ``fd_step``), and an erase given the index uses
-    the same ones unless told otherwise. ``rebuild_residual``: an erase whose first step
-    from the index has a relative residual above this says the index should be rebuilt
-    (the service rebuilds it).
+    the same ones unless told otherwise. ``rebuild_growth``: an erase whose first step from
+    the index has a relative residual above this many times the one the index had on its
+    own version (or above 1) says the index should be rebuilt (the service rebuilds it).
     """
 
     rank: int = option(24, "Lanczos steps (one HVP each): the Ritz pairs the index holds",
                        minimum=1)
-    rebuild_residual: float = option(0.5, "rebuild the index once an erase's first step "
-                                     "from it has a relative residual above this", above=0)
+    rebuild_growth: float = option(2.0, "rebuild the index once an erase's first step from "
+                                   "it has a relative residual above this many times the "
+                                   "one it had on its own version (or above 1)", above=0)
 
 
 @dataclass
@@ -294,10 +295,12 @@ class ServiceArguments(Options):
     index_rank: int = option(0, "Ritz pairs of a curvature index kept per adapter and used "
                              "by every batch (built at its first batch, rebuilt when a "
                              "batch's first step from it has a residual above "
-                             "--index-rebuild-residual); 0: no index", minimum=0)
-    index_rebuild_residual: float = option(0.5, "rebuild the index after a batch whose "
-                                           "first step from it had a relative residual "
-                                           "above this", above=0)
+                             "--index-rebuild-growth times its fresh one); 0: no index",
+                             minimum=0)
+    index_rebuild_growth: float = option(2.0, "rebuild the index after a batch whose first "
+                                         "step from it had a relative residual above this "
+                                         "many times the index's fresh one (or above 1)",
+                                         above=0)
 
 
 @dataclass(frozen=True)

@@ -59,8 +59,10 @@ class IndexFigures:
     """The curvature index an erase started from (docs/DESIGN.md §7): where it is, the
     adapter version it was built on and how many erases back that is, how far Θ has moved
     since (‖Θ − Θ_index‖/‖Θ_index‖), the pairs it holds, the relative residual of its step
-    before CG (``first_residual``) and the products that step cost. ``rebuild_advised``:
-    that residual is above ``IndexArguments.rebuild_residual``."""
+    before CG (``first_residual``), the products that step cost, the first residual the
+    index had on its own version (``fresh_residual``; None when no erase of that version
+    recorded one) and ``rebuild_advised``
+    (:meth:`~eraser_dist.llm.curvature_index.IndexMeta.rebuild_advised`)."""
 
     path: str
     adapter_version: str
@@ -69,6 +71,7 @@ class IndexFigures:
     rank: int
     first_residual: float
     first_products: int
+    fresh_residual: float | None
     rebuild_advised: bool
 
 

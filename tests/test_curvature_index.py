@@ -4,6 +4,7 @@ erase that starts from it, and its file's refusals."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -26,7 +27,12 @@ from eraser_dist.core.requests import apply_request, parse_request
 from eraser_dist.data import write_examples
 from eraser_dist.errors import EraserError
 from eraser_dist.llm.adapters import adapter_version
-from eraser_dist.llm.curvature_index import INDEX_META, INDEX_TENSORS, load_index
+from eraser_dist.llm.curvature_index import (
+    INDEX_META,
+    INDEX_TENSORS,
+    load_index,
+    read_index_meta,
+)
 
 WEIGHT_DECAY = 0.05
 
@@ -121,8 +127,29 @@ def test_an_erase_from_the_index_reaches_the_converged_step_in_few_products(chai
     assert fast.cg_iterations + fast.index.first_products < plain.cg_iterations
     assert fast.index.versions_behind == 0 and fast.index.drift == 0.0
     assert fast.index.rank == meta.rank and fast.index.first_residual < 1.0
+    # the first erase on the index's own version records its residual as the fresh one
+    assert fast.index.fresh_residual == fast.index.first_residual
+    assert read_index_meta(root / "index").fresh_residual == fast.index.first_residual
+    assert not fast.index.rebuild_advised
     delta = {name: delta_vector(root / name) for name in ("converged", "v1")}
     assert float((delta["v1"] - delta["converged"]).norm() / delta["converged"].norm()) < 5e-3
+    # a later erase of the same version is judged against that record, not its own residual
+    other = api.erase("tiny-llama", root / "v0", data, root / "second.json",
+                      root / "other-v1", progress=False, index=root / "index")
+    assert other.index.first_residual != fast.index.first_residual
+    assert other.index.fresh_residual == fast.index.first_residual
+    assert read_index_meta(root / "index").fresh_residual == fast.index.first_residual
+
+
+@pytest.mark.parametrize("fresh, first, advised", [
+    (None, 0.99, False), (None, 1.01, True),   # unrecorded: only a step worse than none
+    (0.3, 0.59, False), (0.3, 0.61, True),     # twice the fresh residual
+    (0.8, 0.99, False), (0.8, 1.01, True),     # twice 0.8 is above 1: 1 is the bar
+])
+def test_rebuild_is_advised_when_the_first_residual_has_grown(chain, fresh, first, advised):
+    _, meta = chain
+    judged = replace(meta, rebuild_growth=2.0, fresh_residual=fresh)
+    assert judged.rebuild_advised(first) is advised
 
 
 def test_a_later_version_of_the_chain_reuses_the_index_and_reports_its_age(chain):

@@ -469,16 +469,18 @@ def test_sigkill_of_the_serve_command_at_an_arbitrary_moment(fleet, reference_st
         assert float((w - ref_w).norm() / ref_w.norm()) <= 1e-9
 
 
-@pytest.mark.parametrize("rebuild_residual, builds", [(0.9999, 1), (1e-12, 2)])
-def test_batches_start_from_the_adapters_curvature_index(fleet, rebuild_residual, builds):
+@pytest.mark.parametrize("rebuild_growth, builds", [(1e6, 1), (1e-12, 2)])
+def test_batches_start_from_the_adapters_curvature_index(fleet, rebuild_growth, builds):
     """--index-rank: the first batch builds the adapter's index, the next one (on the
     version that batch published) reuses it, and each certificate names where CG started;
-    an index whose step misses --index-rebuild-residual is rebuilt. The published weights
-    are those of the same erases run without an index, to the solver's precision."""
+    an index whose step's residual has grown past --index-rebuild-growth times its fresh
+    one is rebuilt (1e-12: at once, the first batch's own residual is above the bar). The
+    published weights are those of the same erases run without an index, to the solver's
+    precision."""
     service, tokens = fleet
     erase = EraseArguments(hvp="ggn", damping=0.1, tol=1e-6, max_iter=60)
     settings = ServiceArguments(max_batch_requests=1, holdout_sample=4, index_rank=6,
-                                index_rebuild_residual=rebuild_residual)
+                                index_rebuild_growth=rebuild_growth)
     requests = [{"kind": "remove", "ids": ["a1-3"]},
                 {"kind": "correct_response", "edits": [{"id": "a1-30", "response": "xy"}]}]
     ids = [service.submit(tokens["acme"], "a1", r)["id"] for r in requests]
@@ -490,6 +492,9 @@ def test_batches_start_from_the_adapters_curvature_index(fleet, rebuild_residual
     assert starts[0]["curvature_index_of_version"] == original.weights_sha
     assert starts[0]["versions_behind"] == 0 and 0 < starts[0]["rank"] <= 6
     assert starts[1]["versions_behind"] == (1 if builds == 1 else 0)
+    # the fresh residual is the first batch's on each index's own version
+    fresh = starts[0 if builds == 1 else 1]["first_relative_residual"]
+    assert starts[1]["fresh_relative_residual"] == fresh
     current, data = original.path, service.registry.dataset("acme", "a1-data", 1).path
     for position, request in enumerate(requests):
         out = service.root.parent / f"no-index-{builds}-{position}"

@@ -14,6 +14,7 @@ missing or damaged. The maths: :mod:`eraser_dist.core.spectral`; docs/DESIGN.md 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -27,9 +28,11 @@ from ..errors import EraserError
 from ..files import publish_folder
 from .adapters import AdapterMeta, adapter_version, check_output_dir, write_json
 
+log = logging.getLogger(__name__)
+
 INDEX_TENSORS = "curvature_index.safetensors"
 INDEX_META = "curvature_index.json"
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 INDEX_SOLVE = {"tol": 0.05, "max_iter": 4}
 """The solve budget of an erase from an index when the user sets none (docs/RESULTS.md,
 "Curvature index")."""
@@ -42,8 +45,10 @@ class IndexMeta:
     ``seed``, ``damping``, ``batch_size``, ``fd_step``), the Ritz pairs it holds
     (``rank``), their values (the scaled matrix's spectrum, largest first), the product's
     measured ``asymmetry`` (pairs below twice it were dropped), the products made (Lanczos
-    steps) and the seconds;
-    ``rebuild_residual`` as :class:`~eraser_dist.arguments.IndexArguments`."""
+    steps) and the seconds; ``rebuild_growth`` as
+    :class:`~eraser_dist.arguments.IndexArguments`. ``fresh_residual``: the first-step
+    residual of the first erase on the index's own version, recorded by that erase (None
+    until then); later erases are judged against it (:meth:`rebuild_advised`)."""
 
     base: str
     base_fingerprint: str
@@ -63,8 +68,20 @@ class IndexMeta:
     asymmetry: float
     products: int
     seconds: float
-    rebuild_residual: float
+    rebuild_growth: float
+    fresh_residual: float | None = None
     format: int = INDEX_FORMAT
+
+    def rebuild_advised(self, first_residual: float) -> bool:
+        """Whether an erase whose first step from this index had relative residual
+        ``first_residual`` should have had a fresh index: its residual is above
+        ``rebuild_growth`` times the index's fresh one, or above 1 (the step is then worse
+        than starting from zero). The bar is relative because the first residual's level
+        depends on the index's rank and on the request, not only on how stale the index is
+        (0.95-0.97 on the demo's fresh rank-8 index; docs/RESULTS.md)."""
+        bar = 1.0 if self.fresh_residual is None else min(
+            1.0, self.rebuild_growth * self.fresh_residual)
+        return first_residual > bar
 
     def erase_arguments(self, **given: Any) -> EraseArguments:
         """How an erase from this index solves, unless ``given`` says otherwise: on the
@@ -100,6 +117,22 @@ def save_index(index: CurvatureIndex, out: str | os.PathLike, overwrite: bool = 
         write_json(tmp / INDEX_META, asdict(index.meta))
 
     return publish_folder(check_output_dir(out, overwrite), write, overwrite)
+
+
+def record_fresh_residual(path: str | os.PathLike, meta: IndexMeta, residual: float) -> None:
+    """Record ``residual``, the first-step residual of an erase on the index's own version,
+    as the index's ``fresh_residual`` (its meta file is replaced atomically). An index that
+    cannot be written (a read-only copy) is left as it is, with a warning: the record only
+    sharpens :meth:`IndexMeta.rebuild_advised`."""
+    meta.fresh_residual = residual
+    target = Path(path) / INDEX_META
+    tmp = target.with_name(f".{INDEX_META}.tmp-{os.getpid()}")
+    try:
+        write_json(tmp, asdict(meta))
+        os.replace(tmp, target)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        log.warning("could not record the fresh residual in curvature index %s: %s", path, err)
 
 
 def read_index_meta(path: str | os.PathLike) -> IndexMeta:

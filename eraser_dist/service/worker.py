@@ -246,7 +246,7 @@ class BatchWorker:
         started = time.perf_counter()
         meta = api.build_index(adapter.base, adapter.path, data.path, path, self.erase_args,
                                IndexArguments(self.settings.index_rank,
-                                              self.settings.index_rebuild_residual),
+                                              self.settings.index_rebuild_growth),
                                overwrite=True, progress=self.progress,
                                distributed=self.distributed)
         self.index_builds += 1
@@ -359,7 +359,8 @@ class BatchWorker:
                         "curvature_index_of_version": report.index.adapter_version,
                         "versions_behind": report.index.versions_behind,
                         "rank": report.index.rank,
-                        "first_relative_residual": report.index.first_residual},
+                        "first_relative_residual": report.index.first_residual,
+                        "fresh_relative_residual": report.index.fresh_residual},
                 },
                 "verification": verification(b[old], a[old], b[~old], a[~old], held_before,
                                              held_after),
