@@ -8,6 +8,8 @@ in :mod:`eraser_dist.cli` only parses arguments and prints.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import time
@@ -209,8 +211,11 @@ def erase(
         meta,
         lineage={
             "made_by": "erase",
-            "parent_adapter": str(adapter),
-            "requests": [r.to_json() for r in batch],
+            # hashes, not the requests' ids and texts or the parent's path: once the parent
+            # is purged, nothing here names what was erased (docs/DESIGN.md §5.8)
+            "requests": [{"kind": r.kind, "n_rows": len(r.ids)} for r in batch],
+            "requests_sha256": hashlib.sha256(json.dumps(
+                [r.to_json() for r in batch], sort_keys=True).encode("utf-8")).hexdigest(),
             "data_sha256": examples_digest(edited.rows_after),
             "n_train": len(edited.rows_after),
             "chain": lineage_chain(meta, adapter),

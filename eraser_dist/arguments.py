@@ -281,8 +281,11 @@ class ServiceArguments(Options):
 
     A batch is at most ``max_batch_requests`` requests and ``max_batch_rows`` rows against
     one adapter. Each certificate measures losses on up to ``holdout_sample`` rows of the
-    dataset's held-out set (seeded). With ``index_rank`` k > 0, each adapter keeps a
-    curvature index of k pairs that every batch starts from (docs/DESIGN.md §7.5).
+    dataset's held-out set (seeded). After each batch the adapter keeps its newest
+    ``retain_versions`` versions; older ones are purged. A batch's requests that the worker
+    died running ``max_worker_deaths`` times are parked. With ``index_rank`` k > 0, each
+    adapter keeps a curvature index of k pairs that every batch starts from (docs/DESIGN.md
+    §7.5).
     """
 
     max_batch_requests: int = option(64, "most requests solved together", minimum=1)
@@ -292,6 +295,13 @@ class ServiceArguments(Options):
                                  "queue", above=0)
     eval_batch_size: int = option(8, "rows per forward pass of the certificates' losses",
                                   minimum=1)
+    retain_versions: int = option(1, "adapter versions kept per adapter after each batch: "
+                                  "older ones, the delta that rebuilds them and their data "
+                                  "versions are purged once the new version is broadcast "
+                                  "(`eraser purge`); 0 keeps every version", minimum=0)
+    max_worker_deaths: int = option(3, "park a batch's requests (fail them, not retried) "
+                                    "once the worker has died this many times running "
+                                    "them", minimum=1)
     index_rank: int = option(0, "Ritz pairs of a curvature index kept per adapter and used "
                              "by every batch (built at its first batch, rebuilt when a "
                              "batch's first step from it has a residual above "

@@ -208,7 +208,11 @@ def test_erase_publishes_adapter_and_report(kind, work, tmp_path, capsys):
     meta = json.loads((out / "eraser_adapter.json").read_text())
     assert meta["weight_decay"] == pytest.approx(WEIGHT_DECAY)
     assert meta["lineage"]["made_by"] == "erase"
-    assert meta["lineage"]["requests"] == [REQUESTS[kind]]
+    # the lineage names the request by its hash only, never its rows or the parent's path
+    assert meta["lineage"]["requests"] == [{"kind": kind, "n_rows": n_affected}]
+    assert meta["lineage"]["requests_sha256"] == hashlib.sha256(json.dumps(
+        [REQUESTS[kind]], sort_keys=True).encode("utf-8")).hexdigest()
+    assert str(work.adapter) not in json.dumps(meta["lineage"])
     assert meta["lineage"]["n_train"] == N_ROWS - (n_affected if kind == "remove" else 0)
 
     # The new weights are the old ones moved by exactly the reported step.

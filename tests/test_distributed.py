@@ -326,7 +326,8 @@ def test_service_batch_runs_on_the_distributed_engine_and_reaches_replicas(clust
     batch = [REQUESTS["remove"], REQUESTS["correct_response"]]
     ids = [service.submit(token, "a", r)["id"] for r in batch]
     fleet = ReplicaFleet.start(service.registry, per_adapter=1)
-    worker = service.worker(ServiceArguments(holdout_sample=4), ARGS,
+    # retain_versions=0: the delta compared below would otherwise be purged after broadcast
+    worker = service.worker(ServiceArguments(holdout_sample=4, retain_versions=0), ARGS,
                             DistributedArguments(workers=1, group_size=2,
                                                  collective_timeout_s=60), fleet)
     assert worker.serve(drain=True) == 1

@@ -4,11 +4,15 @@ test_distributed.py)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import random
 import shutil
+import sqlite3
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,9 +25,10 @@ from safetensors.torch import load_file
 from eraser_dist import api, cli
 from eraser_dist.arguments import EraseArguments, LoraArguments, ServiceArguments, TrainArguments
 from eraser_dist.core.requests import parse_request
-from eraser_dist.data import read_examples, write_examples
+from eraser_dist.data import examples_digest, read_examples, write_examples
+from eraser_dist.llm.adapters import adapter_version
 from eraser_dist.service import EraseService
-from eraser_dist.service.batching import plan_batch
+from eraser_dist.service.batching import RoundRobin, plan_batch
 from eraser_dist.service.errors import Conflict, Forbidden, NotFound, TooLarge, Unauthorized
 from eraser_dist.service.http import make_server, start_in_thread
 from eraser_dist.service.journal import JournalEntry
@@ -32,7 +37,8 @@ from eraser_dist.service.worker import PHASES
 FLEET = {"acme": ["a1", "a2"], "globex": ["b1", "b2"], "initech": ["c1"]}
 N_ROWS = 44
 ERASE = EraseArguments(hvp="exact", damping=0.1, tol=1e-6, max_iter=30)
-SETTINGS = ServiceArguments(max_batch_requests=16, holdout_sample=8)
+# every version kept: the tests replay the chain from v1 outside the service
+SETTINGS = ServiceArguments(max_batch_requests=16, holdout_sample=8, retain_versions=0)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +115,23 @@ def test_batches_keep_order_split_at_a_shared_row_and_reject_stale_requests():
     assert len(plan_batch(everything, rows, 100, 100).batch) == 9  # not every row at once
 
 
+def test_tenants_then_their_adapters_take_turns():
+    """One request per batch: acme's backlog on a1 lets globex's later request and acme's
+    other adapter in after one batch each (the old policy, oldest first, ran all of a1's)."""
+    def queued(seq, tenant, adapter):
+        return JournalEntry(seq, f"q{seq}", tenant, adapter,
+                            parse_request({"kind": "remove", "ids": [f"r{seq}"]}))
+
+    pending = [queued(i, "acme", "a1") for i in range(1, 5)] + [
+        queued(5, "globex", "b1"), queued(6, "acme", "a2")]
+    turns, served = RoundRobin(), []
+    while (target := turns.next(pending)) is not None:
+        first = next(e for e in pending if (e.tenant, e.adapter) == target)
+        served.append(first.seq)
+        pending.remove(first)
+    assert served == [1, 5, 6, 2, 3, 4]
+
+
 # -- tenants are kept apart --------------------------------------------------------------
 
 def test_tenants_cannot_reach_each_others_things_through_the_api(fleet):
@@ -129,9 +152,24 @@ def test_tenants_cannot_reach_each_others_things_through_the_api(fleet):
         service.status("ert_forged", mine)
     assert service.adapters(globex) and {a["name"] for a in service.adapters(globex)} == {
         "b1", "b2"}
-    assert [q["id"] for q in service.queue()] == [mine]
+    # the queue: a tenant sees its own; everyone's needs the operator token, as hashes
+    assert [q["id"] for q in service.queue(acme)] == [mine] and service.queue(globex) == []
+    with pytest.raises(Unauthorized):
+        service.queue()
+    operator = service.new_operator_token()
+    with pytest.raises(Unauthorized, match="needs the operator token"):
+        service.queue(operator_token=acme)
+    hashed = service.queue(operator_token=operator)
+    assert [q["id"] for q in hashed] == [mine] and "a1-3" not in json.dumps(hashed)
+    assert hashed[0]["request"]["kind"] == "remove" and hashed[0]["request"]["n_rows"] == 1
+    shown = service.queue(operator_token=operator, show_bodies=True)
+    assert shown[0]["request"] == {"kind": "remove", "ids": ["a1-3"]}
+    assert service.new_operator_token() != operator
+    with pytest.raises(Unauthorized):
+        service.queue(operator_token=operator)  # replaced
     refused = [a for a in service.registry.audit_log() if not a["allowed"]]
-    assert len(refused) >= 6 and any(a["action"] == "impersonate" for a in refused)
+    assert len(refused) >= 8 and any(a["action"] == "impersonate" for a in refused)
+    assert [a["action"] for a in refused].count("queue") == 2
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -188,8 +226,11 @@ def test_the_whole_flow_through_the_cli(template, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "submit", str(request), "--tenant", "umbrella", "--adapter",
                            "chat", *auth)
     request_id = out.strip()
-    code, out, _ = run_cli(capsys, "queue", "--root", root)
-    assert [q["id"] for q in json.loads(out)] == [request_id]
+    operator = run_cli(capsys, "operator", "token", "--root", root)[1].strip()
+    code, out, _ = run_cli(capsys, "queue", "--root", root, "--operator-token", operator)
+    assert [q["id"] for q in json.loads(out)] == [request_id] and "a1-30" not in out
+    code, _, err = run_cli(capsys, "queue", "--root", root)
+    assert code == 2 and "token" in err
     code, _, err = run_cli(capsys, "serve", "--drain", "--quiet", "--root", root, "--damping",
                            "0.1", "--max-iter", "30")
     assert code == 0 and "1 batch(es) committed" in err
@@ -203,6 +244,19 @@ def test_the_whole_flow_through_the_cli(template, tmp_path, capsys):
     new = certificate["verification"]["new_rows_loss"]
     assert new["after"] < new["before"]  # the corrected response became likelier
     assert json.loads(run_cli(capsys, "status", request_id, *auth)[1])["state"] == "done"
+    # the row is named by HMACs under the tenant's key, which the tenant can read; a plain
+    # sha256 of its id (guessable) appears nowhere
+    key = bytes.fromhex(json.loads(run_cli(capsys, "certificate-key", *auth)[1])
+                        ["certificate_key"])
+    old_row = next(r for r in read_examples(work / "a1.parquet") if r.id == "a1-30")
+    joined = "\0".join((old_row.id, old_row.query, old_row.response)).encode()
+    assert certificate["rows"] == [
+        {"id_hmac": hmac.new(key, b"a1-30", hashlib.sha256).hexdigest(),
+         "row_hmac": hmac.new(key, joined, hashlib.sha256).hexdigest()}]
+    assert hashlib.sha256(b"a1-30").hexdigest() not in out
+    other = run_cli(capsys, "tenant", "add", "hooli", "--root", root)[1].strip()
+    assert json.loads(run_cli(capsys, "certificate-key", "--root", root, "--token", other)[1])[
+        "certificate_key"] != key.hex()
 
 
 def http(base: str, method: str, path: str, token: str | None = None, body=None,
@@ -432,8 +486,10 @@ def test_a_kill_at_any_phase_ends_in_the_state_of_a_run_without_it(fleet, refere
         assert float((w - ref_w).norm() / ref_w.norm()) <= 1e-9
     leftovers = [p for p in service.root.rglob(".*") if p.name != ".cg-checkpoint"]
     assert not leftovers, leftovers
-    versions = service.registry.query("SELECT tenant, name, COUNT(*) AS n FROM adapters "
-                                      "GROUP BY tenant, name")
+    versions = service.registry.query(  # the versions kept (serve purges the older ones)
+        "SELECT tenant, name, COUNT(*) AS n FROM adapters AS a WHERE NOT EXISTS (SELECT 1 FROM "
+        "purged AS p WHERE p.tenant = a.tenant AND p.kind = 'adapter' AND p.name = a.name AND "
+        "p.version = a.version) GROUP BY tenant, name")
     on_disk = {(p.parts[-4], p.parts[-2]): 0 for p in service.root.glob("tenants/*/adapters/*/v*")}
     for p in service.root.glob("tenants/*/adapters/*/v*"):
         on_disk[(p.parts[-4], p.parts[-2])] += 1
@@ -480,7 +536,7 @@ def test_batches_start_from_the_adapters_curvature_index(fleet, rebuild_growth, 
     service, tokens = fleet
     erase = EraseArguments(hvp="ggn", damping=0.1, tol=1e-6, max_iter=60)
     settings = ServiceArguments(max_batch_requests=1, holdout_sample=4, index_rank=6,
-                                index_rebuild_growth=rebuild_growth)
+                                index_rebuild_growth=rebuild_growth, retain_versions=0)
     requests = [{"kind": "remove", "ids": ["a1-3"]},
                 {"kind": "correct_response", "edits": [{"id": "a1-30", "response": "xy"}]}]
     ids = [service.submit(tokens["acme"], "a1", r)["id"] for r in requests]
@@ -510,3 +566,257 @@ def test_batches_start_from_the_adapters_curvature_index(fleet, rebuild_growth, 
     replayed = weights(current)
     # the same solution to the float32 model's finite-difference products (2.6e-4 seen)
     assert float((served - replayed).norm() / replayed.norm()) < 1e-3
+
+
+# -- one adapter's failure stays with it ---------------------------------------------------
+
+def truncate_weights(root):
+    target = root / "tenants/acme/adapters/a1/v0001/adapter_model.safetensors"
+    target.write_bytes(target.read_bytes()[:100])
+
+
+def swap_weights(root):
+    """Valid weights of another adapter (the fleet's adapters learnt the same texts, so
+    their files are equal: these are scaled)."""
+    from safetensors.torch import save_file
+
+    path = root / "tenants/acme/adapters/a1/v0001/adapter_model.safetensors"
+    save_file({k: v * 1.01 for k, v in load_file(str(path)).items()}, str(path))
+
+
+def change_rows(root):
+    path = root / "tenants/acme/datasets/a1-data/v0001.parquet"
+    rows = read_examples(path)
+    write_examples(path, rows[:-1])
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (truncate_weights, "not the registered"),
+    (swap_weights, "not the registered"),
+    (change_rows, "has sha256"),
+    (lambda root: (root / "tenants/acme/datasets/a1-data/v0001.parquet").unlink(),
+     "does not exist"),
+    (lambda root: (root / "tenants/acme/datasets/a1-data/holdout.parquet").unlink(),
+     "batch 1 failed"),  # found only when the certificate reads it, after the solve
+])
+def test_a_damaged_input_fails_its_adapter_only_and_the_other_tenant_is_served(
+        fleet, damage, reason):
+    service, tokens = fleet
+    ours = service.submit(tokens["acme"], "a1", {"kind": "remove", "ids": ["a1-3"]})["id"]
+    theirs = service.submit(tokens["globex"], "b1", {"kind": "remove", "ids": ["b1-3"]})["id"]
+    damage(service.root)
+    assert service.worker(SETTINGS, ERASE).serve(drain=True) == 1
+    failed = service.status(tokens["acme"], ours)
+    assert failed["state"] == "failed" and reason in failed["error"], failed
+    assert str(service.root) not in failed["error"]  # no server paths in a tenant's view
+    assert service.status(tokens["globex"], theirs)["state"] == "done"
+    assert service.registry.adapter("acme", "a1").version == 1
+    assert service.registry.adapter("globex", "b1").version == 2
+    assert not (service.root / "tenants/acme/adapters/a1/v0002").exists()
+    assert not (service.root / "tenants/acme/datasets/a1-data/v0002.parquet").exists()
+    assert [p for p in service.root.rglob(".*") if p.name != ".cg-checkpoint"] == []
+
+
+CRASHING_SERVE = """
+import sys
+from eraser_dist.arguments import EraseArguments, ServiceArguments
+from eraser_dist.faults import FaultPlan
+from eraser_dist.service import EraseService
+root, record = sys.argv[1:]
+worker = EraseService(root).worker(
+    ServiceArguments(max_batch_requests=3, holdout_sample=8, max_worker_deaths=3),
+    EraseArguments(hvp="exact", damping=0.1, tol=1e-6, max_iter=30),
+    faults=(FaultPlan("serve", "planned", 1, 3, record),))
+worker.serve(drain=True)
+"""
+
+
+def test_a_batch_that_kills_the_worker_three_times_is_parked_and_the_rest_is_served(
+        fleet, tmp_path):
+    """The first batch of each start (acme's, first in turn) kills the worker; after the
+    third death it is parked and globex's request still finishes."""
+    service, tokens = fleet
+    ours = service.submit(tokens["acme"], "a1", {"kind": "remove", "ids": ["a1-3"]})["id"]
+    theirs = service.submit(tokens["globex"], "b1", {"kind": "remove", "ids": ["b1-3"]})["id"]
+    for death in range(3):
+        child = subprocess.run([sys.executable, "-c", CRASHING_SERVE, str(service.root),
+                                str(tmp_path / "deaths")], capture_output=True, text=True,
+                               timeout=300)
+        assert child.returncode == 1, child.stderr[-2000:]
+        assert len(list((tmp_path / "deaths").glob("death-*"))) == death + 1
+        assert service.status(tokens["acme"], ours)["state"] == "running"
+    settings = ServiceArguments(max_batch_requests=3, holdout_sample=8, max_worker_deaths=3)
+    assert service.worker(settings, ERASE).serve(drain=True) == 1
+    parked = service.status(tokens["acme"], ours)
+    assert parked["state"] == "failed" and "the worker died 3 times" in parked["error"]
+    assert service.status(tokens["globex"], theirs)["state"] == "done"
+    assert service.registry.adapter("acme", "a1").version == 1
+    recoveries = [e for e in service.registry.audit_log("acme") if e["action"] == "recover"]
+    assert [bool(e["allowed"]) for e in recoveries] == [True, True, False]
+
+
+# -- concurrent registration ---------------------------------------------------------------
+
+def race(*calls) -> list:
+    """Start the calls at the same moment in threads; each one's result or service error."""
+    barrier, results = threading.Barrier(len(calls)), [None] * len(calls)
+
+    def run(position, call):
+        barrier.wait()
+        try:
+            results[position] = call()
+        except Conflict as err:
+            results[position] = err
+
+    threads = [threading.Thread(target=run, args=pair) for pair in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def one_won(results) -> bool:
+    return sorted(isinstance(r, Conflict) for r in results) == [False, True]
+
+
+def test_concurrent_registrations_leave_one_winner_and_files_that_match_the_registry(
+        template, fleet, tmp_path):
+    """Raced 20 times each: one dataset name with two different files; one adapter name on
+    two datasets; two adapter names on one dataset (a row erased through one would stay in
+    the other). One add wins, the other gets a Conflict, and the registry's hashes are those
+    of the files on disk."""
+    service, tokens = fleet
+    work, acme = template[0].parent, tokens["acme"]
+    write_examples(tmp_path / "other.parquet", word_rows(20, prefix="other-"))
+    adapter = work / "a1"
+
+    def add_dataset(name, file):
+        return lambda: service.add_dataset(acme, "acme", name, file)
+
+    def add_adapter(name, dataset):
+        return lambda: service.add_adapter(acme, "acme", name, adapter, dataset)
+
+    for attempt in range(20):
+        name = f"d{attempt}"
+        assert one_won(race(add_dataset(name, work / "a1.parquet"),
+                            add_dataset(name, tmp_path / "other.parquet")))
+        registered = service.registry.dataset("acme", name)
+        assert examples_digest(read_examples(registered.path)) == registered.sha256
+        service.add_dataset(acme, "acme", f"e{attempt}", work / "a1.parquet")
+        if registered.n_rows != N_ROWS:  # the other file won: bind the adapter to a1's rows
+            service.add_dataset(acme, "acme", name + "x", work / "a1.parquet")
+            name += "x"
+        assert one_won(race(add_adapter(f"same{attempt}", name),
+                            add_adapter(f"same{attempt}", f"e{attempt}")))
+        bound = service.registry.adapter("acme", f"same{attempt}")
+        assert adapter_version(bound.path) == bound.weights_sha
+        service.add_dataset(acme, "acme", f"f{attempt}", work / "a1.parquet")
+        assert one_won(race(add_adapter(f"x{attempt}", f"f{attempt}"),
+                            add_adapter(f"y{attempt}", f"f{attempt}")))
+        on_f = service.registry.query("SELECT name FROM adapters WHERE tenant = 'acme' AND "
+                                      "dataset = ?", (f"f{attempt}",))
+        assert len(on_f) == 1
+    on_disk = {p.name for p in (service.root / "tenants/acme/adapters").iterdir()}
+    assert on_disk == {r["name"] for r in service.registry.query(
+        "SELECT DISTINCT name FROM adapters WHERE tenant = 'acme'")}
+    assert list((service.root / "tenants/acme").glob(".staging-*")) == []
+
+
+# -- purge and retention -------------------------------------------------------------------
+
+def test_purge_leaves_nothing_that_rebuilds_the_erased_rows_or_the_old_weights(fleet, capsys):
+    service, tokens = fleet
+    acme, root = tokens["acme"], service.root
+    original = service.registry.adapter("acme", "a1")
+    removed = service.submit(acme, "a1", {"kind": "remove", "ids": ["a1-3"]})["id"]
+    service.submit(acme, "a1", {"kind": "correct_response",
+                                "edits": [{"id": "a1-30", "response": "xy"}]})
+    settings = ServiceArguments(max_batch_requests=1, holdout_sample=4, index_rank=4,
+                                retain_versions=0)
+    assert service.worker(settings, ERASE).serve(drain=True) == 2
+    adapters, datasets = root / "tenants/acme/adapters/a1", root / "tenants/acme/datasets/a1-data"
+    assert {p.name for p in adapters.glob("v*")} == {"v0001", "v0002", "v0003"}
+    assert service.certificate(acme, removed)["purged"] == {
+        "adapter_version_before": None, "dataset_version_before": None}
+    base = ["purge", "--root", str(root), "--tenant", "acme", "--adapter", "a1"]
+    assert cli.main(base + ["--keep", "1", "--json"]) == 0
+    purged = json.loads(capsys.readouterr().out)
+    assert (purged["kept_versions"], purged["purged_adapter_versions"],
+            purged["purged_dataset_versions"]) == ([3], [1, 2], [1, 2])
+    assert {p.name for p in adapters.iterdir()} == {"v0003"}  # the index of v1 went too
+    assert sorted(p.name for p in (adapters / "v0003").iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "erase_report.json",
+        "eraser_adapter.json"]  # no delta: it rebuilds v2
+    assert {p.name for p in datasets.iterdir()} == {"v0003.parquet", "holdout.parquet"}
+    # nothing left names the erased row or holds the pre-erasure weights
+    for table in root.rglob("*.parquet"):
+        assert "a1-3" not in {row.id for row in read_examples(table)}
+    lineage = (adapters / "v0003" / "eraser_adapter.json").read_text()
+    assert "a1-3" not in lineage and str(root) not in lineage
+    # (the fleet's other adapters learnt the same texts: their weights equal a1's v1)
+    shas = {adapter_version(p.parent) for p in adapters.rglob("adapter_model.safetensors")}
+    assert original.weights_sha not in shas
+    certificate = service.certificate(acme, removed)
+    assert certificate["purged"]["adapter_version_before"] is not None
+    assert certificate["purged"]["dataset_version_before"] is not None
+    # again: nothing more to purge; refusals are one line
+    assert cli.main(base + ["--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["purged_adapter_versions"] == []
+    for argv, message in ((base + ["--keep", "0"], "keep must be at least 1"),
+                          (["purge", "--root", str(root), "--tenant", "acme", "--adapter",
+                            "nope"], "has no adapter 'nope'")):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_serve_takes_tenants_in_turn_and_keeps_one_version_by_default(fleet):
+    """acme's three removals on a1 let globex's later request in after one batch; with the
+    default --retain-versions 1 only the current versions stay on disk."""
+    service, tokens = fleet
+    ours = [service.submit(tokens["acme"], "a1", {"kind": "remove", "ids": [f"a1-{i}"]})["id"]
+            for i in range(3)]
+    theirs = service.submit(tokens["globex"], "b1", {"kind": "remove", "ids": ["b1-3"]})["id"]
+    settings = ServiceArguments(max_batch_requests=1, holdout_sample=4)
+    assert service.worker(settings, ERASE).serve(drain=True) == 4
+    finished = {i: service.status(tokens["acme" if i in ours else "globex"], i)["finished"]
+                for i in [*ours, theirs]}
+    assert sum(finished[i] < finished[theirs] for i in ours) == 1
+    assert {p.name for p in (service.root / "tenants/acme/adapters/a1").glob("v*")} == {"v0004"}
+    assert {p.name for p in (service.root / "tenants/globex/adapters/b1").glob("v*")} == {
+        "v0002"}
+    assert service.certificate(tokens["acme"], ours[0])["purged"]["adapter_version_before"]
+
+
+# -- a lost WAL ----------------------------------------------------------------------------
+
+def test_a_commit_the_registry_lost_is_redone_and_the_erased_row_stays_erased(fleet, tmp_path):
+    """The database file alone holds a batch's commit (checkpointed); and where a registry
+    forgot one (here: a copy from before it), the next serve redoes the batch over the
+    unregistered files instead of failing it (which put the erased row back)."""
+    service, tokens = fleet
+    acme = tokens["acme"]
+    removed = service.submit(acme, "a1", {"kind": "remove", "ids": ["a1-3"]})["id"]
+    shutil.copytree(service.root, tmp_path / "forgot")
+    assert service.worker(SETTINGS, ERASE).serve(drain=True) == 1
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copyfile(service.root / "eraser.sqlite", alone / "eraser.sqlite")  # no -wal file
+    db = sqlite3.connect(alone / "eraser.sqlite")
+    assert db.execute("SELECT state FROM requests WHERE id = ?", (removed,)).fetchall() == [
+        ("done",)]
+    db.close()
+    for part in ("tenants/acme/adapters/a1/v0002", "tenants/acme/datasets/a1-data/v0002.parquet"):
+        source, target = service.root / part, tmp_path / "forgot" / part
+        (shutil.copytree if source.is_dir() else shutil.copyfile)(source, target)
+    forgot = EraseService(tmp_path / "forgot")
+    assert forgot.status(acme, removed)["state"] == "pending"
+    assert forgot.worker(SETTINGS, ERASE).serve(drain=True) == 1
+    assert forgot.status(acme, removed)["state"] == "done"
+    redone, served = forgot.registry.adapter("acme", "a1"), service.registry.adapter("acme", "a1")
+    assert redone.version == served.version == 2
+    assert float((weights(redone.path) - weights(served.path)).norm()
+                 / weights(served.path).norm()) <= 1e-9
+    current = forgot.registry.dataset("acme", "a1-data")
+    assert current.version == 2 and "a1-3" not in {r.id for r in read_examples(current.path)}

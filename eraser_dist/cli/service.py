@@ -1,5 +1,6 @@
-"""``eraser tenant | dataset | adapter | submit | status | certificate | queue | serve``:
-the multi-tenant erase service (:class:`eraser_dist.service.EraseService`)."""
+"""``eraser tenant | dataset | adapter | submit | status | certificate | certificate-key |
+operator | purge | queue | serve``: the multi-tenant erase service
+(:class:`eraser_dist.service.EraseService`)."""
 
 from __future__ import annotations
 
@@ -72,8 +73,28 @@ def cmd_certificate(ns: argparse.Namespace) -> None:
     print_json(service.certificate(ns.token, ns.id))
 
 
+def cmd_certificate_key(ns: argparse.Namespace) -> None:
+    print_json(_service(ns).certificate_key(ns.token))
+
+
+def cmd_purge(ns: argparse.Namespace) -> None:
+    purged = _service(ns).purge(ns.tenant, ns.adapter, ns.keep)
+    if ns.json:
+        print_json(purged)
+        return
+    print(f"{ns.tenant}/{ns.adapter}: kept v{', v'.join(map(str, purged['kept_versions']))}; "
+          f"purged adapter versions {purged['purged_adapter_versions'] or 'none'} and "
+          f"{purged['dataset']} versions {purged['purged_dataset_versions'] or 'none'}")
+
+
 def cmd_queue(ns: argparse.Namespace) -> None:
-    print_json(_service(ns).queue(ns.token))
+    print_json(_service(ns).queue(ns.token, ns.operator_token, ns.show_bodies))
+
+
+def cmd_operator_token(ns: argparse.Namespace) -> None:
+    print(_service(ns).new_operator_token())
+    print("operator token made; keep it (only its hash is stored; any earlier one no longer "
+          "works)", file=sys.stderr)
 
 
 def cmd_serve(ns: argparse.Namespace) -> None:
@@ -166,8 +187,35 @@ def register(sub) -> None:
     p.add_argument("--png", help="also write its plot here")
     p.set_defaults(func=cmd_certificate)
 
-    p = sub.add_parser("queue", help="service: pending and running requests")
+    p = sub.add_parser("certificate-key", help="service: the key of your certificates' row "
+                       "hashes (HMAC-SHA256), to recompute them")
     root(p)
+    p.set_defaults(func=cmd_certificate_key)
+
+    p = sub.add_parser("operator", help="service: the operator's credential")
+    q = p.add_subparsers(dest="action", required=True).add_parser(
+        "token", help="make the operator token (replacing any earlier one) and print it")
+    root(q, token=False)
+    q.set_defaults(func=cmd_operator_token)
+
+    p = sub.add_parser("purge", help="service (operator): delete an adapter's superseded "
+                       "versions, the deltas that rebuild them and their old training data")
+    root(p, token=False)
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--keep", type=int, default=1,
+                   help="newest versions kept (at least 1, the current one)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_purge)
+
+    p = sub.add_parser("queue", help="service: pending and running requests (yours with "
+                       "--token, everyone's with --operator-token)")
+    root(p)
+    p.add_argument("--operator-token", default=os.environ.get("ERASER_OPERATOR_TOKEN"),
+                   help="the operator's token (env ERASER_OPERATOR_TOKEN): every tenant's "
+                   "requests, as hashes")
+    p.add_argument("--show-bodies", action="store_true",
+                   help="with --operator-token: the requests' text too (audited)")
     p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("serve", help="service: run batches (and the HTTP API)")

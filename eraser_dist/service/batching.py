@@ -1,4 +1,5 @@
-"""Which pending requests run together: per adapter, in submission order, disjoint rows.
+"""Which pending requests run next and together: tenants and adapters in turn; per adapter,
+in submission order, disjoint rows.
 
 Pure functions over journal entries and a training set, so the policy is testable alone.
 """
@@ -24,10 +25,32 @@ class BatchPlan:
     rejected: list[tuple[JournalEntry, str]] = field(default_factory=list)
 
 
-def next_adapter(pending: Sequence[JournalEntry]) -> tuple[str, str] | None:
-    """(tenant, adapter) whose oldest pending request is the oldest of all: no adapter's work
-    waits behind a later request for another adapter."""
-    return (pending[0].tenant, pending[0].adapter) if pending else None
+@dataclass
+class RoundRobin:
+    """Whose batch is next: the tenants with pending work in turn, and within a tenant its
+    adapters in turn (each cycle in name order), so that one tenant's backlog delays another
+    tenant's request by at most one batch per tenant with work, and one adapter's backlog
+    delays the tenant's other adapters likewise. ``last_tenant`` and ``last_adapter`` (per
+    tenant) are whose turn it was; they start empty in each process."""
+
+    last_tenant: str | None = None
+    last_adapter: dict[str, str] = field(default_factory=dict)
+
+    def next(self, pending: Sequence[JournalEntry]) -> tuple[str, str] | None:
+        """(tenant, adapter) to serve now, and its turn taken; None when nothing is
+        pending."""
+        if not pending:
+            return None
+        tenant = _after(sorted({e.tenant for e in pending}), self.last_tenant)
+        adapter = _after(sorted({e.adapter for e in pending if e.tenant == tenant}),
+                         self.last_adapter.get(tenant))
+        self.last_tenant, self.last_adapter[tenant] = tenant, adapter
+        return tenant, adapter
+
+
+def _after(names: list[str], last: str | None) -> str:
+    """The first of ``names`` (sorted) after ``last``, wrapping round to the first."""
+    return next((n for n in names if last is not None and n > last), names[0])
 
 
 def plan_batch(

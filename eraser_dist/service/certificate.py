@@ -1,7 +1,11 @@
 """Erasure certificates: what was erased, from which versions, how well, as JSON and PNG.
 
-A certificate names rows only by hashes (sha256 of the id, and of id, query and response
-together), never by content. Its verification compares the adapter before and after:
+A certificate names rows only by keyed hashes (HMAC-SHA256 under the tenant's certificate key
+of the id, and of id, query and response together), never by content. Keyed, so that a third
+party holding only a certificate cannot test guesses (a plain sha256 id was recovered in
+≤ 26k guesses); the tenant, who can fetch its key (``eraser certificate-key``,
+``GET /v1/certificate-key``), can recompute them. Its verification compares the adapter
+before and after:
 
 - the loss on the erased rows (the removed rows, or the old versions of edited rows) and,
   for edits, on their new versions;
@@ -16,6 +20,7 @@ together), never by content. Its verification compares the adapter before and af
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,13 +31,18 @@ import torch
 from ..data import Example
 from ..files import atomic_write
 
-CERTIFICATE_VERSION = 1
+CERTIFICATE_VERSION = 2  # 2: keyed row hashes
 
 
-def row_hashes(row: Example) -> dict[str, str]:
+ROW_HASH = ("HMAC-SHA256 under the tenant's certificate key, hex: id_hmac of the id, row_hmac "
+            "of id, query and response joined by NUL (UTF-8)")
+
+
+def row_hashes(row: Example, key: bytes) -> dict[str, str]:
+    """The row's keyed hashes (``ROW_HASH``) under the tenant's certificate ``key``."""
     joined = "\0".join((row.id, row.query, row.response))
-    return {"id_sha256": hashlib.sha256(row.id.encode()).hexdigest(),
-            "row_sha256": hashlib.sha256(joined.encode()).hexdigest()}
+    return {"id_hmac": hmac.new(key, row.id.encode(), hashlib.sha256).hexdigest(),
+            "row_hmac": hmac.new(key, joined.encode(), hashlib.sha256).hexdigest()}
 
 
 def membership(erased: torch.Tensor, holdout: torch.Tensor) -> dict[str, float | None]:

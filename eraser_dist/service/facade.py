@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .certificate import certificate_png
+from .certificate import ROW_HASH, certificate_png
 from .errors import NotFound
 from .journal import Journal
-from .registry import Registry
+from .registry import Registry, check_name, dumps
 from .worker import BatchWorker
 
 
@@ -31,10 +31,28 @@ class EraseService:
         """Register a tenant; returns its token (only its hash is stored)."""
         return self.registry.add_tenant(name)
 
-    def queue(self, token: str | None = None) -> list[dict[str, Any]]:
-        """Pending and running requests: all of them, or the token's tenant's."""
-        tenant = None if token is None else self.registry.authenticate(token)
-        return self.journal.queue(tenant)
+    def new_operator_token(self) -> str:
+        """Make the operator's token (replacing any earlier one); only its hash is stored."""
+        return self.registry.new_operator_token()
+
+    def queue(self, token: str | None = None, operator_token: str | None = None,
+              show_bodies: bool = False) -> list[dict[str, Any]]:
+        """Pending and running requests: a tenant's own (``token``), or every tenant's with
+        the ``operator_token``. The operator sees each request's kind, row count and body
+        hash; its text (ids, edited texts) only with ``show_bodies``, which is audited."""
+        if operator_token is None:
+            return self.journal.queue(self.registry.authenticate(token))
+        self.registry.authenticate_operator(operator_token, "queue")
+        self.registry.audit(None, "queue", True, "bodies shown" if show_bodies else "hashes")
+        return self.journal.queue(None, show_bodies)
+
+    def purge(self, tenant: str, adapter: str, keep: int = 1) -> dict[str, Any]:
+        """Delete the adapter's versions older than its newest ``keep`` and what could
+        rebuild them (:meth:`Registry.purge`); returns what was purged."""
+        purged = self.registry.purge(check_name("tenant", tenant), check_name("adapter", adapter),
+                                     keep)
+        self.registry.audit(tenant, "purge", True, dumps(purged))
+        return purged
 
     def worker(self, *args: Any, **kwargs: Any) -> BatchWorker:
         """The batch worker of this root (arguments as :class:`BatchWorker` after the
@@ -73,8 +91,26 @@ class EraseService:
         return self.journal.status(self.registry.authenticate(token), request_id)
 
     def certificate(self, token: str | None, request_id: str) -> dict[str, Any]:
+        """The request's certificate, with ``purged``: when the versions it was erased from
+        (adapter and dataset) were purged, None while they are kept."""
         path = self._certificate_path(token, request_id)
-        return json.loads(path.read_text(encoding="utf-8"))
+        certificate = json.loads(path.read_text(encoding="utf-8"))
+        tenant, adapter = certificate["request"]["tenant"], certificate["adapter"]
+        data = certificate["dataset"]
+        certificate["purged"] = {
+            "adapter_version_before": self.registry.purged_at(
+                tenant, "adapter", adapter["name"], adapter["version_before"]),
+            "dataset_version_before": self.registry.purged_at(
+                tenant, "dataset", data["name"], data["version_before"])}
+        return certificate
+
+    def certificate_key(self, token: str | None) -> dict[str, str]:
+        """The caller's certificate key, with which it can recompute its certificates' row
+        hashes (``row_hash`` in a certificate says how)."""
+        tenant = self.registry.authenticate(token)
+        self.registry.audit(tenant, "certificate key", True, "read")
+        return {"tenant": tenant, "certificate_key": self.registry.certificate_key(tenant).hex(),
+                "row_hash": ROW_HASH}
 
     def certificate_png(self, token: str | None, request_id: str) -> bytes:
         return certificate_png(self._certificate_path(token, request_id))

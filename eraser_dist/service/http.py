@@ -5,6 +5,7 @@
     GET  /v1/requests/{id}/certificate         certificate (JSON)
     GET  /v1/requests/{id}/certificate.png     certificate (plot)
     GET  /v1/adapters                          the caller's adapters and their versions
+    GET  /v1/certificate-key                   the caller's key of its certificates' hashes
     GET  /v1/openapi.json                      this API's OpenAPI 3.1 description
 
 Errors are ``{"error": {"status": N, "message": "..."}}`` with N the HTTP status: 400 bad
@@ -117,6 +118,10 @@ def openapi() -> dict[str, Any]:
             "/v1/adapters": {"get": {
                 "summary": "The caller's adapters and current versions",
                 "responses": {"200": {"description": "Adapters"}, **_errors(401)}}},
+            "/v1/certificate-key": {"get": {
+                "summary": "The caller's key of its certificates' row hashes (HMAC-SHA256)",
+                "responses": {"200": {"description": "Key (hex) and how rows are hashed"},
+                              **_errors(401)}}},
             "/v1/openapi.json": {"get": {"summary": "This description", "security": [],
                                          "responses": {"200": {"description": "OpenAPI"}}}},
         },
@@ -171,6 +176,8 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, openapi()
         if path == "/v1/adapters":
             return 200, {"adapters": self.service.adapters(self._token())}
+        if path == "/v1/certificate-key":
+            return 200, self.service.certificate_key(self._token())
         match = REQUEST_PATH.fullmatch(path)
         if match is None:
             raise _HttpError(404, f"no such resource {path[:100]!r}")

@@ -95,13 +95,21 @@ class Journal:
             raise NotFound(f"no request {request_id!r} for tenant {tenant!r}")
         return public_request(rows[0])
 
-    def queue(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        """Pending and running requests in submission order (one tenant's, or all)."""
+    def queue(self, tenant: str | None = None, bodies: bool = True) -> list[dict[str, Any]]:
+        """Pending and running requests in submission order (one tenant's, or all); without
+        ``bodies`` each request is its kind, row count and body hash, not its text."""
         sql = "SELECT * FROM requests WHERE state IN ('pending', 'running')"
         args: tuple = ()
         if tenant is not None:
             sql, args = sql + " AND tenant = ?", (tenant,)
-        return [public_request(r) for r in self.registry.query(sql + " ORDER BY seq", args)]
+        rows = self.registry.query(sql + " ORDER BY seq", args)
+        found = [public_request(r) for r in rows]
+        if not bodies:
+            for entry, row in zip(found, rows, strict=True):
+                request = parse_request(entry["request"])
+                entry["request"] = {"kind": request.kind, "n_rows": len(request.ids),
+                                    "body_sha256": row["body_sha256"]}
+        return found
 
     def pending(self) -> list[JournalEntry]:
         rows = self.registry.query("SELECT seq, id, tenant, adapter, body FROM requests "

@@ -10,20 +10,25 @@ beside it, one folder per tenant::
     ROOT/tenants/T/certificates/REQUEST.{json,png}
 
 A version exists once its row is committed; files written for a version that was never
-committed are leftovers of a crash, removed by the worker's recovery. Names are checked
-against a strict pattern before they touch a path.
+committed are leftovers of a crash, removed by the worker's recovery. A version older than
+the newest ones kept is purged (:meth:`Registry.purge`): its files go, its row stays with its
+hashes and the time it was purged. Names are checked against a strict pattern before they
+touch a path.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 import re
 import secrets
 import shutil
 import sqlite3
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +36,13 @@ from typing import Any
 
 from ..data import examples_digest, read_examples, write_examples
 from ..errors import EraserError
-from ..files import publish_folder
-from ..llm.adapters import adapter_version, check_fitted_on, read_meta
+from ..llm.adapters import DELTA_FILE, adapter_version, check_fitted_on, read_meta
+from ..llm.curvature_index import read_index_meta
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 TOKEN_PREFIX = "ert_"
+OPERATOR_TOKEN_PREFIX = "ero_"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -65,6 +71,15 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, tenant TEXT, action TEXT NOT NULL,
     allowed INTEGER NOT NULL, detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS operator (
+    id INTEGER PRIMARY KEY CHECK (id = 1), token_sha256 TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS certificate_keys (
+    tenant TEXT PRIMARY KEY, key TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS purged (
+    tenant TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
+    at REAL NOT NULL, PRIMARY KEY (tenant, kind, name, version));
+CREATE UNIQUE INDEX IF NOT EXISTS one_adapter_per_dataset ON adapters (tenant, dataset)
+    WHERE version = 1;
 """
 
 
@@ -135,6 +150,17 @@ class Registry:
             db.execute("COMMIT")
         finally:
             db.close()
+
+    def checkpoint(self) -> bool:
+        """Copy every committed transaction from the WAL into the database file
+        (``wal_checkpoint(FULL)``: waits for readers); False when a reader kept it from
+        finishing (the rest is copied at the next one)."""
+        db = sqlite3.connect(self.db_path, timeout=60)
+        try:
+            busy, _, _ = db.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+        finally:
+            db.close()
+        return busy == 0
 
     def query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         db = sqlite3.connect(self.db_path, timeout=60)
@@ -218,6 +244,36 @@ class Registry:
             raise Forbidden(f"this token does not belong to tenant {str(claimed_tenant)[:80]!r}")
         return tenant
 
+    def new_operator_token(self) -> str:
+        """Make the operator's token, replacing any earlier one; returns it (stored only
+        hashed). Whoever can write the data root is its operator, so making one needs
+        nothing more; using the operator views needs the token."""
+        token = OPERATOR_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO operator VALUES (1, ?, ?)",
+                       (token_hash(token), time.time()))
+        self.audit(None, "operator token", True, "made (any earlier one no longer works)")
+        return token
+
+    def authenticate_operator(self, token: str | None, action: str) -> None:
+        """401 (audited) unless ``token`` is the operator's token."""
+        rows = self.query("SELECT token_sha256 FROM operator")
+        if not token or not rows or not hmac.compare_digest(rows[0]["token_sha256"],
+                                                           token_hash(token)):
+            self.audit(None, action, False, "no or invalid operator token")
+            raise Unauthorized(f"{action} needs the operator token (--operator-token or "
+                               "ERASER_OPERATOR_TOKEN; make one with `eraser operator token`)")
+
+    def certificate_key(self, tenant: str) -> bytes:
+        """The tenant's secret key of its certificates' row hashes (32 random bytes, made at
+        first use). It is kept in clear: the worker needs it to hash, and the tenant to
+        verify."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO certificate_keys VALUES (?, ?)",
+                       (tenant, secrets.token_hex(32)))
+            return bytes.fromhex(db.execute("SELECT key FROM certificate_keys WHERE tenant = ?",
+                                            (tenant,)).fetchone()["key"])
+
     def tenants(self) -> list[str]:
         return [r["name"] for r in self.query("SELECT name FROM tenants ORDER BY name")]
 
@@ -230,21 +286,23 @@ class Registry:
         check_name("dataset", name)
         examples = read_examples(data)
         held = read_examples(holdout) if holdout is not None else None
-        if self.query("SELECT 1 FROM datasets WHERE tenant = ? AND name = ?", (tenant, name)):
-            raise Conflict(f"dataset {name!r} already exists for tenant {tenant!r}")
-        path = self.dataset_file(tenant, name, 1)
-        write_examples(path, examples)
-        holdout_path = None
-        if held is not None:
-            holdout_path = path.parent / "holdout.parquet"
-            write_examples(holdout_path, held)
-        version = DatasetVersion(tenant, name, 1, path, holdout_path, examples_digest(examples),
-                                 len(examples))
-        try:
-            with self.transaction() as db:
-                self.insert_dataset(db, version, None)
-        except sqlite3.IntegrityError:
-            raise Conflict(f"dataset {name!r} already exists for tenant {tenant!r}") from None
+        folder = self.dataset_file(tenant, name, 1).parent
+        version = DatasetVersion(tenant, name, 1, folder / "v0001.parquet",
+                                 None if held is None else folder / "holdout.parquet",
+                                 examples_digest(examples), len(examples))
+
+        def write(stage: Path) -> None:
+            write_examples(stage / version.path.name, examples)
+            if held is not None:
+                write_examples(stage / "holdout.parquet", held)
+
+        def insert(db: sqlite3.Connection) -> None:
+            if db.execute("SELECT 1 FROM datasets WHERE tenant = ? AND name = ?",
+                          (tenant, name)).fetchone():
+                raise Conflict(f"dataset {name!r} already exists for tenant {tenant!r}")
+            self.insert_dataset(db, version, None)
+
+        self._register(tenant, folder, write, insert)
         return version
 
     def relative(self, path: Path) -> str:
@@ -270,30 +328,58 @@ class Registry:
     def add_adapter(self, tenant: str, name: str, adapter_dir: str | Path,
                     dataset: str) -> AdapterVersion:
         """Copy a trained eraser adapter into the registry as version 1, bound to the current
-        version of ``dataset``, which must be exactly the set it was fitted on."""
+        version of ``dataset``, which must be exactly the set it was fitted on and back no
+        other adapter (a row erased through one adapter would stay learnt by the other)."""
         check_name("adapter", name)
         data = self.dataset(tenant, check_name("dataset", dataset))
-        if self.query("SELECT 1 FROM adapters WHERE tenant = ? AND name = ?", (tenant, name)):
-            raise Conflict(f"adapter {name!r} already exists for tenant {tenant!r}")
-        bound = self.query("SELECT DISTINCT name FROM adapters WHERE tenant = ? AND dataset = ?",
-                           (tenant, dataset))
-        if bound:
-            # A row erased through one adapter would stay learnt by the other.
-            raise Conflict(f"dataset {dataset!r} already backs adapter {bound[0]['name']!r}; "
-                           "register a copy of the data under another name")
-        meta = read_meta(adapter_dir)
-        check_fitted_on(meta, adapter_dir, data.path, read_examples(data.path))
+        source = Path(adapter_dir)
+        if not source.is_dir():
+            raise EraserError(f"{source} is not a directory")
+        meta = read_meta(source)
+        check_fitted_on(meta, source, data.path, read_examples(data.path))
         target = self.adapter_dir(tenant, name, 1)
-        shutil.rmtree(target, ignore_errors=True)  # unregistered: left by a crash in here
-        copy_dir(Path(adapter_dir), target)
-        version = AdapterVersion(tenant, name, 1, target, meta.base, dataset, data.version,
-                                 adapter_version(target))
-        try:
-            with self.transaction() as db:
-                self.insert_adapter(db, version, None)
-        except sqlite3.IntegrityError:
-            raise Conflict(f"adapter {name!r} already exists for tenant {tenant!r}") from None
+        version: AdapterVersion | None = None
+
+        def write(stage: Path) -> None:
+            nonlocal version
+            shutil.copytree(source, stage, dirs_exist_ok=True)
+            version = AdapterVersion(tenant, name, 1, target, meta.base, dataset, data.version,
+                                     adapter_version(stage))
+
+        def insert(db: sqlite3.Connection) -> None:
+            if db.execute("SELECT 1 FROM adapters WHERE tenant = ? AND name = ?",
+                          (tenant, name)).fetchone():
+                raise Conflict(f"adapter {name!r} already exists for tenant {tenant!r}")
+            bound = db.execute("SELECT name FROM adapters WHERE tenant = ? AND dataset = ? "
+                               "AND version = 1", (tenant, dataset)).fetchone()
+            if bound:
+                raise Conflict(f"dataset {dataset!r} already backs adapter {bound['name']!r}; "
+                               "register a copy of the data under another name")
+            self.insert_adapter(db, version, None)
+
+        self._register(tenant, target, write, insert)
         return version
+
+    def _register(self, tenant: str, target: Path, write: Callable[[Path], None],
+                  insert: Callable[[sqlite3.Connection], None]) -> None:
+        """Stage, register, place, as one unit against concurrent adds: ``write(stage)``
+        fills a private folder; then, inside one write transaction, ``insert(db)`` checks
+        and inserts the rows and the folder is renamed to ``target`` before the commit.
+        Adds queue on the transaction, so the check, the row and the files on disk agree,
+        and a loser gets its Conflict and leaves nothing. A ``target`` found there has no
+        row (the insert saw none under the lock): a crash left it, and it is replaced."""
+        self.tenant_dir(tenant).mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=self.tenant_dir(tenant), prefix=".staging-"))
+        try:
+            stage.chmod(0o755)  # mkdtemp makes it private; a registered folder is readable
+            write(stage)
+            with self.transaction() as db:
+                insert(db)
+                shutil.rmtree(target, ignore_errors=True)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(stage, target)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
 
     def insert_adapter(self, db: sqlite3.Connection, v: AdapterVersion,
                        batch_id: int | None) -> None:
@@ -316,14 +402,62 @@ class Registry:
             "WHERE tenant = a.tenant AND name = a.name) ORDER BY name", (tenant,))
         return [dict(r) for r in rows]
 
+    # -- purge -----------------------------------------------------------------------------
 
-def copy_dir(source: Path, target: Path) -> None:
-    """Copy a folder so that ``target`` appears complete or not at all."""
-    if target.exists():
-        raise Conflict(f"{target} already exists")
-    if not source.is_dir():
-        raise EraserError(f"{source} is not a directory")
-    publish_folder(target, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
+    def purge(self, tenant: str, adapter: str, keep: int) -> dict[str, Any]:
+        """Delete an adapter's versions older than its newest ``keep``, and everything that
+        could rebuild them or the rows they were erased of: their folders, the delta of the
+        oldest kept version (it rebuilds its parent), the dataset versions older than the
+        oldest kept adapter's, and the curvature index when it was built on a purged
+        version (it holds that version's Θ). The registry keeps their rows (hashes and
+        version numbers) and records when each was purged; the record is committed before
+        the files go, so a crash between leaves files that the next purge removes.
+        Returns the versions kept and those purged by this call."""
+        if not isinstance(keep, int) or keep < 1:
+            raise BadRequest(f"keep must be at least 1 (the current version is never purged), "
+                             f"not {keep!r}")
+        self.adapter(tenant, adapter)  # 404 for an unknown adapter
+        versions = self.query("SELECT * FROM adapters WHERE tenant = ? AND name = ? "
+                              "ORDER BY version", (tenant, adapter))
+        kept, gone = versions[-keep:], versions[:-keep]
+        dataset = kept[0]["dataset"]
+        old_data = self.query("SELECT * FROM datasets WHERE tenant = ? AND name = ? AND "
+                              "version < ? ORDER BY version",
+                              (tenant, dataset, kept[0]["dataset_version"]))
+        done = {(r["kind"], r["version"]) for r in self.query(
+            "SELECT kind, version FROM purged WHERE tenant = ? AND ((kind = 'adapter' AND "
+            "name = ?) OR (kind = 'dataset' AND name = ?))", (tenant, adapter, dataset))}
+        new_adapters = [r["version"] for r in gone if ("adapter", r["version"]) not in done]
+        new_data = [r["version"] for r in old_data if ("dataset", r["version"]) not in done]
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO purged VALUES (?, ?, ?, ?, ?)",
+                           [(tenant, "adapter", adapter, v, now) for v in new_adapters]
+                           + [(tenant, "dataset", dataset, v, now) for v in new_data])
+        for r in gone:
+            shutil.rmtree(self.root / r["path"], ignore_errors=True)
+        if gone:
+            (self.root / kept[0]["path"] / DELTA_FILE).unlink(missing_ok=True)
+        for r in old_data:
+            (self.root / r["path"]).unlink(missing_ok=True)
+        index = self.index_dir(tenant, adapter)
+        if index.exists():
+            try:
+                built_on = read_index_meta(index).adapter_version
+            except EraserError:
+                built_on = None  # damaged: derived data, rebuilt when needed
+            if built_on not in {r["weights_sha"] for r in kept}:
+                shutil.rmtree(index, ignore_errors=True)
+        return {"tenant": tenant, "adapter": adapter,
+                "kept_versions": [r["version"] for r in kept],
+                "purged_adapter_versions": new_adapters,
+                "dataset": dataset, "purged_dataset_versions": new_data}
+
+    def purged_at(self, tenant: str, kind: str, name: str, version: int) -> float | None:
+        """When a version (``kind`` adapter or dataset) was purged; None while it is kept."""
+        rows = self.query("SELECT at FROM purged WHERE tenant = ? AND kind = ? AND name = ? "
+                          "AND version = ?", (tenant, kind, name, version))
+        return rows[0]["at"] if rows else None
 
 
 def dumps(obj: Any) -> str:

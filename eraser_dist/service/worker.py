@@ -47,8 +47,14 @@ from ..llm.adapters import adapter_vector, adapter_version, load_adapter, read_m
 from ..llm.curvature_index import check_index, load_index
 from ..llm.models import load_base
 from ..report import EraseReport
-from .batching import next_adapter, plan_batch
-from .certificate import CERTIFICATE_VERSION, row_hashes, verification, write_certificate
+from .batching import RoundRobin, plan_batch
+from .certificate import (
+    CERTIFICATE_VERSION,
+    ROW_HASH,
+    row_hashes,
+    verification,
+    write_certificate,
+)
 from .journal import Journal, JournalEntry
 from .registry import AdapterVersion, DatasetVersion, Registry, dumps
 
@@ -81,6 +87,7 @@ class BatchWorker:
         self.progress = progress
         self.batches_here = 0
         self.index_builds = 0  # curvature indexes built by this worker
+        self.turns = RoundRobin()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -115,19 +122,39 @@ class BatchWorker:
     # -- recovery ------------------------------------------------------------------------
 
     def recover(self) -> list[int]:
-        """Roll back every batch a dead worker left 'running'; returns their ids."""
+        """Roll back every batch a dead worker left 'running'; returns their ids.
+
+        Its requests go back to 'pending' and are redone, unless the worker has now died
+        ``settings.max_worker_deaths`` times in batches holding one of them: then they are
+        parked ('failed', with that reason), so that a request that kills the worker (an
+        out-of-memory solve, say) cannot stop the service in a crash loop.
+        """
         rolled = []
         for b in self.registry.query("SELECT * FROM batches WHERE state = 'running'"):
             self._remove_outputs(b)
             with self.registry.transaction() as db:
-                db.execute("UPDATE requests SET state = 'pending', batch_id = NULL "
-                           "WHERE batch_id = ? AND state = 'running'", (b["id"],))
                 db.execute("UPDATE batches SET state = 'rolled_back', finished = ? "
                            "WHERE id = ?", (time.time(), b["id"]))
-            self.registry.audit(b["tenant"], "recover", True,
-                                f"batch {b['id']} on {b['adapter']!r} rolled back")
+                deaths = db.execute(
+                    "SELECT COUNT(DISTINCT batches.id) FROM batches, "
+                    "json_each(batches.request_ids) AS r WHERE batches.state = 'rolled_back' "
+                    "AND r.value IN (SELECT value FROM json_each(?))",
+                    (b["request_ids"],)).fetchone()[0]
+                parked = deaths >= self.settings.max_worker_deaths
+                if parked:
+                    db.execute("UPDATE requests SET state = 'failed', error = ?, finished = ? "
+                               "WHERE batch_id = ? AND state = 'running'",
+                               (f"parked: the worker died {deaths} times while running a "
+                                "batch that held this request; not retried",
+                                time.time(), b["id"]))
+                else:
+                    db.execute("UPDATE requests SET state = 'pending', batch_id = NULL "
+                               "WHERE batch_id = ? AND state = 'running'", (b["id"],))
+            what = f"parked after {deaths} deaths" if parked else "its requests will be redone"
+            self.registry.audit(b["tenant"], "recover", not parked,
+                                f"batch {b['id']} on {b['adapter']!r} rolled back, {what}")
             log.warning("batch %d on %s/%s was left running by a dead worker: rolled back, "
-                        "its requests will be redone", b["id"], b["tenant"], b["adapter"])
+                        "%s", b["id"], b["tenant"], b["adapter"], what)
             rolled.append(b["id"])
         return rolled
 
@@ -154,46 +181,106 @@ class BatchWorker:
     # -- one batch -----------------------------------------------------------------------
 
     def run_once(self) -> dict[str, Any] | None:
-        """Run the next batch; None when nothing is pending."""
+        """Run the next batch (tenants, then their adapters, in turn); None when nothing is
+        pending.
+
+        A batch that fails for any reason short of the process dying (its inputs are
+        unreadable or do not match their registered hashes, the solve or a file write
+        failed) fails its own requests with that reason, and the worker goes on with the
+        other adapters: one tenant's damaged file never stops another tenant's work.
+        """
         pending = self.journal.pending()
-        target = next_adapter(pending)
+        target = self.turns.next(pending)
         if target is None:
             return None
         tenant, name = target
-        adapter = self.registry.adapter(tenant, name)
-        data = self.registry.dataset(tenant, adapter.dataset)
-        examples = read_examples(data.path)
-        plan = plan_batch([e for e in pending if (e.tenant, e.adapter) == target], examples,
-                          self.settings.max_batch_requests, self.settings.max_batch_rows)
+        waiting = [e for e in pending if (e.tenant, e.adapter) == target]
+        try:
+            adapter, data, examples = self._verified_inputs(tenant, name)
+        except Exception as err:  # noqa: BLE001 (any damage stops this adapter only)
+            reason = f"adapter {name}: {self._describe(err)}"
+            self._fail([e.id for e in waiting], [reason] * len(waiting))
+            self.registry.audit(tenant, "batch", False, reason)
+            log.error("%s/%s: %d request(s) failed: %s", tenant, name, len(waiting), reason)
+            return {"state": "failed", "error": reason}
+        plan = plan_batch(waiting, examples, self.settings.max_batch_requests,
+                          self.settings.max_batch_rows)
         if plan.rejected:
             self._fail([e.id for e, _ in plan.rejected], [r for _, r in plan.rejected])
         if not plan.batch:
             return {"state": "rejected", "rejected": len(plan.rejected)}
         batch_id = self._start(adapter, data, plan.batch)
         self.batches_here += 1
-        started = time.perf_counter()
         log.info("batch %d: %d request(s) on %s/%s v%d (%d rejected)", batch_id,
                  len(plan.batch), tenant, name, adapter.version, len(plan.rejected))
         self._fault("planned")
+        row = self.registry.query("SELECT * FROM batches WHERE id = ?", (batch_id,))[0]
         out = self.registry.adapter_dir(tenant, name, adapter.version + 1)
+        if out.exists():
+            # no row names this version: a crash, or a lost WAL that forgot its commit, left
+            # it; the batch is redone over it (same inputs, same result), never skipped
+            log.warning("%s/%s v%d exists but is not registered: redoing its batch", tenant,
+                        name, adapter.version + 1)
+            self._remove_outputs(row)
         try:
-            index = self._index_for(adapter, data)
-            report = api.erase(adapter.base, adapter.path, data.path,
-                               [e.request for e in plan.batch], out, self.erase_args,
-                               progress=self.progress, distributed=self.distributed,
-                               index=index)
-        except EraserError as err:
-            self._remove_outputs(self.registry.query("SELECT * FROM batches WHERE id = ?",
-                                                     (batch_id,))[0])
-            self._fail([e.id for e in plan.batch], [f"batch {batch_id} failed: {err}"] *
-                       len(plan.batch), batch_id)
-            log.error("batch %d failed: %s", batch_id, err)
-            return {"state": "failed", "batch": batch_id, "error": str(err)}
+            outcome = self._run_batch(batch_id, plan.batch, adapter, data, examples)
+        except Exception as err:  # noqa: BLE001 (nothing is committed: fail this batch only)
+            self._remove_outputs(row)
+            reason = f"batch {batch_id} failed: {self._describe(err)}"
+            self._fail([e.id for e in plan.batch], [reason] * len(plan.batch), batch_id)
+            log.error("%s", reason)
+            return {"state": "failed", "batch": batch_id, "error": reason}
+        # fold the commit into the database file at once: a WAL lost from here on (a crash,
+        # then a careless clean-up) can no longer undo it, nor the purge that follows
+        if not self.registry.checkpoint():
+            log.warning("a reader kept the checkpoint after batch %d from finishing", batch_id)
+        self._fault("committed")
+        report, new_adapter = outcome["report"], outcome.pop("new_adapter")
+        log.info("batch %d committed: %s/%s v%d, CG %d iterations (%s), solve %.1fs, "
+                 "certificates %.1fs, in all %.1fs", batch_id, tenant, name,
+                 new_adapter.version, report.cg_iterations, report.hvp_used, report.seconds,
+                 outcome["certify_seconds"], outcome["batch_seconds"])
+        if report.index is not None and report.index.rebuild_advised:
+            # derived data: the next batch builds a fresh one on its own version
+            shutil.rmtree(self.registry.index_dir(tenant, name), ignore_errors=True)
+        if self.on_published is not None:
+            try:
+                self.on_published(new_adapter)
+            except Exception as err:  # replicas catch up from the registry; keep serving
+                self.registry.audit(tenant, "broadcast", False, f"{name} v"
+                                    f"{new_adapter.version}: {err!r}")
+        if self.settings.retain_versions:
+            self._retain(tenant, name)
+        return outcome
+
+    def _retain(self, tenant: str, name: str) -> None:
+        """Purge the adapter's versions beyond ``retain_versions`` (after the broadcast: the
+        replicas no longer need the delta). A failure is audited and retried after the next
+        batch; the batch itself is committed."""
+        try:
+            purged = self.registry.purge(tenant, name, self.settings.retain_versions)
+        except Exception as err:  # noqa: BLE001 (the batch is committed whatever happens here)
+            self.registry.audit(tenant, "purge", False, f"{name}: {self._describe(err)}")
+            log.error("purge of %s/%s failed: %s", tenant, name, err)
+            return
+        if purged["purged_adapter_versions"]:
+            self.registry.audit(tenant, "purge", True, dumps(purged))
+
+    def _run_batch(self, batch_id: int, batch: list[JournalEntry], adapter: AdapterVersion,
+                   data: DatasetVersion, examples: list) -> dict[str, Any]:
+        """Solve, publish, certify and commit one planned batch (its phases, module doc)."""
+        started = time.perf_counter()
+        tenant, name = adapter.tenant, adapter.name
+        out = self.registry.adapter_dir(tenant, name, adapter.version + 1)
+        index = self._index_for(adapter, data)
+        report = api.erase(adapter.base, adapter.path, data.path, [e.request for e in batch],
+                           out, self.erase_args, progress=self.progress,
+                           distributed=self.distributed, index=index)
         self._fault("adapter_published")
-        edited = apply_requests([e.request for e in plan.batch], examples)
+        edited = apply_requests([e.request for e in batch], examples)
         new_data = DatasetVersion(tenant, data.name, data.version + 1,
                                   self.registry.dataset_file(tenant, data.name,
-                                               data.version + 1),
+                                                             data.version + 1),
                                   data.holdout, examples_digest(edited.rows_after),
                                   len(edited.rows_after))
         write_examples(new_data.path, edited.rows_after)
@@ -201,29 +288,41 @@ class BatchWorker:
         new_adapter = AdapterVersion(tenant, name, adapter.version + 1, out, adapter.base,
                                      data.name, new_data.version, adapter_version(out))
         certify_start = time.perf_counter()
-        certificates = self._certify(batch_id, plan.batch, edited, adapter, new_adapter, data,
+        certificates = self._certify(batch_id, batch, edited, adapter, new_adapter, data,
                                      new_data, report)
         self._fault("certified")
         timing = {"certify_seconds": time.perf_counter() - certify_start,
                   "batch_seconds": time.perf_counter() - started}
-        self._commit(batch_id, plan.batch, new_adapter, new_data, certificates,
-                     {**report.to_json(), **timing})
-        self._fault("committed")
-        if report.index is not None and report.index.rebuild_advised:
-            # derived data: the next batch builds a fresh one on its own version
-            shutil.rmtree(self.registry.index_dir(tenant, name), ignore_errors=True)
-        log.info("batch %d committed: %s/%s v%d, CG %d iterations (%s), solve %.1fs, "
-                 "certificates %.1fs, in all %.1fs", batch_id, tenant, name,
-                 new_adapter.version, report.cg_iterations, report.hvp_used, report.seconds,
-                 timing["certify_seconds"], timing["batch_seconds"])
-        if self.on_published is not None:
-            try:
-                self.on_published(new_adapter)
-            except Exception as err:  # replicas catch up from the registry; keep serving
-                self.registry.audit(tenant, "broadcast", False, f"{name} v"
-                                    f"{new_adapter.version}: {err!r}")
-        return {"state": "committed", "batch": batch_id, "requests": len(plan.batch),
-                "adapter_version": new_adapter.version, "report": report, **timing}
+        self._commit(batch_id, batch, new_adapter, new_data, certificates,
+                     {**report.to_json(), **timing})  # the last step: nothing may fail after it
+        return {"state": "committed", "batch": batch_id, "requests": len(batch),
+                "adapter_version": new_adapter.version, "report": report,
+                "new_adapter": new_adapter, **timing}
+
+    def _verified_inputs(self, tenant: str, name: str
+                         ) -> tuple[AdapterVersion, DatasetVersion, list]:
+        """The adapter's current version, its training set and the set's rows, checked
+        against the hashes registered with them: a file damaged or swapped since it was
+        registered is refused, never erased from (the certificate names those hashes)."""
+        adapter = self.registry.adapter(tenant, name)
+        data = self.registry.dataset(tenant, adapter.dataset)
+        on_disk = adapter_version(adapter.path)
+        if on_disk != adapter.weights_sha:
+            raise EraserError(f"the weights of v{adapter.version} have hash {on_disk}, not the "
+                              f"registered {adapter.weights_sha}: restore that version")
+        examples = read_examples(data.path)
+        digest = examples_digest(examples)
+        if digest != data.sha256:
+            raise EraserError(f"training set {data.name} v{data.version} has sha256 "
+                              f"{digest[:16]}, not the registered {data.sha256[:16]}: "
+                              "restore that version")
+        return adapter, data, examples
+
+    def _describe(self, err: Exception) -> str:
+        """A failure as a tenant may read it: the error's text without the data root's path
+        (an unexpected error also names its type)."""
+        text = str(err) if isinstance(err, EraserError) else f"{type(err).__name__}: {err}"
+        return text.replace(str(self.registry.root), "<data root>")
 
     def _index_for(self, adapter: AdapterVersion, data: DatasetVersion) -> Path | None:
         """The adapter's curvature index (docs/DESIGN.md §7.5), built on this version when
@@ -312,7 +411,8 @@ class BatchWorker:
         n_held = len(holdout)
         held_before = losses_before[len(rows) - n_held:]
         held_after = losses_after[len(rows) - n_held:]
-        remaining = {row_hashes(r)["row_sha256"] for r in edited.rows_after}
+        key = self.registry.certificate_key(before.tenant)
+        remaining = {row_hashes(r, key)["row_hmac"] for r in edited.rows_after}
         paths, offset = [], 0
         for position, (entry, (part_rows, changes)) in enumerate(zip(batch, parts,
                                                                      strict=True)):
@@ -326,10 +426,11 @@ class BatchWorker:
                 "request": {"id": entry.id, "tenant": entry.tenant, "adapter": entry.adapter,
                             "kind": entry.request.kind, "n_rows": len(entry.request.ids),
                             "completed": time.time()},
-                "rows": [row_hashes(r) for r, o in zip(part_rows, old.tolist(), strict=True)
-                         if o],
+                "row_hash": ROW_HASH,
+                "rows": [row_hashes(r, key) for r, o in zip(part_rows, old.tolist(),
+                                                            strict=True) if o],
                 "erased_rows_absent_from_new_dataset": not any(
-                    row_hashes(r)["row_sha256"] in remaining
+                    row_hashes(r, key)["row_hmac"] in remaining
                     for r, o in zip(part_rows, old.tolist(), strict=True) if o),
                 "adapter": {"name": before.name, "base": before.base,
                             "version_before": before.version, "version_after": after.version,
