@@ -328,6 +328,22 @@ def test_http_isolation_and_hostile_input_change_nothing(api_server):
         status, payload = http(base, method, path, token, body, raw)
         assert status == expected, (expected, method, path, payload)
         assert payload["error"]["status"] == expected and payload["error"]["message"]
+    # framing and parser attacks (the attack run: -1 read a 1.2 MB body past the cap, to the
+    # end of the stream, and journaled it; two framings were accepted; deep nesting and a
+    # 5,000-digit integer were 500s; a GET's body was answered as a second request)
+    valid = json.dumps({**good, "idempotency_key": "k3"}).encode()
+    framing = [
+        (400, {"Content-Length": "-1"}, "POST", valid),
+        (400, {"Transfer-Encoding": "chunked", "Content-Length": "2"}, "POST", b"{}"),
+        (400, None, "POST", b"[" * 100_000 + b"]" * 100_000),
+        (400, None, "POST", b'{"adapter": "a1", "idempotency_key": ' + b"1" * 5_000 + b"}"),
+        (400, {"Content-Length": "2"}, "GET", b"{}"),
+    ]
+    for expected, headers, method, raw in framing:
+        path = "/v1/requests" if method == "POST" else f"/v1/requests/{first['id']}"
+        status, payload = http(base, method, path, acme, raw=raw, headers=headers)
+        assert status == expected, (expected, headers, payload)
+        assert payload["error"]["status"] == expected
     assert service.journal.queue() == before  # nothing journaled, nothing changed
     status, spec = http(base, "GET", "/v1/openapi.json")
     assert status == 200 and spec["openapi"].startswith("3.1")

@@ -171,6 +171,11 @@ class _Handler(BaseHTTPRequestHandler):
         return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
     def _get(self):
+        if self.headers.get("Content-Length", "0") != "0" or self.headers.get(
+                "Transfer-Encoding") is not None:
+            # its body would be read as the next request on this connection
+            self.close_connection = True
+            raise _HttpError(400, "a GET takes no body")
         path = self.path.split("?", 1)[0]
         if path == "/v1/openapi.json":
             return 200, openapi()
@@ -206,18 +211,27 @@ class _Handler(BaseHTTPRequestHandler):
         return (200 if result["replayed"] else 202), result
 
     def _json_body(self) -> Any:
+        """The body as JSON, its size checked before a byte is read (and before the token).
+        A body framed by Transfer-Encoding, alone or beside a Content-Length, is refused:
+        two framings are how a second request is smuggled in one."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            raise _HttpError(400, "Transfer-Encoding is not accepted: send a Content-Length")
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
             raise _HttpError(411, "a Content-Length header is required") from None
+        if length < 0:  # rfile.read(-1) would read to the end of the stream, past the cap
+            raise _HttpError(400, f"Content-Length {length} is negative")
         if length > MAX_BODY_BYTES:
             raise _HttpError(413, f"the body is {length} bytes; at most {MAX_BODY_BYTES}")
         raw = self.rfile.read(length)
         self.body_read = True
         try:
             return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise _HttpError(400, f"the body is not valid JSON: {err}") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
+            # ValueError: malformed, or an integer beyond Python's digit limit;
+            # RecursionError: nesting deeper than the parser's stack
+            raise _HttpError(400, f"the body is not valid JSON: {str(err)[:200]}") from None
 
     def _answer(self, handler) -> None:
         try:
