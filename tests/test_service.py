@@ -28,6 +28,7 @@ from eraser_dist.core.requests import parse_request
 from eraser_dist.data import examples_digest, read_examples, write_examples
 from eraser_dist.llm.adapters import adapter_version
 from eraser_dist.service import EraseService
+from eraser_dist.service.auth_limit import FailedAuthLimit
 from eraser_dist.service.batching import RoundRobin, plan_batch
 from eraser_dist.service.errors import Conflict, Forbidden, NotFound, TooLarge, Unauthorized
 from eraser_dist.service.http import make_server, start_in_thread
@@ -349,6 +350,49 @@ def test_http_isolation_and_hostile_input_change_nothing(api_server):
     assert status == 200 and spec["openapi"].startswith("3.1")
     assert {"/v1/requests", "/v1/requests/{id}", "/v1/requests/{id}/certificate"} <= set(
         spec["paths"])
+
+
+def test_failed_authentication_is_audited_and_limited_per_address_and_token(fleet):
+    """Every 401 is audited; the 4th failure within the window, from one address, is 429
+    with Retry-After (whatever the token), until the window has passed."""
+    service, tokens = fleet
+    now = [1000.0]
+    server = make_server(service, "127.0.0.1", 0, FailedAuthLimit(3, 60.0, lambda: now[0]))
+    start_in_thread(server)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        statuses = [http(base, "GET", "/v1/adapters", token)[0]
+                    for token in ("ert_a", None, "ert_b")]
+        assert statuses == [401, 401, 401]
+        status, payload = http(base, "GET", "/v1/adapters", "ert_c")
+        assert status == 429 and "retry in 60 s" in payload["error"]["message"]
+        assert http(base, "GET", "/v1/adapters", tokens["acme"])[0] == 429  # same address
+        now[0] += 59.0
+        assert http(base, "GET", "/v1/adapters", tokens["acme"])[0] == 429
+        now[0] += 1.5  # the first failure has left the window
+        assert http(base, "GET", "/v1/adapters", tokens["acme"])[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    refused = [(a["action"], a["detail"]) for a in service.registry.audit_log()
+               if not a["allowed"]]
+    assert refused == [("authenticate", "unknown token"), ("authenticate", "no token"),
+                       ("authenticate", "unknown token")] + [
+        ("rate limit", f"client 127.0.0.1: retry in {s} s") for s in (60, 60, 1)]
+
+
+def test_failed_authentication_limit_counts_each_key_in_its_own_window():
+    now = [0.0]
+    limit = FailedAuthLimit(2, 10.0, lambda: now[0])
+    limit.failed("ip", "tok")
+    now[0] = 4.0
+    limit.failed("ip")
+    assert limit.wait("ip") == pytest.approx(6.0) and limit.wait("tok") == 0.0
+    assert limit.wait("other", "ip") == pytest.approx(6.0)
+    now[0] = 10.0
+    assert limit.wait("ip") == 0.0  # the failure at 0 has left the window
+    with pytest.raises(ValueError):
+        FailedAuthLimit(0, 10.0)
 
 
 def test_too_large_and_replayed_requests_through_the_api(fleet):

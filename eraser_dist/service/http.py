@@ -18,15 +18,18 @@ not the caller's (or does not exist), 405, 409 an idempotency key reused for ano
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ..errors import EraserError
+from .auth_limit import FailedAuthLimit
 from .errors import ServiceError
 from .facade import EraseService
 from .journal import MAX_REQUEST_IDS
+from .registry import token_hash
 
 MAX_BODY_BYTES = 1 << 20
 DRAIN_LIMIT_BYTES = 16 << 20
@@ -44,7 +47,9 @@ def _errors(*codes: int) -> dict[str, Any]:
     reasons = {400: "Malformed input", 401: "Missing or unknown token",
                403: "Token of another tenant", 404: "Not found (or not the caller's)",
                409: "Idempotency key reused for another request",
-               411: "No Content-Length header", 413: "Too large"}
+               411: "No Content-Length header", 413: "Too large",
+               429: "Too many failed authentications from this address or with this token "
+                    "(Retry-After)"}
     return {str(c): {"description": reasons[c], "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/Error"}}}} for c in codes}
 
@@ -100,28 +105,28 @@ def openapi() -> dict[str, Any]:
                                       "content": json_of("#/components/schemas/Submitted")},
                               "200": {"description": "Idempotent replay of an earlier submit",
                                       "content": json_of("#/components/schemas/Submitted")},
-                              **_errors(400, 401, 403, 404, 409, 411, 413)}}},
+                              **_errors(400, 401, 403, 404, 409, 411, 413, 429)}}},
             "/v1/requests/{id}": {"get": {
                 "summary": "A request's state", "parameters": [request_id],
                 "responses": {"200": {"description": "The request",
                                       "content": json_of("#/components/schemas/Status")},
-                              **_errors(401, 404)}}},
+                              **_errors(401, 404, 429)}}},
             "/v1/requests/{id}/certificate": {"get": {
                 "summary": "The erasure certificate of a done request",
                 "parameters": [request_id],
                 "responses": {"200": {"description": "Certificate (JSON)"},
-                              **_errors(401, 404)}}},
+                              **_errors(401, 404, 429)}}},
             "/v1/requests/{id}/certificate.png": {"get": {
                 "summary": "The certificate's plot", "parameters": [request_id],
                 "responses": {"200": {"description": "PNG",
-                                      "content": {"image/png": {}}}, **_errors(401, 404)}}},
+                                      "content": {"image/png": {}}}, **_errors(401, 404, 429)}}},
             "/v1/adapters": {"get": {
                 "summary": "The caller's adapters and current versions",
-                "responses": {"200": {"description": "Adapters"}, **_errors(401)}}},
+                "responses": {"200": {"description": "Adapters"}, **_errors(401, 429)}}},
             "/v1/certificate-key": {"get": {
                 "summary": "The caller's key of its certificates' row hashes (HMAC-SHA256)",
                 "responses": {"200": {"description": "Key (hex) and how rows are hashed"},
-                              **_errors(401)}}},
+                              **_errors(401, 429)}}},
             "/v1/openapi.json": {"get": {"summary": "This description", "security": [],
                                          "responses": {"200": {"description": "OpenAPI"}}}},
         },
@@ -130,6 +135,7 @@ def openapi() -> dict[str, Any]:
 
 class _Handler(BaseHTTPRequestHandler):
     service: EraseService  # set on the subclass made by make_server
+    auth_limit: FailedAuthLimit  # likewise: one per server, shared by its threads
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:  # audit log instead of stderr
@@ -234,10 +240,21 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(400, f"the body is not valid JSON: {str(err)[:200]}") from None
 
     def _answer(self, handler) -> None:
+        extra: dict[str, str] = {}
+        token = self._token()
+        clients = (("address", self.client_address[0]),) + (
+            (("token", token_hash(token)),) if token else ())
         try:
+            wait = self.auth_limit.wait(*clients)
+            if wait > 0:
+                seconds = math.ceil(wait)
+                self.service.registry.audit(None, "rate limit", False, f"client "
+                                            f"{self.client_address[0]}: retry in {seconds} s")
+                raise _HttpError(429, f"too many failed authentications: retry in {seconds} s",
+                                 {"Retry-After": str(seconds)})
             status, payload = handler()
         except _HttpError as err:
-            status, payload = err.status, _error(err.status, str(err))
+            status, payload, extra = err.status, _error(err.status, str(err)), err.headers
         except ServiceError as err:
             status, payload = err.status, _error(err.status, str(err))
         except EraserError as err:  # a bad request body found by the core checks
@@ -256,24 +273,30 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         if status == 401:
             self.send_header("WWW-Authenticate", "Bearer")
+            self.auth_limit.failed(*clients)
+        for name, value in extra.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
 
 class _HttpError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers or {}
 
 
 def _error(status: int, message: str) -> dict[str, Any]:
     return {"error": {"status": status, "message": message}}
 
 
-def make_server(service: EraseService, host: str = "127.0.0.1",
-                port: int = 8080) -> ThreadingHTTPServer:
-    """An HTTP server for ``service`` (call ``serve_forever``; port 0 picks a free one)."""
-    handler = type("Handler", (_Handler,), {"service": service})
+def make_server(service: EraseService, host: str = "127.0.0.1", port: int = 8080,
+                auth_limit: FailedAuthLimit | None = None) -> ThreadingHTTPServer:
+    """An HTTP server for ``service`` (call ``serve_forever``; port 0 picks a free one).
+    ``auth_limit``: failed authentications allowed per client address and per token
+    (default :class:`FailedAuthLimit`: 20 a minute); past it, 429 with Retry-After."""
+    handler = type("Handler", (_Handler,), {"service": service,
+                                            "auth_limit": auth_limit or FailedAuthLimit()})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server

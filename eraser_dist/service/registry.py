@@ -229,6 +229,7 @@ class Registry:
         """The tenant a token belongs to; 401 without a valid token, 403 (logged) when the
         token belongs to another tenant than ``claimed_tenant``."""
         if not token:
+            self.audit(None, "authenticate", False, "no token")
             raise Unauthorized("a tenant token is required (--token, ERASER_TOKEN or an "
                                "'Authorization: Bearer' header)")
         # A lookup by hash leaks nothing usable by timing: the token has 256 random bits.
