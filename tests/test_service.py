@@ -381,6 +381,41 @@ def test_failed_authentication_is_audited_and_limited_per_address_and_token(flee
         ("rate limit", f"client 127.0.0.1: retry in {s} s") for s in (60, 60, 1)]
 
 
+def test_concurrent_submits_are_all_answered_and_a_stalled_connection_is_closed(fleet):
+    """40 submits at once: each answered 202 (the old backlog of 5 reset some); a connection
+    that sends nothing is closed after the idle timeout instead of holding a thread."""
+    import socket
+
+    service, tokens = fleet
+    server = make_server(service, "127.0.0.1", 0, idle_timeout_s=0.5)
+    start_in_thread(server)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        stalled = socket.create_connection(server.server_address[:2], timeout=10)
+        stalled.sendall(b"POST /v1/requests HTTP/1.1\r\nHost: x\r\n")  # and no more
+        results = [None] * 40
+        barrier = threading.Barrier(40)
+
+        def submit(i):
+            barrier.wait()
+            results[i] = http(base, "POST", "/v1/requests", tokens["acme"], {
+                "adapter": "a1", "request": {"kind": "correct_response", "edits": [
+                    {"id": "a1-30", "response": f"r{i}"}]}})[0]
+
+        threads = [threading.Thread(target=submit, args=(i,)) for i in range(40)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert results == [202] * 40
+        assert len(service.journal.queue("acme")) == 40
+        assert stalled.recv(1024) == b""  # closed by the server, well before the 10 s
+        stalled.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_failed_authentication_limit_counts_each_key_in_its_own_window():
     now = [0.0]
     limit = FailedAuthLimit(2, 10.0, lambda: now[0])
