@@ -218,10 +218,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _json_body(self) -> Any:
         """The body as JSON, its size checked before a byte is read (and before the token).
-        A body framed by Transfer-Encoding, alone or beside a Content-Length, is refused:
-        two framings are how a second request is smuggled in one."""
-        if self.headers.get("Transfer-Encoding") is not None:
-            raise _HttpError(400, "Transfer-Encoding is not accepted: send a Content-Length")
+        Only a Content-Length frames a body: a chunked one is 411, and one with both headers
+        400 (two framings are how a second request is smuggled in one)."""
+        if self.headers.get("Transfer-Encoding") is not None and "Content-Length" in self.headers:
+            raise _HttpError(400, "both Transfer-Encoding and Content-Length: send only a "
+                             "Content-Length")
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
