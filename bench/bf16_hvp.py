@@ -11,10 +11,9 @@ default step and at multiples of it. Prints JSON::
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
+from json_report import print_and_write
 
 from eraser_dist.arguments import LoraArguments
 from eraser_dist.core.curvature import default_fd_step, exact_hvp, fd_hvp, ggn_hvp
@@ -64,10 +63,7 @@ def main() -> None:
             for m in MULTIPLES
         },
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if ns.out:
-        Path(ns.out).write_text(text + "\n")
+    print_and_write(result, ns.out)
 
 
 if __name__ == "__main__":

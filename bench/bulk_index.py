@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from json_report import print_and_write
 
 from eraser_dist import api
 from eraser_dist.arguments import ServiceArguments
@@ -109,10 +110,7 @@ def main() -> None:
                          "cg_iterations": r["cg_iterations"], "seconds": r["seconds"]}
                       for r in reports],
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if ns.out:
-        Path(ns.out).write_text(text + "\n")
+    print_and_write(result, ns.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ fp32 one. Prints JSON::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import ray
 import torch
+from json_report import print_and_write
 
 from actors.aggregator import Aggregator
 from actors.driver import layout_for
@@ -161,10 +161,7 @@ def main() -> None:
             results[base] = bench_base(base, root, ns.iterations)
         if "tiny-llama" in ns.bases.split(","):
             results["bf16_tiny_llama"] = bf16_hvp_error(root)
-    text = json.dumps(results, indent=2, default=str)
-    print(text)
-    if ns.out:
-        Path(ns.out).write_text(text + "\n")
+    print_and_write(results, ns.out, default=str)
 
 
 if __name__ == "__main__":

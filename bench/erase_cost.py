@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from json_report import print_and_write
 
 from eraser_dist import api
 from eraser_dist.arguments import GenreArguments
@@ -77,10 +78,8 @@ def main() -> None:
               # erase / (a + b·n) ≤ 0.2  ⇔  n ≥ (erase/0.2 − a)/b
               "ratio_at_most_0.2_from_n": (erase / 0.2 - retrain[0]) / retrain[1],
               "predicted": [predict(n) for n in sorted(set(sizes + args.extrapolate))]}
-    text = json.dumps(result, indent=1)
-    print(text)
+    print_and_write(result, f"{args.out}.json" if args.out else None, indent=1)
     if args.out:
-        Path(f"{args.out}.json").write_text(text + "\n")
         plot(result, Path(f"{args.out}.png"))
 
 

@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from json_report import print_and_write
 
 from eraser_dist.arguments import PRECONDITIONERS
 from eraser_dist.core.curvature import fisher_diagonal, hessian_vector_product
@@ -128,10 +129,7 @@ def main() -> None:
               "rhs_seconds": rhs_seconds, "solves": solves,
               "reference": reference,
               "grid": [{k: v for k, v in r.items() if k != "_delta"} for r in rows_out]}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print_and_write(result, args.out, indent=1)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import json
 from dataclasses import fields, replace
 from pathlib import Path
 
+from json_report import print_and_write
+
 from eraser_dist import api
 from eraser_dist.arguments import EraseArguments
 from eraser_dist.core.reference import cosine
@@ -113,10 +115,7 @@ def main() -> None:
     result = {"preset": args.preset,
               "experiments": [measure(work, name, args.preset, variants, args.reuse)
                               for name in args.experiments]}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print_and_write(result, args.out, indent=1)
 
 
 if __name__ == "__main__":

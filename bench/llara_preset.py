@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from json_report import print_and_write
 
 from eraser_dist import api
 from eraser_dist.arguments import LlaraArguments, LoraArguments, TrainArguments
@@ -76,9 +77,7 @@ def main() -> None:
     result = {"arguments": vars(ns), "popularity_rule": popular, "base": before,
               "fine_tuned": after, "train_seconds": train_seconds,
               "score_seconds_per_model": score_seconds}
-    print(json.dumps(result, indent=2))
-    if ns.out:
-        Path(ns.out).write_text(json.dumps(result, indent=2) + "\n")
+    print_and_write(result, ns.out)
 
 
 if __name__ == "__main__":
