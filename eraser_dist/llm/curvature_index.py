@@ -25,7 +25,7 @@ import torch
 from ..arguments import EraseArguments
 from ..core.spectral import LowRankCurvature
 from ..errors import EraserError
-from ..files import publish_folder
+from ..files import atomic_write, publish_folder
 from .adapters import AdapterMeta, adapter_version, check_output_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -126,12 +126,14 @@ def record_fresh_residual(path: str | os.PathLike, meta: IndexMeta, residual: fl
     sharpens :meth:`IndexMeta.rebuild_advised`."""
     meta.fresh_residual = residual
     target = Path(path) / INDEX_META
-    tmp = target.with_name(f".{INDEX_META}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         write_json(tmp, asdict(meta))
-        os.replace(tmp, target)
+        tmp.chmod(target.stat().st_mode & 0o777)  # as readable as the meta it replaces
+
+    try:
+        atomic_write(target, write)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         log.warning("could not record the fresh residual in curvature index %s: %s", path, err)
 
 

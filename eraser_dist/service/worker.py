@@ -223,7 +223,7 @@ class BatchWorker:
                         name, adapter.version + 1)
             self._remove_outputs(row)
         try:
-            outcome = self._run_batch(batch_id, plan.batch, adapter, data, examples)
+            outcome = self._run_batch(batch_id, plan.batch, adapter, data, examples, out)
         except Exception as err:  # noqa: BLE001 (nothing is committed: fail this batch only)
             self._remove_outputs(row)
             reason = f"batch {batch_id} failed: {self._describe(err)}"
@@ -267,11 +267,11 @@ class BatchWorker:
             self.registry.audit(tenant, "purge", True, dumps(purged))
 
     def _run_batch(self, batch_id: int, batch: list[JournalEntry], adapter: AdapterVersion,
-                   data: DatasetVersion, examples: list) -> dict[str, Any]:
-        """Solve, publish, certify and commit one planned batch (its phases, module doc)."""
+                   data: DatasetVersion, examples: list, out: Path) -> dict[str, Any]:
+        """Solve, publish (to ``out``, the next version's folder), certify and commit one
+        planned batch (its phases, module doc)."""
         started = time.perf_counter()
         tenant, name = adapter.tenant, adapter.name
-        out = self.registry.adapter_dir(tenant, name, adapter.version + 1)
         index = self._index_for(adapter, data)
         report = api.erase(adapter.base, adapter.path, data.path, [e.request for e in batch],
                            out, self.erase_args, progress=self.progress,
