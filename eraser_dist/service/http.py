@@ -157,6 +157,10 @@ class _Handler(BaseHTTPRequestHandler):
         """Read a refused body (up to ``DRAIN_LIMIT_BYTES``) before answering, so that the
         client gets the error instead of a broken pipe; beyond that, close the connection."""
         self.close_connection = True
+        if "Content-Length" not in self.headers and self.headers.get(
+                "Transfer-Encoding", "").strip().lower() == "chunked":
+            self._discard_chunks()
+            return
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
@@ -167,6 +171,25 @@ class _Handler(BaseHTTPRequestHandler):
                 if not chunk:
                     break
                 length -= len(chunk)
+
+    def _discard_chunks(self) -> None:
+        """Read a refused chunked body to its last chunk (up to ``DRAIN_LIMIT_BYTES``): a
+        chunked client is still sending when the 411 is ready, and closing on unread data
+        resets its connection before it reads the answer."""
+        left = DRAIN_LIMIT_BYTES
+        while True:
+            try:
+                size = int(self.rfile.readline(64).split(b";")[0].strip(), 16)
+            except ValueError:
+                return
+            if size == 0:  # the last chunk: skip the trailers up to the blank line
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass
+                return
+            if size > left:
+                return
+            self.rfile.read(size + 2)  # the chunk and its CRLF
+            left -= size
 
     def _not_allowed(self):
         raise _HttpError(405, f"{self.command} is not allowed here")
