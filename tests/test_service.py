@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -31,7 +32,7 @@ from eraser_dist.service import EraseService
 from eraser_dist.service.auth_limit import FailedAuthLimit
 from eraser_dist.service.batching import RoundRobin, plan_batch
 from eraser_dist.service.errors import Conflict, Forbidden, NotFound, TooLarge, Unauthorized
-from eraser_dist.service.http import make_server, start_in_thread
+from eraser_dist.service.http import HttpServer
 from eraser_dist.service.journal import JournalEntry
 from eraser_dist.service.worker import PHASES
 
@@ -280,11 +281,8 @@ def http(base: str, method: str, path: str, token: str | None = None, body=None,
 @pytest.fixture
 def api_server(fleet):
     service, tokens = fleet
-    server = make_server(service, "127.0.0.1", 0)
-    start_in_thread(server)
-    yield service, tokens, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with HttpServer(service, "127.0.0.1", 0) as server:
+        yield service, tokens, server.url
 
 
 def test_http_isolation_and_hostile_input_change_nothing(api_server):
@@ -357,10 +355,8 @@ def test_failed_authentication_is_audited_and_limited_per_address_and_token(flee
     with Retry-After (whatever the token), until the window has passed."""
     service, tokens = fleet
     now = [1000.0]
-    server = make_server(service, "127.0.0.1", 0, FailedAuthLimit(3, 60.0, lambda: now[0]))
-    start_in_thread(server)
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with HttpServer(service, "127.0.0.1", 0, FailedAuthLimit(3, 60.0, lambda: now[0])) as server:
+        base = server.url
         statuses = [http(base, "GET", "/v1/adapters", token)[0]
                     for token in ("ert_a", None, "ert_b")]
         assert statuses == [401, 401, 401]
@@ -371,9 +367,6 @@ def test_failed_authentication_is_audited_and_limited_per_address_and_token(flee
         assert http(base, "GET", "/v1/adapters", tokens["acme"])[0] == 429
         now[0] += 1.5  # the first failure has left the window
         assert http(base, "GET", "/v1/adapters", tokens["acme"])[0] == 200
-    finally:
-        server.shutdown()
-        server.server_close()
     refused = [(a["action"], a["detail"]) for a in service.registry.audit_log()
                if not a["allowed"]]
     assert refused == [("authenticate", "unknown token"), ("authenticate", "no token"),
@@ -387,11 +380,9 @@ def test_concurrent_submits_are_all_answered_and_a_stalled_connection_is_closed(
     import socket
 
     service, tokens = fleet
-    server = make_server(service, "127.0.0.1", 0, idle_timeout_s=0.5)
-    start_in_thread(server)
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        stalled = socket.create_connection(server.server_address[:2], timeout=10)
+    with HttpServer(service, "127.0.0.1", 0, idle_timeout_s=0.5) as server:
+        base = server.url
+        stalled = socket.create_connection(server.address, timeout=10)
         stalled.sendall(b"POST /v1/requests HTTP/1.1\r\nHost: x\r\n")  # and no more
         def submit(i):
             return lambda: http(base, "POST", "/v1/requests", tokens["acme"], {
@@ -402,9 +393,6 @@ def test_concurrent_submits_are_all_answered_and_a_stalled_connection_is_closed(
         assert len(service.journal.queue("acme")) == 40
         assert stalled.recv(1024) == b""  # closed by the server, well before the 10 s
         stalled.close()
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_failed_authentication_limit_counts_each_key_in_its_own_window():
@@ -806,6 +794,63 @@ def test_concurrent_registrations_leave_one_winner_and_files_that_match_the_regi
     on_disk = {p.name for p in (service.root / "tenants/acme/adapters").iterdir()}
     assert on_disk == {r["name"] for r in service.registry.query(
         "SELECT DISTINCT name FROM adapters WHERE tenant = 'acme'")}
+    assert list((service.root / "tenants/acme").glob(".staging-*")) == []
+
+
+def _warm_child(seconds: float) -> None:
+    import eraser_dist.service  # noqa: F401 (paid here, not inside a race)
+
+    time.sleep(seconds)
+
+
+def _add_at(start_at: float, root: str, token: str, what: str, name: str, source: str,
+            dataset: str | None) -> str:
+    """In a child process, with its own SQLite connection: wait for ``start_at``, then add a
+    dataset or an adapter; "added" or "conflict"."""
+    service = EraseService(root)
+    time.sleep(max(0.0, start_at - time.time()))
+    try:
+        if what == "dataset":
+            service.add_dataset(token, "acme", name, source)
+        else:
+            service.add_adapter(token, "acme", name, source, dataset)
+    except Conflict:
+        return "conflict"
+    return "added"
+
+
+def test_registrations_raced_by_processes_leave_one_winner(template, fleet, tmp_path):
+    """The attack run's process races, 20 times each: two processes, each with its own
+    connection to the registry, add one dataset name with two files, and two adapter names
+    on one dataset. One wins, the other gets a Conflict, and the registry matches the files."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    service, tokens = fleet
+    work, acme, root = template[0].parent, tokens["acme"], str(service.root)
+    write_examples(tmp_path / "other.parquet", word_rows(20, prefix="other-"))
+    files = (str(work / "a1.parquet"), str(tmp_path / "other.parquet"))
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_warm_child, [2.0, 2.0]))  # both children up and imported
+
+        def race_in_processes(*calls) -> list[str]:
+            start_at = time.time() + 0.15  # both tasks reach their child before it
+            return sorted(f.result() for f in [pool.submit(_add_at, start_at, root, acme, *c)
+                                               for c in calls])
+
+        for attempt in range(20):
+            name = f"p{attempt}"
+            assert race_in_processes(("dataset", name, files[0], None),
+                                     ("dataset", name, files[1], None)) == ["added", "conflict"]
+            registered = service.registry.dataset("acme", name)
+            assert examples_digest(read_examples(registered.path)) == registered.sha256
+            service.add_dataset(acme, "acme", f"q{attempt}", files[0])
+            assert race_in_processes(
+                ("adapter", f"px{attempt}", str(work / "a1"), f"q{attempt}"),
+                ("adapter", f"py{attempt}", str(work / "a1"), f"q{attempt}")) == [
+                "added", "conflict"]
+            assert len(service.registry.query("SELECT name FROM adapters WHERE tenant = 'acme' "
+                                              "AND dataset = ?", (f"q{attempt}",))) == 1
     assert list((service.root / "tenants/acme").glob(".staging-*")) == []
 
 

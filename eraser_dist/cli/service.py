@@ -24,8 +24,8 @@ def _service(ns: argparse.Namespace):
 
 
 def _read_request_file(path: str):
+    from ..service.app import MAX_BODY_BYTES
     from ..service.errors import BadRequest, TooLarge
-    from ..service.http import MAX_BODY_BYTES
 
     file = Path(path)
     if not file.is_file():
@@ -100,7 +100,7 @@ def cmd_operator_token(ns: argparse.Namespace) -> None:
 def cmd_serve(ns: argparse.Namespace) -> None:
     import logging
 
-    from ..service.http import make_server, start_in_thread
+    from ..service.http import HttpServer
 
     if not ns.quiet:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
@@ -118,13 +118,11 @@ def cmd_serve(ns: argparse.Namespace) -> None:
     worker = service.worker(settings, args, distributed, on_published, progress=not ns.quiet)
     if ns.http:
         host, _, port = ns.http.rpartition(":")
-        try:
-            server = make_server(service, host or "127.0.0.1", int(port))
-        except (ValueError, OSError) as err:
-            raise EraserError(f"cannot listen on {ns.http!r}: {err}") from None
-        start_in_thread(server)
-        print(f"HTTP API on http://{server.server_address[0]}:{server.server_address[1]}"
-              "/v1/openapi.json", file=sys.stderr)
+        if not port.isdigit():
+            raise EraserError(f"--http {ns.http!r}: expected HOST:PORT, for example "
+                              "127.0.0.1:8080")
+        server = HttpServer(service, host or "127.0.0.1", int(port)).start()
+        print(f"HTTP API on {server.url}/v1/openapi.json", file=sys.stderr)
     committed = worker.serve(drain=ns.drain)
     print(f"{committed} batch(es) committed", file=sys.stderr)
 
