@@ -350,6 +350,35 @@ class GenreArguments(CorruptionArguments):
     candidates: int = option(4, "candidate answers per test movie", minimum=2)
 
 
+@dataclass(frozen=True)
+class FactsArguments(Options):
+    """Shape of the memorised-facts task (where a made-up person lives) and its two requests.
+
+    People and cities are made-up names from seeded syllables, so the base model has no
+    prior on any answer. Each fact's candidates are its response with every city of the
+    pool. ``remove`` drops rows of the clean training set; ``correct`` trains on rows with
+    a wrong city and its request restores the true one.
+    """
+
+    train_facts: int = option(32, "facts in the training set", minimum=2)
+    valid_facts: int = option(4, "facts never trained on, held out for validation",
+                              minimum=1)
+    test_facts: int = option(16, "facts never trained on, for a held-out loss", minimum=1)
+    cities: int = option(12, "made-up city names the facts' answers are drawn from",
+                         minimum=2)
+    remove: int = option(3, "training rows the remove experiment's request removes",
+                         minimum=1)
+    correct: int = option(2, "training rows given a wrong city in the correct experiment's "
+                          "training set, and corrected by its request", minimum=1)
+    seed: int = option(0, "seed of the names, the cities and the picks")
+
+    def check(self) -> None:
+        for name in ("remove", "correct"):
+            if getattr(self, name) >= self.train_facts:
+                raise EraserError(f"--{name} must be below --train-facts "
+                                  f"({self.train_facts}), got {getattr(self, name)}")
+
+
 def check_engine(args: EraseArguments, distributed: DistributedArguments | None) -> None:
     """Refuse a solver setting the chosen engine cannot run (before any file is read)."""
     if distributed is not None and args.hvp in DOUBLE_BACKWARD_HVPS:

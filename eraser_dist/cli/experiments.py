@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..arguments import GenreArguments, LlaraArguments
+from ..arguments import FactsArguments, GenreArguments, LlaraArguments
 from .common import print_json
 from .options import add_options, options_from
 
@@ -28,6 +28,12 @@ def cmd_data_genres(ns: argparse.Namespace) -> None:
     from ..experiments.genres import build_genres
 
     print_json(build_genres(ns.out, options_from(ns, GenreArguments)))
+
+
+def cmd_data_facts(ns: argparse.Namespace) -> None:
+    from ..experiments.facts import build_facts
+
+    print_json(build_facts(ns.out, options_from(ns, FactsArguments)))
 
 
 def cmd_experiment(ns: argparse.Namespace) -> None:
@@ -62,6 +68,11 @@ def register(sub) -> None:
     q.add_argument("--out", required=True, help="folder for the Parquet files and requests")
     add_options(q, GenreArguments)
     q.set_defaults(func=cmd_data_genres)
+    q = datasets.add_parser("facts", help="made-up facts a small LM memorises (where a person "
+                            "lives), with remove and correct requests")
+    q.add_argument("--out", required=True, help="folder for the Parquet files and requests")
+    add_options(q, FactsArguments)
+    q.set_defaults(func=cmd_data_facts)
 
     p = sub.add_parser("experiment", help="the paper's erase experiments against retraining")
     p.add_argument("experiment", choices=(*EXPERIMENTS, "all"))

@@ -53,7 +53,7 @@ from .tasksets import TaskSet, read_task_set
 class ExperimentPreset:
     """Everything an experiment run chooses besides the task set."""
 
-    task: str = "genres"  # the task set built when none is given: genres or llara
+    task: str = "genres"  # the task set built when none is given: genres, llara or facts
     base: str = "smollm2-135m"
     lora: LoraArguments = field(default_factory=LoraArguments)
     training: TrainArguments = field(default_factory=lambda: TrainArguments(
@@ -307,7 +307,11 @@ def build_task_set(task: str, out: Path) -> dict[str, Any]:
         from .llara import build_llara
 
         return build_llara(out)
-    raise EraserError(f"unknown task {task!r}; choose genres or llara")
+    if task == "facts":
+        from .facts import build_facts
+
+        return build_facts(out)
+    raise EraserError(f"unknown task {task!r}; choose genres, llara or facts")
 
 
 def paper_step(model, edited, weight_decay: float, preset: ExperimentPreset) -> torch.Tensor:

@@ -3,15 +3,16 @@ experiments, each a corrupted training set with the request that undoes it.
 
 Layout (written by :func:`write_task_set`, read by :func:`read_task_set`)::
 
-    OUT/{train,valid,test}.parquet     clean rows, split by user (or by movie)
+    OUT/{train,valid,test}.parquet     clean rows, split by user (or by movie, or by person)
     OUT/candidates.json                row id → {"candidates": [answers], "target": index}
-    OUT/EXP/train.parquet              the experiment's training set (EXP: qm, rc10, rc40, ir)
+    OUT/EXP/train.parquet              the experiment's training set (EXP: qm, rc10, rc40, ir;
+                                       remove, correct for facts)
     OUT/EXP/request.json               the erase request that turns it into the edited set
     OUT/manifest.json                  arguments, row counts and sha256 of every set
 
-The builders (:mod:`eraser_dist.experiments.llara`, :mod:`eraser_dist.experiments.genres`)
-decide what a row is; the experiment runner (:mod:`eraser_dist.experiments.runner`) only
-needs this layout.
+The builders (:mod:`eraser_dist.experiments.llara`, :mod:`eraser_dist.experiments.genres`,
+:mod:`eraser_dist.experiments.facts`) decide what a row is; the experiment runner
+(:mod:`eraser_dist.experiments.runner`) only needs this layout.
 """
 
 from __future__ import annotations
@@ -108,5 +109,6 @@ def read_task_set(root: str | Path) -> TaskSet:
         candidates = json.loads((root / "candidates.json").read_text())
     except FileNotFoundError as err:
         raise EraserError(f"{root} is not a task set (no {Path(err.filename).name}); build "
-                          f"one with 'eraser data llara' or 'eraser data genres'") from err
+                          f"one with 'eraser data llara', 'eraser data genres' or 'eraser "
+                          f"data facts'") from err
     return TaskSet(root, manifest, candidates)
