@@ -49,18 +49,15 @@ from eraser_dist.core.influence import (
     newton_step,
 )
 from eraser_dist.core.reference import cosine
-from eraser_dist.core.requests import apply_request, load_request
 from eraser_dist.core.solve import conjugate_gradient
-from eraser_dist.data import read_examples, write_examples
 from eraser_dist.experiments.runner import (
     PRESETS,
-    Trainings,
     build_task_set,
+    experiment_inputs,
     measured_rows,
     recovery,
     row_losses,
 )
-from eraser_dist.experiments.tasksets import read_task_set
 from eraser_dist.llm.adapters import adapter_vector, load_adapter
 from eraser_dist.llm.curvature_index import INDEX_SOLVE
 from eraser_dist.llm.models import load_base
@@ -70,17 +67,10 @@ HVP = "ggn_exact"
 
 def run(work: Path, name: str, args: argparse.Namespace) -> dict:
     preset = PRESETS["cpu"]
-    task = read_task_set(work / "task")
-    data = task.experiment_data(name)
-    rows, request = read_examples(data), load_request(task.experiment_request(name))
-    edited = apply_request(request, rows)
-    edited_data = work / name / "edited.parquet"
-    edited_data.parent.mkdir(parents=True, exist_ok=True)
-    write_examples(edited_data, edited.rows_after)
-    train = Trainings(work / "trainings", preset, progress=False)
-    corrupted, _ = train(data)
-    retrained, retrain_seconds = train(edited_data)
-    model, meta = load_adapter(load_base(preset.base), corrupted)
+    inputs = experiment_inputs(work, name, preset)
+    rows, request, edited = inputs.rows, inputs.request, inputs.edited
+    retrained, retrain_seconds = inputs.retrained, inputs.retrain_seconds
+    model, meta = load_adapter(load_base(preset.base), inputs.corrupted)
     backend = InProcessBackend(model)
     theta0 = model.get_flat().double()
     erase = replace(preset.erase, hvp=HVP, step="cg", stages=1,

@@ -278,6 +278,7 @@ def erase_report(batch: Sequence[EraseRequest], edited: EditedObjective, args: E
         stage_steps=result.stages,
         distributed=distributed,
         index=index,
+        step_control=result.control,
     )
 
 

@@ -25,6 +25,7 @@ DOUBLE_BACKWARD_HVPS = ("exact", "ggn_exact")  # not on a ZeRO-3-partitioned bas
 CurvatureData = Literal["original", "edited"]
 NegativeCurvaturePolicy = Literal["ggn", "truncate", "fail"]
 StepKind = Literal["cg", "least_residual"]
+StepControlKind = Literal["none", "line_search", "newton"]
 PreconditionerKind = Literal["none", "fisher_diagonal"]
 RhsGradient = Literal["changed_rows", "all_rows"]
 Backend = Literal["auto", "gloo", "nccl"]
@@ -181,7 +182,9 @@ class EraseArguments(Options):
     not exactly symmetric product (fd, ggn) derails CG's recurrence; it keeps
     2·max_iter·d floats. ``gradient`` ``all_rows`` drops the assumption ∇f(Θ̂) = 0 at the
     cost of one pass over every row. ``stages`` K > 1 follows the path f_t in K steps, each
-    a full solve. What each choice measured: docs/RESULTS.md.
+    a full solve. ``step_control`` sets how far along ΔΘ the erase goes, judged on the
+    edited objective itself (:mod:`eraser_dist.core.step_control`). What each choice
+    measured: docs/RESULTS.md.
     """
 
     hvp: HvpChoice = option("auto", "HVP back-end: auto (Gauss-Newton: ggn_exact in one "
@@ -216,11 +219,24 @@ class EraseArguments(Options):
         "objective (changed_rows), or from one pass over every row (all_rows)")
     stages: int = option(1, "apply the request in this many equal parts, each step from "
                          "where the last ended (a solve per stage)", minimum=1)
+    step_control: StepControlKind = option(
+        "none", "how far along ΔΘ the erase goes: none (the Newton step), line_search (the "
+        "edited objective on a grid of step lengths, forward passes only) or newton (up to "
+        "--newton-steps Newton steps on the edited objective, the first step's matrix kept)")
+    step_alphas: tuple[float, ...] = option(
+        (0.25, 0.5, 0.75, 1.0, 1.25), "the line search's step lengths α (then up to 3 "
+        "parabolic refinements around the best)", above=0)
+    line_search_rows: int = option(32, "kept rows (seeded) on which the line search measures "
+                                   "the edited objective, beside the edited rows", minimum=0)
+    newton_steps: int = option(2, "Newton steps in all with --step-control newton",
+                               minimum=1)
 
     def check(self) -> None:
         if self.stages > 1 and self.gradient != "changed_rows":
             # all_rows's term is ∇f at t = 0; a later stage would need f_t's
             raise EraserError("--stages above 1 needs --gradient changed_rows")
+        if not self.step_alphas:
+            raise EraserError("--step-alphas is empty; give at least one step length α > 0")
 
 
 @dataclass

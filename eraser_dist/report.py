@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .core.influence import StageFigures
+from .core.step_control import StepControlFigures
 from .errors import EraserError
 
 REPORT_FILE = "erase_report.json"
@@ -92,7 +93,7 @@ class EraseReport:
     ``seconds`` in all, ``rhs_seconds`` for b and ``solve_seconds`` for the solve.
     ``requests`` has each request's own figures, ``parts_sum_error`` how exactly they add
     up to ΔΘ: ‖Σ_k ΔΘ_k (+ stationarity) − ΔΘ‖/‖ΔΘ‖. ``index``: the curvature index used,
-    if any.
+    if any. ``step_control``: what the step control did (None: the Newton step as solved).
     """
 
     kind: str
@@ -127,6 +128,7 @@ class EraseReport:
     stage_steps: list[StageFigures] = field(default_factory=list)
     distributed: DistributedFigures | None = None
     index: IndexFigures | None = None
+    step_control: StepControlFigures | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values (``erase_report.json``)."""
@@ -134,9 +136,9 @@ class EraseReport:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> EraseReport:
-        try:  # the index figures came later: a report without them used none
-            values = {f.name: obj[f.name] if f.name != "index" else obj.get(f.name)
-                      for f in fields(cls)}
+        try:  # the index and step-control figures came later: without them, none was used
+            values = {f.name: obj.get(f.name) if f.name in ("index", "step_control")
+                      else obj[f.name] for f in fields(cls)}
         except KeyError as err:
             raise EraserError(f"an erase report lacks {err}; it was written by another "
                               "version of eraser_dist") from None
@@ -148,6 +150,8 @@ class EraseReport:
             values["distributed"] = DistributedFigures(**values["distributed"])
         if values["index"] is not None:
             values["index"] = IndexFigures(**values["index"])
+        if values["step_control"] is not None:
+            values["step_control"] = StepControlFigures(**values["step_control"])
         return cls(**values)
 
     @classmethod

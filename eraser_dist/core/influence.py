@@ -41,6 +41,7 @@ from .progress import StatusCallback, status_bar
 from .requests import EditedObjective
 from .solve import CGResult, CGState, conjugate_gradient, galerkin_split
 from .spectral import LowRankCurvature, low_rank_curvature
+from .step_control import StepControlFigures, chord_newton, line_search
 
 
 @dataclass
@@ -73,6 +74,8 @@ class InfluenceResult:
     ``stages`` lists each stage's figures (``EraseArguments.stages`` > 1; else empty).
     ``first_residual`` is the relative residual of CG's first guess (a curvature index's
     step; 1.0 from zero), ``first_products`` the products that guess cost (0 without one).
+    ``control`` says what ``EraseArguments.step_control`` did (None: the Newton step as
+    solved).
     """
 
     delta: torch.Tensor
@@ -95,6 +98,7 @@ class InfluenceResult:
     stages: list[StageFigures] = field(default_factory=list)
     first_residual: float = 1.0
     first_products: int = 0
+    control: StepControlFigures | None = None
 
 
 class CheckpointStore(Protocol):
@@ -200,23 +204,151 @@ def newton_step(
     ``stage`` and ``stages``). ``checkpoints`` makes every CG solve resumable.
     """
     check_index_budget(args, index is not None)
+    if args.step_control == "newton" and edited.n_requests > 1:
+        raise EraserError("--step-control newton takes one request at a time (its later "
+                          "steps are not split among a batch's requests); use line_search")
     backend = as_backend(model)
     with status_bar(progress, args.max_iter) as report:
         if args.stages == 1:
-            return _one_step(backend, edited, weight_decay, args, report, checkpoints, 1,
-                             index)
-        theta = backend.theta()
-        steps: list[InfluenceResult] = []
+            result = _one_step(backend, edited, weight_decay, args, report, checkpoints, 1,
+                               index)
+        else:
+            theta = backend.theta()
+            steps: list[InfluenceResult] = []
+            try:
+                for stage in range(1, args.stages + 1):
+                    steps.append(_one_step(backend, edited.stage(stage, args.stages),
+                                           weight_decay, args, report, checkpoints, stage,
+                                           index))
+                    if stage < args.stages:
+                        backend.set_theta(theta + sum(step.delta for step in steps))
+            finally:
+                backend.set_theta(theta)
+            result = combine_stages(steps)
+        return control_step(backend, edited, weight_decay, args, result, report, index)
+
+
+def control_step(backend: CurvatureBackend, edited: EditedObjective, weight_decay: float,
+                 args: EraseArguments, result: InfluenceResult, report: StatusCallback,
+                 index: LowRankCurvature | None = None) -> InfluenceResult:
+    """``args.step_control`` applied to a solved step ``result`` (Θ is left at Θ̂):
+    ``line_search`` scales ΔΘ (and each request's part) by the α that minimises the edited
+    objective along it (:func:`edited_objective_along`); ``newton`` adds chord Newton steps
+    (:func:`edited_gradient` and the erase's own solve, from the ``index`` if any)."""
+    if args.step_control == "none":
+        return result
+    theta, start = backend.theta(), time.perf_counter()
+    try:
+        if args.step_control == "line_search":
+            report({"phase": "line search"})
+            found = line_search(edited_objective_along(backend, edited, weight_decay, theta,
+                                                       result.delta, args), args.step_alphas)
+            alpha = found.alpha
+            figures = StepControlFigures("line_search", alpha, 1, [list(p) for p in found.tried],
+                                         [], 0.0)
+            result = replace(result, delta=alpha * result.delta, parts=alpha * result.parts,
+                             stationarity=None if result.stationarity is None
+                             else alpha * result.stationarity)
+        else:
+            solver_args = replace(args, hvp=result.hvp.split("/")[-1])  # after a fallback
+            rows, weights = hessian_subset(edited, args.curvature, args.hessian_samples,
+                                           args.seed)
+            backend.use_hessian_rows(rows, weights)
+            scale = 1.0 / float(weights.sum())
+            b = newton_rhs(backend, edited, weight_decay, args.batch_size,
+                           args.gradient).sum(0)
+
+            def solve(g: torch.Tensor) -> torch.Tensor:
+                report({"phase": "Newton step"})
+                return solve_system(backend, g[None], weight_decay, solver_args, scale,
+                                    len(rows), report, None, {}, index).delta
+
+            chord = chord_newton(result.delta, b, edited_gradient(
+                backend, edited, weight_decay, theta, b, solver_args, (rows, weights)), solve,
+                args.newton_steps, args.tol)
+            figures = StepControlFigures("newton", 1.0, len(chord.steps), [],
+                                         chord.gradient_norms, 0.0)
+            own = chord.delta if result.stationarity is None else (
+                chord.delta - result.stationarity)  # the request's part: all but Θ̂'s own
+            result = replace(result, delta=chord.delta, parts=own[None].clone())
+    finally:
+        backend.set_theta(theta)
+    figures.seconds = time.perf_counter() - start
+    return replace(result, control=figures)
+
+
+def edited_objective_along(backend: CurvatureBackend, edited: EditedObjective,
+                           weight_decay: float, theta: torch.Tensor, delta: torch.Tensor,
+                           args: EraseArguments) -> Callable[[float], float]:
+    """α ↦ φ(α) = f_new(Θ̂ + αΔΘ) − f_new(Θ̂) by forward passes: the rows the request adds
+    (new versions of edited rows) in full, the kept rows by a seeded sample of
+    ``args.line_search_rows`` scaled to their total weight, and the exact L2 term. Each call
+    moves the backend to Θ̂ + αΔΘ and back to ``theta``."""
+    changed = set(edited.changed_rows)
+    new = [(row, w) for row, w in zip(edited.changed_rows, edited.weight_changes.tolist(),
+                                      strict=True) if w > 0]
+    kept = [(row, w) for row, w in zip(edited.rows_after, edited.weights_after.tolist(),
+                                       strict=True) if row not in changed]
+    rows, coefficients = [row for row, _ in new], [w for _, w in new]
+    if kept and args.line_search_rows > 0:
+        kept_weights = torch.tensor([w for _, w in kept], dtype=torch.float64)
+        sample, sample_weights = sample_rows([row for row, _ in kept], kept_weights,
+                                             args.line_search_rows, args.seed)
+        rows += list(sample)
+        coefficients += (sample_weights * kept_weights.sum() / sample_weights.sum()).tolist()
+    weights = torch.tensor(coefficients, dtype=torch.float64) / edited.weight_after
+    at_start = backend.losses(rows, args.batch_size)
+    start_norm = float(theta.dot(theta))
+
+    def phi(alpha: float) -> float:
+        moved = theta + alpha * delta
+        backend.set_theta(moved)
         try:
-            for stage in range(1, args.stages + 1):
-                steps.append(_one_step(backend, edited.stage(stage, args.stages),
-                                       weight_decay, args, report, checkpoints, stage,
-                                       index))
-                if stage < args.stages:
-                    backend.set_theta(theta + sum(step.delta for step in steps))
+            losses = backend.losses(rows, args.batch_size)
         finally:
             backend.set_theta(theta)
-        return combine_stages(steps)
+        return float(weights.dot(losses - at_start)) + 0.5 * weight_decay * (
+            float(moved.dot(moved)) - start_norm)
+
+    return phi
+
+
+def edited_gradient(backend: CurvatureBackend, edited: EditedObjective, weight_decay: float,
+                    theta: torch.Tensor, b: torch.Tensor, args: EraseArguments,
+                    hessian: tuple[Sequence, torch.Tensor]) -> Callable[[torch.Tensor],
+                                                                         torch.Tensor]:
+    """δ ↦ ∇f_new(Θ̂ + δ) [d] as the chord steps model it: the linear model the first step
+    solved, −b + (H + damping·I)δ with H at Θ̂ over the erase's ``hessian`` rows and weights,
+    plus what that model misses of the rows the request adds, their gradients' change from
+    Θ̂ to Θ̂ + δ less its linear part (a product over those rows alone). Their loss is the
+    least quadratic: a new answer the adapter gave almost no probability. Exact where the
+    loss is quadratic, so there the first step is the last."""
+    damping = erase_damping(args, weight_decay)
+    kind = hvp_kind(args, backend)
+    scale = 1.0 / float(hessian[1].sum())
+    new = [(row, w) for row, w in zip(edited.changed_rows, edited.weight_changes.tolist(),
+                                      strict=True) if w > 0]
+    new_rows = ([row for row, _ in new], torch.tensor([w for _, w in new], dtype=torch.float64))
+    at_start = backend.gradient_sums([new_rows], args.batch_size)[0] if new else None
+
+    def product(rows: tuple[Sequence, torch.Tensor], v: torch.Tensor) -> torch.Tensor:
+        backend.use_hessian_rows(*rows)
+        return backend.hvp(kind, v, args.batch_size, args.fd_step)
+
+    def gradient(delta: torch.Tensor) -> torch.Tensor:
+        g = product(hessian, delta) * scale + damping * delta - b
+        if at_start is None:
+            return g
+        linear = product(new_rows, delta)
+        backend.use_hessian_rows(*hessian)
+        backend.set_theta(theta + delta)
+        try:
+            moved = backend.gradient_sums([new_rows], args.batch_size)[0]
+        finally:
+            backend.set_theta(theta)
+        return g + (moved - at_start - linear) / edited.weight_after
+
+    return gradient
 
 
 def combine_stages(steps: list[InfluenceResult]) -> InfluenceResult:
@@ -248,16 +380,27 @@ def _one_step(backend: CurvatureBackend, edited: EditedObjective, weight_decay: 
               args: EraseArguments, report: StatusCallback, checkpoints: Checkpoints | None,
               stage: int, index: LowRankCurvature | None) -> InfluenceResult:
     where = {"stage": stage, "stages": args.stages}
-    damping = erase_damping(args, weight_decay)
-    requested = hvp_kind(args, backend)
     report({"phase": "computing b", **where})
     start = time.perf_counter()
     parts_rhs = newton_rhs(backend, edited, weight_decay, args.batch_size, args.gradient)
     rhs_seconds = time.perf_counter() - start
-    b = parts_rhs.sum(0)
     rows, weights = hessian_subset(edited, args.curvature, args.hessian_samples, args.seed)
     backend.use_hessian_rows(rows, weights)
-    scale = 1.0 / float(weights.sum())
+    return solve_system(backend, parts_rhs, weight_decay, args, 1.0 / float(weights.sum()),
+                        len(rows), report, checkpoints, where, index, rhs_seconds)
+
+
+def solve_system(backend: CurvatureBackend, parts_rhs: torch.Tensor, weight_decay: float,
+                 args: EraseArguments, scale: float, hessian_rows: int,
+                 report: StatusCallback, checkpoints: Checkpoints | None,
+                 where: dict[str, Any], index: LowRankCurvature | None,
+                 rhs_seconds: float = 0.0) -> InfluenceResult:
+    """(H + damping·I)⁻¹ Σ_t b_t (``parts_rhs`` [T, d]) with H = ``scale`` · the backend's
+    sum over its current Hessian rows: preconditioned (or started from the ``index``), under
+    the negative-curvature policy, each term's own share read off."""
+    damping = erase_damping(args, weight_decay)
+    requested = hvp_kind(args, backend)
+    b = parts_rhs.sum(0)
     start = time.perf_counter()
     record = keeps_directions(parts_rhs, args)
     if index is None:
@@ -289,8 +432,8 @@ def _one_step(backend: CurvatureBackend, edited: EditedObjective, weight_decay: 
     cg, hvp = solve_with_policy(solve, requested, args.on_negative_curvature)
     seconds = (rhs_seconds, time.perf_counter() - start)
     report({"phase": "done", **where})
-    return influence_result(cg, requested, hvp, parts_rhs, damping, len(rows), args, seconds,
-                            first_products=0 if guesses is None else guesses.shape[0])
+    return influence_result(cg, requested, hvp, parts_rhs, damping, hessian_rows, args,
+                            seconds, first_products=0 if guesses is None else guesses.shape[0])
 
 
 def solve_key(rhs: torch.Tensor, kind: str, damping: float, args: EraseArguments,

@@ -256,6 +256,39 @@ def reopen_experiment(work: str | Path, name: str, preset: ExperimentPreset,
                               model.get_flat().double().cpu(), warm_change, affected, kept)
 
 
+@dataclass
+class ExperimentInputs:
+    """What a bench that sets erases of one experiment against retraining starts from: the
+    training rows, the request and its edited objective, the fine-tuning on the rows (Θ̂)
+    and the one on the edited set (retraining), with the retraining's wall seconds."""
+
+    rows: list
+    request: EraseRequest
+    edited: EditedObjective
+    corrupted: Path
+    retrained: Path
+    retrain_seconds: float
+
+
+def experiment_inputs(work: str | Path, name: str, preset: ExperimentPreset,
+                      progress: bool = False) -> ExperimentInputs:
+    """The inputs of experiment ``name`` of the task set in ``WORK/task``; the fine-tunings
+    are cached under ``WORK/trainings`` as ``eraser experiment`` caches them (trained where
+    missing), and the edited set is written to ``WORK/NAME/edited.parquet``."""
+    work = Path(work)
+    task = read_task_set(work / "task")
+    data = task.experiment_data(name)
+    rows, request = read_examples(data), load_request(task.experiment_request(name))
+    edited = apply_request(request, rows)
+    edited_data = work / name / "edited.parquet"
+    edited_data.parent.mkdir(parents=True, exist_ok=True)
+    write_examples(edited_data, edited.rows_after)
+    train = Trainings(work / "trainings", preset, progress)
+    corrupted, _ = train(data)
+    retrained, retrain_seconds = train(edited_data)
+    return ExperimentInputs(rows, request, edited, corrupted, retrained, retrain_seconds)
+
+
 def measured_rows(edited, request, rows, kept_sample: int) -> tuple[list, list]:
     """(affected, kept): the rows an experiment measures the loss on. Affected rows are the
     new versions of the edited rows (for a removal, the removed rows); kept rows are the

@@ -1,0 +1,150 @@
+"""Step control against retraining: where each control makes an erase land (docs/RESULTS.md,
+"Step control").
+
+For each experiment of a task set (``--task facts``: ``eraser data facts``, SmolLM2-135M,
+rank-8 q/v LoRA, 12 epochs on 32 made-up facts; ``--task genres``: the cpu experiments'
+task set and preset), it fine-tunes on the experiment's training set (the corrupted or
+full adapter Θ̂) and on the edited set (retraining, the reference), builds the adapter's
+curvature index (``--rank`` Lanczos steps, as ``eraser index``), then erases with each
+control from the same warm index:
+
+- ``none``: the Newton step as solved today;
+- ``line_search``: the step scaled by the α that minimises the edited objective along it
+  (forward passes over the edited rows and 32 kept rows);
+- ``newton``: up to 3 chord Newton steps on the edited objective;
+- ``stages4``: the edit in 4 stages along f_t, each solved from the same index (path
+  following);
+- ``stages4+line_search``: both.
+
+Per control: the mean loss on the edited rows (new versions of edited rows; the removed rows
+for a removal) and on kept rows, the recovery (m − Θ̂)/(retrain − Θ̂) of the edited rows'
+loss, the kept rows' loss change beside retraining's, and the seconds: b and the solve, and
+what the control added (``extra_cost``: its seconds over those of ``none``'s erase).
+
+    .venv/bin/python bench/step_control.py --task facts --work runs/step-control \\
+        --out docs/step_control.json
+
+Prints one JSON object per experiment as it finishes; ``--out`` writes them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from eraser_dist.arguments import EraseArguments, TrainArguments
+from eraser_dist.core.backend import InProcessBackend
+from eraser_dist.core.influence import fit_curvature, newton_step
+from eraser_dist.experiments.runner import (
+    PRESETS,
+    ExperimentPreset,
+    build_task_set,
+    experiment_inputs,
+    measured_rows,
+    recovery,
+    row_losses,
+)
+from eraser_dist.experiments.tasksets import read_task_set
+from eraser_dist.llm.adapters import adapter_vector, load_adapter
+from eraser_dist.llm.models import load_base
+
+# the setting where one Newton step was seen to overshoot: 12 epochs on 32 facts, the
+# Gauss-Newton matrix on all of them, damping 0.03
+FACTS = ExperimentPreset(
+    task="facts",
+    training=TrainArguments(epochs=12, lr=3e-3, batch_size=8, weight_decay=0.01,
+                            max_length=64, lr_schedule="linear"),
+    erase=EraseArguments(hvp="ggn_exact", damping=0.03, hessian_samples=None, max_iter=16,
+                         tol=1e-3, step="least_residual"),
+    kept_sample=64)
+PRESET = {"facts": FACTS, "genres": replace(PRESETS["cpu"], erase=replace(
+    PRESETS["cpu"].erase, hvp="ggn_exact"))}
+CONTROLS = {
+    "none": {},
+    "line_search": {"step_control": "line_search"},
+    "newton": {"step_control": "newton", "newton_steps": 3},
+    "stages4": {"stages": 4},
+    "stages4+line_search": {"stages": 4, "step_control": "line_search"},
+}
+
+
+def run(work: Path, name: str, preset: ExperimentPreset, rank: int) -> dict:
+    inputs = experiment_inputs(work, name, preset)
+    rows, request, edited = inputs.rows, inputs.request, inputs.edited
+    retrain_seconds = inputs.retrain_seconds
+    model, meta = load_adapter(load_base(preset.base), inputs.corrupted)
+    backend = InProcessBackend(model)
+    theta0 = model.get_flat().double()
+    out: dict = {"experiment": name, "kind": request.kind, "n_train": len(rows),
+                 "n_affected": len(request.ids), "d": model.dim, "rank": rank,
+                 "retrain_seconds": retrain_seconds,
+                 "erase": {k: v for k, v in vars(preset.erase).items()}}
+    fitted = fit_curvature(backend, rows, meta.weight_decay, preset.erase, rank,
+                           progress=False)
+    out["index_seconds"] = fitted.seconds
+    affected, kept = measured_rows(edited, request, rows, preset.kept_sample)
+    losses = {}
+    model.set_flat(theta0)
+    losses["corrupted"] = row_losses(model, affected, kept, preset.eval_batch_size)
+    model.set_flat(adapter_vector(model, inputs.retrained).double())
+    losses["retrain"] = row_losses(model, affected, kept, preset.eval_batch_size)
+    for label, settings in CONTROLS.items():
+        model.set_flat(theta0)
+        start = time.perf_counter()
+        result = newton_step(backend, edited, meta.weight_decay,
+                             replace(preset.erase, **settings), progress=False,
+                             index=fitted.curvature)
+        seconds = time.perf_counter() - start
+        model.set_flat(theta0 + result.delta)
+        losses[label] = row_losses(model, affected, kept, preset.eval_batch_size)
+        control = result.control
+        out[label] = {"seconds": seconds, "rhs_seconds": result.rhs_seconds,
+                      "solve_seconds": result.solve_seconds,
+                      "cg_iterations": result.cg.iterations,
+                      "relative_residual": result.cg.relative_residual,
+                      "delta_norm": float(result.delta.norm()),
+                      "control": None if control is None else vars(control)}
+    model.set_flat(theta0)
+    base = out["none"]["seconds"]
+    for label, figures in losses.items():
+        entry = out.setdefault(label, {})
+        entry.update(figures)
+        entry["edited_recovery"] = recovery(figures["edited_loss"],
+                                            losses["corrupted"]["edited_loss"],
+                                            losses["retrain"]["edited_loss"])
+        entry["kept_change"] = figures["kept_loss"] - losses["corrupted"]["kept_loss"]
+        if label in CONTROLS:
+            entry["extra_cost"] = entry["seconds"] / base - 1
+            entry["times_retrain"] = entry["seconds"] / retrain_seconds
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=sorted(PRESET), default="facts")
+    parser.add_argument("--work", default="runs/step-control",
+                        help="task set, fine-tunings (cached by their inputs) and edited sets")
+    parser.add_argument("--experiments", nargs="+",
+                        help="default: every experiment of the task set")
+    parser.add_argument("--rank", type=int, default=8, help="Lanczos steps of the index")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    work, preset = Path(args.work), PRESET[args.task]
+    if not (work / "task" / "manifest.json").is_file():
+        build_task_set(preset.task, work / "task")
+    results = {}
+    for name in args.experiments or read_task_set(work / "task").experiments:
+        results[name] = run(work, name, preset, args.rank)
+        print(json.dumps(results[name], indent=1), flush=True)
+        if args.out:  # after each experiment: a crash keeps the finished ones
+            Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

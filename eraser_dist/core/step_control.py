@@ -1,0 +1,131 @@
+"""Step control: how far the erase goes along its Newton step ΔΘ (docs/DESIGN.md §1.9).
+
+One Newton step takes the curvature at Θ̂. Where the adapter is confident in a row's old
+answer, the loss of the new answer is nearly flat there, so the step runs past the edited
+objective's minimum: the textbook overshoot of Newton's method on a logistic loss started
+on the wrong side. Two controls, as pure functions of scalars and vectors:
+
+- :func:`line_search`: φ(α) = f_new(Θ̂ + αΔΘ) − f_new(Θ̂) on a grid of α (forward passes
+  only), then parabolic refinements around the best point.
+- :func:`chord_newton`: more Newton steps on the edited objective, each from where the last
+  ended with the gradient re-evaluated there and the first step's matrix kept.
+
+The pipeline (:mod:`eraser_dist.core.influence`) gives them φ, the gradient and the solve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import EraserError
+
+
+@dataclass
+class StepControlFigures:
+    """What a step control did: ``kind`` (line_search or newton), the step length ``alpha``
+    chosen (1 for newton), the Newton ``steps`` taken (1 for line_search), every
+    ``evaluations`` [α, φ(α)] of the line search, the gradient norm before each Newton
+    step (``gradient_norms``), and the ``seconds`` it added."""
+
+    kind: str
+    alpha: float
+    steps: int
+    evaluations: list[list[float]]
+    gradient_norms: list[float]
+    seconds: float
+
+
+@dataclass
+class StepLength:
+    """The α chosen and every (α, φ(α)) evaluated, in order (φ(0) = 0 is known, not
+    evaluated, and not listed)."""
+
+    alpha: float
+    tried: list[tuple[float, float]]
+
+
+def check_alphas(alphas: Sequence[float]) -> tuple[float, ...]:
+    """The grid sorted; refused when empty or not all > 0."""
+    if not alphas:
+        raise EraserError("the step-length grid is empty; give at least one α > 0")
+    if any(not a > 0 for a in alphas):
+        raise EraserError(f"every step length α must be > 0, got {list(alphas)}")
+    return tuple(sorted(set(float(a) for a in alphas)))
+
+
+def parabola_vertex(points: Sequence[tuple[float, float]]) -> float | None:
+    """The minimiser of the parabola through three (α, φ) points, or None where it opens
+    downward or is flat."""
+    (a, fa), (b, fb), (c, fc) = points
+    numerator = (b - a) ** 2 * (fb - fc) - (b - c) ** 2 * (fb - fa)
+    denominator = (b - a) * (fb - fc) - (b - c) * (fb - fa)
+    if denominator >= 0:  # not convex through these points (with a < b < c)
+        return None
+    return b - 0.5 * numerator / denominator
+
+
+def line_search(phi: Callable[[float], float], alphas: Sequence[float],
+                refinements: int = 3) -> StepLength:
+    """argmin over α > 0 of ``phi`` (with φ(0) = 0): ``phi`` on the grid ``alphas``, then up
+    to ``refinements`` times the vertex of the parabola through the best point and its two
+    neighbours (α = 0 among them), until a vertex is already known. The grid's largest α
+    bounds the step: a minimum beyond it is not chased. Costs at most len(alphas) +
+    refinements calls."""
+    values = {0.0: 0.0}
+    tried: list[tuple[float, float]] = []
+
+    def evaluate(alpha: float) -> None:
+        if alpha not in values:
+            values[alpha] = float(phi(alpha))
+            tried.append((alpha, values[alpha]))
+
+    for alpha in check_alphas(alphas):
+        evaluate(alpha)
+    for _ in range(refinements):
+        ordered = sorted(values.items())
+        best = min(range(1, len(ordered)), key=lambda i: ordered[i][1])
+        if best == len(ordered) - 1:
+            break  # the minimum lies at or past the grid's end
+        vertex = parabola_vertex(ordered[best - 1: best + 2])
+        if vertex is None or not ordered[best - 1][0] < vertex < ordered[best + 1][0] or (
+                min(abs(vertex - a) for a in values) <= 1e-3 * vertex):
+            break  # no bracketed vertex, or nothing new to learn there
+        evaluate(vertex)
+    alpha = min((a for a in values if a > 0), key=lambda a: values[a])
+    return StepLength(alpha, tried)
+
+
+@dataclass
+class ChordSteps:
+    """Σ of the steps taken, each step [steps, d], and the gradient norm before each."""
+
+    delta: torch.Tensor
+    steps: list[torch.Tensor]
+    gradient_norms: list[float]
+
+
+def chord_newton(first: torch.Tensor, rhs: torch.Tensor,
+                 gradient: Callable[[torch.Tensor], torch.Tensor],
+                 solve: Callable[[torch.Tensor], torch.Tensor], steps: int,
+                 tol: float = 1e-3) -> ChordSteps:
+    """Newton steps on the edited objective with the first step's matrix A kept (the chord
+    method): δ₁ = ``first`` (A⁻¹b for ``rhs`` b = −∇f_new(Θ̂), already solved), then
+    δ_{k+1} = δ_k − A⁻¹ ∇f_new(Θ̂ + δ_k), with ``gradient`` δ ↦ ∇f_new(Θ̂ + δ) [d] and
+    ``solve`` g ↦ A⁻¹g, up to ``steps`` steps in all. It stops early once the gradient's
+    norm is within ``tol`` of ‖b‖: on a quadratic with the exact A, after the first step."""
+    if steps < 1:
+        raise EraserError(f"Newton steps must be at least 1, got {steps}")
+    start = float(rhs.norm())
+    delta, taken, norms = first.clone(), [first], [start]
+    while len(taken) < steps:
+        g = gradient(delta)
+        norms.append(float(g.norm()))
+        if norms[-1] <= tol * start:
+            break
+        step = -solve(g)
+        taken.append(step)
+        delta = delta + step
+    return ChordSteps(delta, taken, norms)

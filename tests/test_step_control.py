@@ -1,0 +1,210 @@
+"""Step control: the line search and the chord Newton steps, as pure functions and through
+the erase pipeline, on a quadratic loss (where the Newton step is already right) and on a
+one-parameter logistic loss started on the wrong side (where it overshoots)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import QuadraticModel, regression_rows, ridge_solution
+
+from eraser_dist import cli
+from eraser_dist.arguments import EraseArguments
+from eraser_dist.core.influence import newton_step
+from eraser_dist.core.objective import LossModel
+from eraser_dist.core.requests import apply_request, parse_request
+from eraser_dist.core.step_control import chord_newton, line_search, parabola_vertex
+from eraser_dist.data import Example
+from eraser_dist.errors import EraserError
+
+WEIGHT_DECAY = 0.05
+LOGISTIC_DECAY = 0.02
+
+
+def test_a_parabola_through_three_points_has_its_vertex_found():
+    points = [(a, 3.0 * (a - 0.7) ** 2 - 1.0) for a in (0.25, 0.5, 1.25)]
+    assert parabola_vertex(points) == pytest.approx(0.7, abs=1e-12)
+    assert parabola_vertex([(0.0, 0.0), (0.5, 1.0), (1.0, 0.0)]) is None  # opens downward
+
+
+def test_the_line_search_keeps_the_step_of_a_quadratic_and_bounds_a_long_one():
+    found = line_search(lambda a: -a + 0.5 * a * a, (0.25, 0.5, 0.75, 1.0, 1.25))
+    assert found.alpha == 1.0
+    assert [a for a, _ in found.tried] == [0.25, 0.5, 0.75, 1.0, 1.25]  # no refinement needed
+    # a minimum beyond the grid is not chased: the largest α is taken
+    assert line_search(lambda a: -a, (0.5, 1.0)).alpha == 1.0
+
+
+# -- a quadratic LossModel: the Newton step is already where retraining lands ---------------
+
+QUADRATIC_REQUESTS = [{"kind": "remove", "ids": ["q3", "q11"]},
+                      {"kind": "correct_response", "edits": [{"id": "q5", "response": "4.5"}]}]
+
+
+@pytest.mark.parametrize("request_json", QUADRATIC_REQUESTS, ids=lambda r: r["kind"])
+@pytest.mark.parametrize("control", ["line_search", "newton"])
+def test_on_a_quadratic_loss_the_line_search_keeps_alpha_1_and_newton_stops_after_one_step(
+        request_json, control):
+    rows = regression_rows(20, 5)
+    model = QuadraticModel(5)
+    model.set_flat(ridge_solution(model, rows, WEIGHT_DECAY))
+    edited = apply_request(parse_request(request_json), rows)
+    args = EraseArguments(hvp="exact", curvature="edited", tol=1e-12, max_iter=50,
+                          hessian_samples=None, step_control=control, newton_steps=3,
+                          line_search_rows=100)
+    result = newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
+    retrained = ridge_solution(model, edited.rows_after, WEIGHT_DECAY)
+    assert float((model.get_flat() + result.delta - retrained).norm()
+                 / retrained.norm()) <= 1e-6
+    if control == "line_search":
+        assert result.control.alpha == pytest.approx(1.0, abs=1e-9)
+    else:
+        assert result.control.steps == 1
+        assert result.control.gradient_norms[-1] <= 1e-9 * result.control.gradient_norms[0]
+    assert torch.allclose(result.parts.sum(0), result.delta, atol=1e-12)
+
+
+# -- one logistic parameter, started on the wrong side ----------------------------------------
+
+class LogisticModel(LossModel):
+    """L = softplus(−s·θ) with s = ±1 from the row's response ("1" or "0")."""
+
+    def __init__(self, theta: float):
+        self.theta = torch.nn.Parameter(torch.tensor([theta], dtype=torch.float64))
+        self.params = [self.theta]
+
+    def collate(self, rows):
+        return torch.tensor([1.0 if r.response == "1" else -1.0 for r in rows],
+                            dtype=torch.float64)
+
+    def outputs(self, batch):
+        return batch * self.theta
+
+    def losses(self, outputs, batch):
+        return torch.nn.functional.softplus(-outputs)
+
+    def output_hvp(self, outputs, batch, tangent):
+        p = torch.sigmoid(outputs)
+        return p * (1 - p) * tangent
+
+
+def _logistic_case():
+    """The adapter fitted to label 0 (θ̂ < 0, σ(θ̂) + λθ̂ = 0); the request corrects it to 1,
+    whose minimiser is −θ̂. The Newton step from θ̂ uses the curvature there, where the new
+    label's loss is nearly flat."""
+    low, high = -10.0, 0.0
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (low, middle) if 1 / (1 + math.exp(-middle)) + LOGISTIC_DECAY * middle > 0 \
+            else (middle, high)
+    theta_hat = (low + high) / 2
+    rows = [Example("r", "x", "0")]
+    edited = apply_request(parse_request({"kind": "correct_response",
+                                          "edits": [{"id": "r", "response": "1"}]}), rows)
+    return LogisticModel(theta_hat), edited, theta_hat, -theta_hat
+
+
+def _logistic_step(control: str) -> tuple[float, float, float]:
+    model, edited, theta_hat, optimum = _logistic_case()
+    args = EraseArguments(hvp="exact", tol=1e-12, max_iter=10, hessian_samples=None,
+                          step_control=control, newton_steps=3)
+    result = newton_step(model, edited, LOGISTIC_DECAY, args, progress=False)
+    assert float(model.get_flat()) == theta_hat  # Θ is back at Θ̂
+    return float(result.delta), optimum - theta_hat, result
+
+
+def test_one_newton_step_overshoots_the_logistic_minimiser_by_the_known_factor():
+    step, needed, _ = _logistic_step("none")
+    _, _, theta_hat, _ = _logistic_case()
+    p = 1 / (1 + math.exp(-theta_hat))
+    # b = −f_new'(θ̂) = σ(−θ̂) − λθ̂, curvature σ(θ̂)σ(−θ̂) + λ
+    assert step == pytest.approx(((1 - p) - LOGISTIC_DECAY * theta_hat)
+                                 / (p * (1 - p) + LOGISTIC_DECAY), rel=1e-9)
+    assert step / needed == pytest.approx(2.424, abs=1e-3)
+
+
+def test_the_line_search_lands_within_5_percent_of_the_logistic_minimiser():
+    step, needed, result = _logistic_step("line_search")
+    assert abs(step / needed - 1) <= 0.05
+    assert result.control.kind == "line_search" and 0 < result.control.alpha < 1
+    assert len(result.control.evaluations) <= 8  # the grid's 5 and at most 3 refinements
+
+
+def test_chord_newton_steps_pull_an_overshoot_back_but_slowly_on_a_saturated_loss():
+    """The chord keeps the first step's slope, too steep where the step landed (there the
+    curvature is λ alone): three steps recover part of the overshoot, not all of it."""
+    step, needed, result = _logistic_step("newton")
+    assert result.control.steps == 3
+    norms = result.control.gradient_norms
+    assert norms[2] < norms[1]  # each step brings the gradient down
+    assert 1.05 < step / needed < 2.424
+
+
+def test_chord_newton_as_a_pure_function_converges_on_a_smooth_1d_problem():
+    # f(x) = x²/2 + x⁴/4 − x from 0, b = −f'(0) = 1, a fixed slope A = 2 (f'' runs 1 … 2.4
+    # up to the root): the chord converges to the root of x³ + x − 1
+    gradient = lambda d: d ** 3 + d - 1.0  # noqa: E731
+    chord = chord_newton(torch.tensor([0.5]), torch.tensor([1.0]), gradient,
+                         lambda g: g / 2, steps=40, tol=1e-10)
+    assert float(chord.delta) == pytest.approx(0.6823278, abs=1e-7)
+    assert 3 < len(chord.steps) < 40 and chord.gradient_norms[0] == 1.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--step-alphas", ""], "--step-alphas is empty; give at least one step length α > 0"),
+    (["--step-alphas", "0.5,-1"], "--step-alphas must be positive, got -1.0"),
+    (["--stages", "0"], "--stages must be at least 1, got 0"),
+    (["--newton-steps", "0"], "--newton-steps must be at least 1, got 0"),
+    (["--step-control", "bisect"], "invalid choice: 'bisect'"),
+])
+def test_nonsense_step_control_settings_are_one_line_errors(argv, message, tmp_path, capsys):
+    code = cli.main(["erase", "--base", "tiny-llama", "--adapter", str(tmp_path / "a"),
+                     "--data", str(tmp_path / "d.parquet"), "--request",
+                     str(tmp_path / "r.json"), "--out", str(tmp_path / "out"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and message in err
+
+
+def test_newton_step_control_refuses_a_batch_of_requests():
+    rows = regression_rows(20, 5)
+    model = QuadraticModel(5)
+    from eraser_dist.core.requests import apply_requests
+
+    edited = apply_requests([parse_request(r) for r in QUADRATIC_REQUESTS], rows)
+    with pytest.raises(EraserError, match="one request at a time"):
+        newton_step(model, edited, WEIGHT_DECAY, EraseArguments(step_control="newton"),
+                    progress=False)
+
+
+def test_the_erase_report_says_which_control_ran_and_reads_back(tmp_path):
+    """Through ``api.erase`` on tiny-llama: the report gives the α the line search chose and
+    what it tried, the published ΔΘ is that α times the plain step, and the report reads back."""
+    from conftest import delta_vector, word_rows
+
+    from eraser_dist import api
+    from eraser_dist.arguments import LoraArguments, TrainArguments
+    from eraser_dist.data import write_examples
+    from eraser_dist.report import EraseReport
+
+    write_examples(tmp_path / "d.parquet", word_rows(24))
+    api.train("tiny-llama", tmp_path / "d.parquet", tmp_path / "a", LoraArguments(rank=2),
+              TrainArguments(epochs=2, max_length=48), progress=False)
+    request = parse_request({"kind": "correct_response",
+                             "edits": [{"id": "r3", "response": "zzz"}]})
+    settings = {"hvp": "ggn_exact", "damping": 0.1, "tol": 1e-8, "max_iter": 40}
+    plain = api.erase("tiny-llama", tmp_path / "a", tmp_path / "d.parquet", request,
+                      tmp_path / "plain", EraseArguments(**settings), progress=False)
+    searched = api.erase("tiny-llama", tmp_path / "a", tmp_path / "d.parquet", request,
+                         tmp_path / "searched",
+                         EraseArguments(**settings, step_control="line_search"),
+                         progress=False)
+    assert plain.step_control is None
+    control = searched.step_control
+    assert control.kind == "line_search" and len(control.evaluations) >= 5
+    best = min(value for _, value in control.evaluations)
+    assert dict(map(tuple, control.evaluations))[control.alpha] == best
+    assert torch.allclose(delta_vector(tmp_path / "searched"),
+                          control.alpha * delta_vector(tmp_path / "plain"), rtol=1e-4, atol=1e-7)
+    assert EraseReport.read(tmp_path / "searched").step_control == control
