@@ -152,6 +152,15 @@ def test_chord_newton_as_a_pure_function_converges_on_a_smooth_1d_problem():
     assert 3 < len(chord.steps) < 40 and chord.gradient_norms[0] == 1.0
 
 
+def test_a_chord_step_that_raises_the_gradient_is_not_taken():
+    # A far too flat (0.1 where f'' is 0.75 … 3 ⋅ 9²): the chord step from 0.5 would land
+    # at 9.25, where the gradient is 900× larger
+    chord = chord_newton(torch.tensor([0.5]), torch.tensor([1.0]), lambda d: d ** 3 - 1.0,
+                         lambda g: g / 0.1, steps=3)
+    assert float(chord.delta) == 0.5 and len(chord.steps) == 1
+    assert chord.gradient_norms == [1.0, 0.875]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--step-alphas", ""], "--step-alphas is empty; give at least one step length α > 0"),
     (["--step-alphas", "0.5,-1"], "--step-alphas must be positive, got -1.0"),

@@ -100,7 +100,8 @@ def line_search(phi: Callable[[float], float], alphas: Sequence[float],
 
 @dataclass
 class ChordSteps:
-    """Σ of the steps taken, each step [steps, d], and the gradient norm before each."""
+    """Σ of the steps taken, each step [steps, d], and the gradient norms (‖b‖, then after
+    each step taken)."""
 
     delta: torch.Tensor
     steps: list[torch.Tensor]
@@ -114,18 +115,23 @@ def chord_newton(first: torch.Tensor, rhs: torch.Tensor,
     """Newton steps on the edited objective with the first step's matrix A kept (the chord
     method): δ₁ = ``first`` (A⁻¹b for ``rhs`` b = −∇f_new(Θ̂), already solved), then
     δ_{k+1} = δ_k − A⁻¹ ∇f_new(Θ̂ + δ_k), with ``gradient`` δ ↦ ∇f_new(Θ̂ + δ) [d] and
-    ``solve`` g ↦ A⁻¹g, up to ``steps`` steps in all. It stops early once the gradient's
-    norm is within ``tol`` of ‖b‖: on a quadratic with the exact A, after the first step."""
+    ``solve`` g ↦ A⁻¹g, up to ``steps`` steps in all. It stops once the gradient's norm is
+    within ``tol`` of ‖b‖ (on a quadratic with the exact A, after the first step), and a
+    step after which the gradient is larger than before it is not taken: A too flat for
+    where the first step landed sends the chord away (measured: docs/RESULTS.md, "Step
+    control"). ``gradient_norms``: ‖b‖, then the norm after each step taken."""
     if steps < 1:
         raise EraserError(f"Newton steps must be at least 1, got {steps}")
     start = float(rhs.norm())
     delta, taken, norms = first.clone(), [first], [start]
-    while len(taken) < steps:
-        g = gradient(delta)
-        norms.append(float(g.norm()))
-        if norms[-1] <= tol * start:
-            break
+    g = gradient(delta)
+    norms.append(float(g.norm()))
+    while len(taken) < steps and norms[-1] > tol * start:
         step = -solve(g)
+        moved = gradient(delta + step)
+        if float(moved.norm()) >= norms[-1]:
+            break  # the step would make the gradient larger: not taken
+        delta, g = delta + step, moved
         taken.append(step)
-        delta = delta + step
+        norms.append(float(g.norm()))
     return ChordSteps(delta, taken, norms)
