@@ -285,11 +285,10 @@ def edited_objective_along(backend: CurvatureBackend, edited: EditedObjective,
     ``args.line_search_rows`` scaled to their total weight, and the exact L2 term. Each call
     moves the backend to Θ̂ + αΔΘ and back to ``theta``."""
     changed = set(edited.changed_rows)
-    new = [(row, w) for row, w in zip(edited.changed_rows, edited.weight_changes.tolist(),
-                                      strict=True) if w > 0]
     kept = [(row, w) for row, w in zip(edited.rows_after, edited.weights_after.tolist(),
                                        strict=True) if row not in changed]
-    rows, coefficients = [row for row, _ in new], [w for _, w in new]
+    added, added_weights = edited.added_rows()
+    rows, coefficients = list(added), added_weights.tolist()
     if kept and args.line_search_rows > 0:
         kept_weights = torch.tensor([w for _, w in kept], dtype=torch.float64)
         sample, sample_weights = sample_rows([row for row, _ in kept], kept_weights,
@@ -326,10 +325,8 @@ def edited_gradient(backend: CurvatureBackend, edited: EditedObjective, weight_d
     damping = erase_damping(args, weight_decay)
     kind = hvp_kind(args, backend)
     scale = 1.0 / float(hessian[1].sum())
-    new = [(row, w) for row, w in zip(edited.changed_rows, edited.weight_changes.tolist(),
-                                      strict=True) if w > 0]
-    new_rows = ([row for row, _ in new], torch.tensor([w for _, w in new], dtype=torch.float64))
-    at_start = backend.gradient_sums([new_rows], args.batch_size)[0] if new else None
+    new_rows = edited.added_rows()
+    at_start = backend.gradient_sums([new_rows], args.batch_size)[0] if new_rows[0] else None
 
     def product(rows: tuple[Sequence, torch.Tensor], v: torch.Tensor) -> torch.Tensor:
         backend.use_hessian_rows(*rows)

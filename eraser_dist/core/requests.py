@@ -154,6 +154,12 @@ class EditedObjective:
             parts.append(([self.changed_rows[i] for i in picked], self.weight_changes[picked]))
         return parts
 
+    def added_rows(self) -> tuple[list[Example], torch.Tensor]:
+        """The changed rows whose weight grew (the new versions of edited rows) and their
+        weight changes [n_added]; none for a removal."""
+        picked = [i for i, w in enumerate(self.weight_changes.tolist()) if w > 0]
+        return [self.changed_rows[i] for i in picked], self.weight_changes[picked].double()
+
     def at(self, t: float) -> tuple[list[Example], torch.Tensor]:
         """Rows and weights [m] of f_t = f + t·(f_new − f), weights w + t·Δw, 0 ≤ t ≤ 1: D at
         t = 0 and D' at 1 (same order); in between an edited row's old and new versions are

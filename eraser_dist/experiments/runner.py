@@ -293,8 +293,7 @@ def measured_rows(edited, request, rows, kept_sample: int) -> tuple[list, list]:
     """(affected, kept): the rows an experiment measures the loss on. Affected rows are the
     new versions of the edited rows (for a removal, the removed rows); kept rows are the
     first ``kept_sample`` rows the request does not touch."""
-    affected = [r for r, w in zip(edited.changed_rows, edited.weight_changes.tolist(),
-                                  strict=True) if w > 0] or edited.changed_rows
+    affected = edited.added_rows()[0] or edited.changed_rows
     touched = set(request.ids)
     return affected, [r for r in rows if r.id not in touched][:kept_sample]
 

@@ -25,6 +25,7 @@ from .auth_limit import FailedAuthLimit
 from .facade import EraseService
 
 START_SECONDS = 30.0
+BACKLOG = 2048  # the socket's listen queue, also told to uvicorn, which listens again
 
 
 class _H11(H11Protocol):
@@ -86,11 +87,11 @@ class HttpServer:
     def __init__(self, service: EraseService, host: str = "127.0.0.1", port: int = 8080,
                  auth_limit: FailedAuthLimit | None = None, idle_timeout_s: float = 15.0):
         try:
-            self._socket = socket.create_server((host, port), backlog=2048)
+            self._socket = socket.create_server((host, port), backlog=BACKLOG)
         except (OSError, OverflowError) as err:
             raise EraserError(f"cannot listen on {host}:{port}: {err}") from None
         config = uvicorn.Config(make_app(service, auth_limit), http=_H11, lifespan="off",
-                                log_config=None, access_log=False, backlog=2048,
+                                log_config=None, access_log=False, backlog=BACKLOG,
                                 timeout_keep_alive=idle_timeout_s, timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run,
