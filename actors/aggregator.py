@@ -117,9 +117,10 @@ class Aggregator:
         info = (self.pool.infos or self.pool.start())[0][0]
         return PoolBackend(self.pool, info["theta"], info["dtype"])
 
-    def memory(self) -> list[list[dict[str, int]]]:
-        """Every rank's ShardWorker.memory(), per group."""
-        return [ray.get([rank.memory.remote() for rank in group.ranks])
+    def per_rank(self, figures: str) -> list[list[Any]]:
+        """Every rank's own ``figures`` (``memory`` or ``collectives``, the ShardWorker
+        methods of those names), per group."""
+        return [ray.get([getattr(rank, figures).remote() for rank in group.ranks])
                 for group in self.pool.groups]
 
     def shutdown(self) -> None:

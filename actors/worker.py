@@ -50,3 +50,7 @@ class WorkerRank:
     def memory(self) -> dict[str, int]:
         """This rank's own figures (no collective, unlike ``call``)."""
         return self.worker.memory()
+
+    def collectives(self) -> dict[str, list[dict[str, int]]]:
+        """This rank's collective bytes per call (no collective, unlike ``call``)."""
+        return self.worker.collectives()

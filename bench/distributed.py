@@ -66,7 +66,7 @@ def erase_on(spec: WorkerSpec, edited: EditedObjective, weight_decay: float,
         start = time.perf_counter()
         found = ray.get(aggregator.erase.remote(edited, weight_decay, args))
         found["wall_seconds"] = time.perf_counter() - start
-        found["memory"] = ray.get(aggregator.memory.remote())
+        found["memory"] = ray.get(aggregator.per_rank.remote("memory"))
         return found
     finally:
         ray.kill(aggregator)

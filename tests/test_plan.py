@@ -85,10 +85,16 @@ def test_aggregator_traffic_is_under_one_percent_of_the_base():
     assert plan.ratio_to_base == pytest.approx(0.0038, abs=0.0001)
 
 
-def test_intra_group_traffic_is_six_base_all_gathers_plus_gradient_all_reduces():
+def test_intra_group_traffic_is_two_gradients_of_gathers_plus_one_product_all_reduce():
+    """Per fd HVP: 2 gradients, each gathering the whole base forward and all of it but the
+    input embedding backward (no recomputation: the engine has no activation
+    checkpointing), and one ring all-reduce of the float64 product."""
     plan = make_plan(replace(QV8_70B, group_size=8))
-    expected = 6 * 7 / 8 * plan.base_bytes + 2 * 2 * 7 / 8 * plan.lora_bytes
+    embedding = 32000 * 8192 * 2
+    expected = (2 * 7 / 8 * (2 * plan.base_bytes - embedding)
+                + 2 * 7 / 8 * plan.lora_params * 8)
     assert plan.intra_group_bytes_per_iteration == pytest.approx(expected)
+    assert plan.intra_group_bytes_per_iteration / plan.base_bytes == pytest.approx(3.5, abs=0.01)
     one = make_plan(replace(QV8_70B, gpus=1, group_size=1, params=7e9))
     assert one.intra_group_bytes_per_iteration == 0
     assert one.zero3_gather_bytes == 0
@@ -107,32 +113,35 @@ def test_halving_the_group_doubles_the_base_shard():
 def test_activation_estimate_matches_its_documented_formula():
     plan = make_plan(replace(QV8_70B, group_size=8, batch_size=2, seq_len=1024))
     t = 2 * 1024
-    expected = (80 * t * 8192 * 2 + t * (16 * 8192 + 3 * 28672 + 2 * 64 * 1024) * 2
-                + t * 32000 * 4)
+    # every layer's working set is kept for the backward, and the fp32 logits
+    expected = (80 * t * (16 * 8192 + 3 * 28672 + 2 * 64 * 1024) * 2 + t * 32000 * 4)
     assert plan.activation_bytes == expected
-    one_layer = 2 * 8192 * 8192 + 2 * 8192 * 1024 + 3 * 8192 * 28672 + 2 * 8192
-    assert plan.zero3_gather_bytes == 2 * one_layer * 2
+    # one module at a time: the largest weight (the 32000 × 8192 embedding) + the prefetch
+    assert plan.zero3_gather_bytes == (32000 * 8192 + 10_000_000) * 2
 
 
 def test_70b_fits_on_8x80_and_not_on_2x80():
     fits = make_plan(replace(QV8_70B, group_size=8))
     assert fits.fits and fits.total_per_gpu_bytes <= 0.9 * 80 * GB
-    assert fits.total_per_gpu_bytes / GB == pytest.approx(60.3, abs=0.1)
+    assert fits.total_per_gpu_bytes / GB == pytest.approx(41.4, abs=0.1)
     small = make_plan(replace(QV8_70B, gpus=2, group_size=2))
     assert not small.fits and small.total_per_gpu_bytes > 0.9 * 80 * GB
     assert format_plan(fits).splitlines()[-1] == "fits"
     assert format_plan(small).splitlines()[-1] == (
-        "does not fit: need 112.1 GB per GPU, have 72.0 GB (90% of 80 GB)")
+        "does not fit: need 93.1 GB per GPU, have 72.0 GB (90% of 80 GB)")
+    # 8 rows of 2048 tokens keep 1.2 TB of activations per GPU: no group holds them
+    long_rows = make_plan(replace(QV8_70B, group_size=8, batch_size=8, seq_len=2048))
+    assert not long_rows.fits and long_rows.activation_bytes / GB > 1000
 
 
 def test_default_group_size_is_the_smallest_power_of_two_that_fits():
-    assert make_plan(QV8_70B).group_size == 8  # 1, 2 and 4 GPUs are too few for 70B
-    assert make_plan(replace(QV8_70B, gpus=16)).group_size == 8
+    assert make_plan(QV8_70B).group_size == 4  # 93.1 GB per GPU over 2; 58.6 GB over 4
+    assert make_plan(replace(QV8_70B, gpus=16)).group_size == 4
     assert make_plan(replace(QV8_70B, params=7e9)).group_size == 1
-    # 7B at 36 sequences per GPU: 76.2 GB on one GPU, 70.3 GB per GPU over two.
-    assert make_plan(replace(QV8_70B, params=7e9, batch_size=36)).group_size == 2
-    assert make_plan(replace(QV8_70B, params=7e9, batch_size=38)).group_size == 4
-    # With more memory 70B fits on fewer GPUs per group: 77.3 GB over 4, 112.1 GB over 2.
+    # 7B at 13 sequences per GPU: 70.4 GB on one GPU; at 14, 68.3 GB per GPU over two.
+    assert make_plan(replace(QV8_70B, params=7e9, batch_size=13)).group_size == 1
+    assert make_plan(replace(QV8_70B, params=7e9, batch_size=14)).group_size == 2
+    # With more memory 70B fits on fewer GPUs per group: 93.1 GB over 2.
     wide = make_plan(replace(QV8_70B, gpu_memory_gb=100))
     assert (wide.group_size, wide.num_groups) == (4, 2)
     wider = make_plan(replace(QV8_70B, gpu_memory_gb=141))
@@ -178,7 +187,7 @@ PLAN_ARGV = ["plan", "--params", "70e9", "--gpus", "8", "--lora-rank", "8",
 def test_cli_prints_the_table(capsys):
     assert main(PLAN_ARGV) == 0
     out = capsys.readouterr().out
-    assert "llama-2-70b" in out and "17.24 GB" in out and "131.1 MB" in out
+    assert "llama-2-70b" in out and "34.49 GB" in out and "262.1 MB" in out
     assert out.splitlines()[-1] == "fits"
 
 
@@ -189,7 +198,8 @@ def test_cli_json(capsys):
     assert obj["group_size"] == 4 and obj["num_groups"] == 4
     assert obj["base_shard_bytes"] / GB == pytest.approx(34.5, abs=0.1)
     assert obj["aggregator_bytes_per_iteration"] == 8 * obj["lora_bytes"]
-    assert obj["fits"] is False
+    assert obj["fits"] is True and obj["total_per_gpu_bytes"] / GB == pytest.approx(58.6,
+                                                                                   abs=0.1)
     assert obj["targets"] == ["q_proj", "v_proj"]
 
 

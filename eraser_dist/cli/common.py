@@ -24,7 +24,8 @@ def print_json(obj: Any) -> None:
 def model_flags(p: argparse.ArgumentParser, out: bool = True) -> None:
     """--base, --data, --device, --json, --quiet (and --out, --overwrite)."""
     p.add_argument("--base", required=True,
-                   help="tiny-llama, smollm2-135m, or a Hugging Face model directory")
+                   help="tiny-llama, smollm2-135m, llama70b-shaped:N, or a Hugging Face model "
+                   "directory")
     p.add_argument("--data", required=True, help="training set (Parquet: id, query, response)")
     if out:
         p.add_argument("--out", required=True,

@@ -158,7 +158,8 @@ def cmd_plan(ns: argparse.Namespace) -> None:
 
     from ..distributed.plan import format_plan, make_plan, parse_params
 
-    plan = make_plan(options_from(ns, PlanArguments, params=parse_params(ns.params)))
+    params = None if ns.params is None else parse_params(ns.params)
+    plan = make_plan(options_from(ns, PlanArguments, params=params))
     if ns.json:
         print_json(asdict(plan))
     else:
@@ -203,9 +204,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plan", help="per-GPU memory and traffic of one erase on a cluster")
-    p.add_argument("--params", required=True,
-                   help="base model size, e.g. 70e9 or 70B; the closest known Llama shape "
-                   "is used")
+    p.add_argument("--params", help="base model size, e.g. 70e9 or 70B; the closest known "
+                   "Llama shape is used (or --base)")
     add_options(p, PlanArguments, exclude=("params",),
                 required=("gpus", "lora_rank", "targets"))
     p.add_argument("--json", action="store_true", help="print the plan as JSON")

@@ -33,11 +33,16 @@ HEADROOM = 0.9
 #: Adapter-sized fp32 vectors each worker keeps for one finite-difference HVP: v, the partial
 #: H·v, the two gradients g(Θ + hv) and g(Θ − hv), and the saved Θ to restore afterwards.
 CG_VECTORS_PER_WORKER = 5
-#: Passes over the base per gradient with activation checkpointing: one forward, one backward
-#: and one recomputation forward; ZeRO-3 all-gathers the full base for each.
-PASSES_PER_GRADIENT = 3
-#: Gradients per finite-difference HVP: g(Θ + hv) and g(Θ − hv).
+#: Gradients per finite-difference HVP: g(Θ + hv) and g(Θ − hv). The engine keeps every
+#: layer's activations for the backward (no activation checkpointing), so a gradient is one
+#: forward and one backward pass; ZeRO-3 all-gathers the whole base for the forward and all
+#: of it but the input embedding for the backward (measured: RESULTS.md § At 70B widths).
 GRADIENTS_PER_HVP = 2
+#: Bytes per element of the HVP product all-reduced inside a group (float64).
+PRODUCT_DTYPE_BYTES = 8
+#: Parameters ZeRO-3 prefetches ahead of the module it gathers (stage3_prefetch_bucket_size
+#: in distributed/zero.py).
+PREFETCH_BUCKET_PARAMS = 10_000_000
 #: Bytes per index weight: its k Ritz vectors in fp32, and its scaling D and its Θ in fp64.
 INDEX_VECTOR_BYTES = 4
 INDEX_DIAGONAL_BYTES = 2 * 8
@@ -95,6 +100,45 @@ ARCHITECTURES: dict[str, Architecture] = {
     )
 }
 
+#: The built-in base ``llama70b-shaped:N``: the per-layer widths of Llama-2-70B and
+#: Llama-3-70B (hidden 8192, intermediate 28672, 64 query heads, 8 KV heads, head dim 128)
+#: with N decoder layers and SmolLM2's 49,152-token vocabulary (Llama-3 has 128,256: 2.6×
+#: more), so that it reads real text with a tokenizer that ships with the package.
+SHAPED_70B_PREFIX = "llama70b-shaped:"
+SHAPED_70B_VOCAB = 49152
+SHAPED_70B_MAX_LAYERS = 80
+
+
+def shaped_70b_layers(name: str) -> int | None:
+    """N of a ``llama70b-shaped:N`` name (1 ≤ N ≤ 80); None for any other name."""
+    if not name.startswith(SHAPED_70B_PREFIX):
+        return None
+    text = name[len(SHAPED_70B_PREFIX):]
+    if not (text.isdigit() and 1 <= int(text) <= SHAPED_70B_MAX_LAYERS):
+        raise EraserError(f"{name!r}: the layer count after {SHAPED_70B_PREFIX!r} must be a "
+                          f"whole number from 1 to {SHAPED_70B_MAX_LAYERS}")
+    return int(text)
+
+
+def shaped_70b_architecture(layers: int) -> Architecture:
+    """The shape of ``llama70b-shaped:<layers>``."""
+    full = ARCHITECTURES["llama-2-70b"]
+    return Architecture(full.hidden_size, layers, full.num_heads, full.num_kv_heads,
+                        full.intermediate_size, SHAPED_70B_VOCAB,
+                        f"{SHAPED_70B_PREFIX}{layers}")
+
+
+def architecture_of_base(name: str) -> Architecture:
+    """The shape of a base named on the command line: a known shape's name (``llama-2-70b``,
+    ``smollm2-135m``, …) or ``llama70b-shaped:N``."""
+    layers = shaped_70b_layers(name)
+    if layers is not None:
+        return shaped_70b_architecture(layers)
+    if name not in ARCHITECTURES:
+        raise EraserError(f"no known shape for base {name!r}; known: "
+                          f"{', '.join(ARCHITECTURES)}, {SHAPED_70B_PREFIX}N")
+    return ARCHITECTURES[name]
+
 
 def layer_params(arch: Architecture) -> int:
     """Parameters of one decoder layer: q, k, v, o, gate, up, down and two RMSNorm weights."""
@@ -151,30 +195,39 @@ def _check_params(params: float) -> None:
 class PlanArguments(Options):
     """One erase on a cluster, as the planner sees it.
 
-    ``params`` picks the closest known architecture (:func:`architecture_for`); the plan is for
-    that shape. ``gpus`` is the whole cluster, cut into groups of ``group_size`` GPUs (default:
-    the smallest power of two ≤ 8 that fits). ``batch_size`` is sequences per GPU per forward
+    The shape is ``base``'s (:func:`architecture_of_base`), or else the known architecture
+    closest to ``params`` (:func:`architecture_for`); give one of the two. ``gpus`` is the
+    whole cluster, cut into groups of ``group_size`` GPUs (default: the smallest power of
+    two ≤ 8 that fits). ``batch_size`` is sequences per GPU per forward
     pass (each rank of a group runs its own micro-batch) and ``seq_len`` tokens per sequence.
     ``gpu_memory_gb`` is each GPU's memory in GB (10⁹ bytes); a plan fits when it needs at most
     ``HEADROOM`` (90 %) of it.
     """
 
-    params: float = option(help="base model size, e.g. 70e9 or 70B; the closest known Llama "
-                           "shape is used", above=0)
     gpus: int = option(help="GPUs in the cluster", minimum=1)
+    params: float | None = option(None, "base model size, e.g. 70e9 or 70B; the closest "
+                                  "known Llama shape is used", above=0)
     group_size: int | None = option(None, "GPUs per ZeRO-3 group holding one base; default: "
                                     "the smallest of 1, 2, 4, 8 that fits", minimum=1)
     lora_rank: int = option(8, "LoRA rank r of the adapter", minimum=1)
     targets: tuple[str, ...] = option(("q_proj", "v_proj"), "comma-separated module names")
-    batch_size: int = option(8, "sequences per GPU per forward pass", minimum=1)
-    seq_len: int = option(2048, "tokens per sequence", minimum=1)
+    batch_size: int = option(1, "sequences per GPU per forward pass (eraser erase "
+                             "--batch-size)", minimum=1)
+    seq_len: int = option(512, "tokens per sequence", minimum=1)
     base_dtype: BaseDtype = option("bfloat16", "dtype the base is held in")
     gpu_memory_gb: float = option(80.0, "memory of each GPU in GB (10^9 bytes); plans use at "
                                   "most 90%", above=0)
     index_rank: int = option(24, "Ritz pairs of the curvature index (eraser index --rank)",
                              minimum=1)
+    base: str | None = option(None, "plan for this base's shape instead of --params: "
+                              "llama70b-shaped:N or a known shape's name")
 
     def check(self) -> None:
+        if (self.params is None) == (self.base is None):
+            raise EraserError("give exactly one of --params (the base's size) and --base (its "
+                              "name)")
+        if self.base is not None:
+            architecture_of_base(self.base)
         if not self.targets:
             raise EraserError(f"give at least one LoRA target; valid: {', '.join(LORA_TARGETS)}")
         unknown = [t for t in self.targets if t not in LORA_TARGETS]
@@ -200,15 +253,16 @@ class Plan:
     - ``lora_bytes`` = lora_params · 4: the fp32 adapter, whole on every rank.
     - ``cg_vector_bytes`` = 5 · lora_bytes: v, the partial H·v, g(Θ + hv), g(Θ − hv) and the
       saved Θ of a finite-difference HVP (``CG_VECTORS_PER_WORKER``).
-    - ``activation_bytes``, with activation checkpointing and dtype_bytes d, batch b, seq s:
-      num_layers · b·s·hidden·d (each layer's input, kept)
-      + b·s·(16·hidden + 3·intermediate + 2·heads·s)·d (one layer's working set while it is
-      recomputed: projections, norms and residuals; the SwiGLU activations; eager attention
-      scores and probabilities)
-      + b·s·vocab·4 (the logits, fp32).
-    - ``zero3_gather_bytes`` = 2 · max(one decoder layer, vocab·hidden) params · dtype_bytes:
-      the largest module's full weights, gathered transiently, twice for prefetch of the next;
-      0 when group_size is 1 (nothing is partitioned).
+    - ``activation_bytes``, with dtype_bytes d, batch b, seq s: the engine has no activation
+      checkpointing, so every layer's working set is kept until the backward has used it:
+      num_layers · b·s·(16·hidden + 3·intermediate + 2·heads·s)·d (projections, norms and
+      residuals; the SwiGLU activations; eager attention scores and probabilities)
+      + b·s·vocab·4 (the logits, fp32; an upper bound: they are computed at the response's
+      positions only).
+    - ``zero3_gather_bytes`` = (the largest single weight + ``PREFETCH_BUCKET_PARAMS``) ·
+      dtype_bytes: ZeRO-3 gathers one module at a time (max live parameters 1e8, reuse
+      distance 0) and prefetches a bucket ahead; 0 when group_size is 1 (nothing is
+      partitioned).
     - ``total_per_gpu_bytes`` is their sum; ``fits`` when it is ≤ ``usable_bytes_per_gpu`` =
       0.9 · gpu_memory.
 
@@ -216,10 +270,13 @@ class Plan:
 
     - ``aggregator_bytes_per_iteration`` = 2 · num_groups · lora_bytes: every group receives v
       and sends back one partial sum.
-    - ``intra_group_bytes_per_iteration``, received by each rank: 2 gradients × 3 passes
-      (forward, backward, recomputation forward), each all-gathering the full base:
-      6 · (k − 1)/k · base_bytes; plus a ring all-reduce of each gradient inside the group:
-      2 · 2 · (k − 1)/k · lora_bytes (k = group_size).
+    - ``intra_group_bytes_per_iteration``, received by each rank (k = group_size): 2
+      gradients, each a forward that all-gathers the whole base and a backward that
+      all-gathers all of it but the input embedding:
+      2 · (k − 1)/k · (2 · base_bytes − embedding bytes); plus one ring all-reduce of the
+      float64 product: 2 · (k − 1)/k · lora_params · 8. (It counts the first layer's q, k
+      and v weights in the backward, where a q/v adapter does not need them: 3% over the
+      measured bytes at one layer, nothing at 80.)
     - ``ratio_to_base`` = aggregator_bytes_per_iteration / base_bytes.
 
     The curvature index (docs/DESIGN.md §7) is low rank: ``index_bytes`` = lora_params ·
@@ -271,20 +328,22 @@ def _plan(args: PlanArguments, arch: Architecture, group_size: int) -> Plan:
     base_shard = base_bytes / k
     cg_vectors = CG_VECTORS_PER_WORKER * lora_bytes
     activations = (
-        arch.num_layers * tokens * h * d
-        + tokens * (16 * h + 3 * i + 2 * arch.num_heads * args.seq_len) * d
+        arch.num_layers * tokens * (16 * h + 3 * i + 2 * arch.num_heads * args.seq_len) * d
         + tokens * v * 4
     )
-    gathered = 0 if k == 1 else 2 * max(layer_params(arch), v * h) * d
+    largest_weight = max(v * h, h * i, h * h)
+    gathered = 0 if k == 1 else (largest_weight + PREFETCH_BUCKET_PARAMS) * d
     total = base_shard + lora_bytes + cg_vectors + activations + gathered
     usable = HEADROOM * args.gpu_memory_gb * GB
     num_groups = args.gpus // k
     aggregator = 2 * num_groups * lora_bytes
     share = (k - 1) / k
-    intra = (GRADIENTS_PER_HVP * PASSES_PER_GRADIENT * share * base_bytes
-             + GRADIENTS_PER_HVP * 2 * share * lora_bytes)
+    backward_bytes = base_bytes - v * h * d  # no gradient flows into the input embedding
+    intra = (GRADIENTS_PER_HVP * share * (base_bytes + backward_bytes)
+             + 2 * share * n_lora * PRODUCT_DTYPE_BYTES)
     return Plan(
-        architecture=arch.name, requested_params=float(args.params), base_params=base_params,
+        architecture=arch.name, requested_params=float(args.params or base_params),
+        base_params=base_params,
         lora_params=n_lora, lora_rank=args.lora_rank, targets=tuple(args.targets),
         base_dtype=args.base_dtype, batch_size=args.batch_size, seq_len=args.seq_len,
         gpus=args.gpus, group_size=k, num_groups=num_groups,
@@ -306,7 +365,8 @@ def make_plan(args: PlanArguments) -> Plan:
     when none fits, the largest of them that divides ``gpus`` (8 on whole 8-GPU nodes), and the
     plan says it does not fit.
     """
-    arch = architecture_for(args.params)
+    arch = (architecture_for(args.params) if args.base is None
+            else architecture_of_base(args.base))
     if args.group_size is not None:
         return _plan(args, arch, args.group_size)
 
@@ -339,8 +399,9 @@ def format_plan(plan: Plan) -> str:
         ("per GPU", ""),
         (f"  base shard (ZeRO-3, 1/{plan.group_size} of {_size(plan.base_bytes)})",
          _size(plan.base_shard_bytes)),
-        ("  ZeRO-3 gathered weights (2 × largest layer)", _size(plan.zero3_gather_bytes)),
-        (f"  activations (batch {plan.batch_size} × seq {plan.seq_len}, checkpointed)",
+        ("  ZeRO-3 gathered weights (largest weight + prefetch)",
+         _size(plan.zero3_gather_bytes)),
+        (f"  activations (batch {plan.batch_size} × seq {plan.seq_len}, every layer's)",
          _size(plan.activation_bytes)),
         ("  LoRA adapter (fp32)", _size(plan.lora_bytes)),
         (f"  CG vectors ({CG_VECTORS_PER_WORKER} × adapter, fp32)", _size(plan.cg_vector_bytes)),
@@ -360,8 +421,10 @@ def format_plan(plan: Plan) -> str:
     ]
     width = max(len(label) for label, _ in rows) + 2
     header = [
-        f"{plan.architecture}: {_count(plan.base_params)} params "
-        f"(the known shape closest to {_count(plan.requested_params)}), {plan.base_dtype}",
+        f"{plan.architecture}: {_count(plan.base_params)} params"
+        + ("" if plan.requested_params == plan.base_params else
+           f" (the known shape closest to {_count(plan.requested_params)})")
+        + f", {plan.base_dtype}",
         f"cluster: {plan.gpus} GPU{'s' if plan.gpus > 1 else ''} = {plan.num_groups} {groups} "
         f"× {plan.group_size}",
         f"adapter: rank {plan.lora_rank} on {','.join(plan.targets)} = "

@@ -98,6 +98,61 @@ def partitioned_loading(dtype: torch.dtype) -> Any:
 
 
 @contextmanager
+def partitioned_construction(dtype: torch.dtype):
+    """While a ZeRO-3 loading config is alive (:func:`partitioned_loading`), build modules
+    inside ``deepspeed.zero.Init``: each parameter is cut into this rank's partition as soon
+    as its module exists, so no rank holds a whole model that is too big for it. Elsewhere,
+    an ordinary construction in ``dtype``. Weights are left uninitialised either way (fill
+    them with :func:`fill_parameter`)."""
+    from transformers.initialization import no_init_weights
+    from transformers.integrations import deepspeed_config, is_deepspeed_zero3_enabled
+    from transformers.integrations.deepspeed import prevent_arange_dtype_change
+
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        if not is_deepspeed_zero3_enabled():
+            with no_init_weights():
+                yield
+            return
+        import deepspeed
+
+        # prevent_arange_dtype_change: zero.Init would otherwise build the rotary
+        # frequencies in the base's dtype, as transformers' own ZeRO-3 construction avoids.
+        # The dtype comes from the config (bf16 enabled or not): zero.Init's own dtype
+        # argument, when given, resolves to bf16 on a CPU whatever it is.
+        with no_init_weights(), prevent_arange_dtype_change(), deepspeed.zero.Init(
+                config_dict_or_path=deepspeed_config()):
+            yield
+    finally:
+        torch.set_default_dtype(default)
+
+
+#: Elements written at a time by :func:`fill_parameter`: the transient it adds to a rank.
+FILL_CHUNK = 1 << 24
+
+
+def fill_parameter(param: torch.nn.Parameter, values) -> None:
+    """Write ``values(start, stop)`` (the flattened parameter's elements [start, stop), as a
+    1-D tensor) into what this rank holds of ``param``: all of it, or its ZeRO-3 partition
+    (rank r holds elements [r·s, (r+1)·s), s = ⌈numel / group size⌉, zero past the end).
+    Asked for ``FILL_CHUNK`` elements at a time."""
+    with torch.no_grad():
+        if hasattr(param, "ds_tensor"):
+            import deepspeed
+
+            local = param.ds_tensor.view(-1)
+            first = local.numel() * deepspeed.comm.get_rank(group=param.ds_process_group)
+            last = min(first + local.numel(), int(param.ds_numel))
+            local.zero_()
+        else:
+            local, first, last = param.view(-1), 0, param.numel()
+        for start in range(first, last, FILL_CHUNK):
+            stop = min(start + FILL_CHUNK, last)
+            local[start - first : stop - first].copy_(values(start, stop))
+
+
+@contextmanager
 def gathered(params: list[torch.nn.Parameter]):
     """The full values of possibly partitioned parameters, for reading inside the block."""
     if not any(hasattr(p, "ds_id") for p in params):
@@ -140,12 +195,37 @@ def partition_report(model: torch.nn.Module) -> list[dict[str, Any]]:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Σ over the ranks of the group, in place; a no-op for a group of one."""
+    """Σ over the ranks of the group, in place; a no-op for a group of one. Through
+    DeepSpeed's communication layer, so that :func:`collective_bytes` counts it too."""
     import torch.distributed as dist
 
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor)
+        import deepspeed
+
+        deepspeed.comm.all_reduce(tensor)
     return tensor
+
+
+def count_collectives() -> None:
+    """Have DeepSpeed's comms logger record every collective of this process from now on.
+    It synchronises the device after each one (no overlap of ZeRO-3's prefetch with
+    compute), so it is for measurements only."""
+    import deepspeed
+
+    deepspeed.comm.configure(enabled=True, prof_all=True, verbose=False)
+
+
+def collective_bytes() -> dict[str, int]:
+    """Per collective operation, Σ calls × message size in bytes, as DeepSpeed's comms
+    logger has recorded them in this process so far (:func:`count_collectives`). The message
+    size is that of the operation's tensor argument: for an all-gather, this rank's part
+    (it receives k − 1 such parts), for an all-reduce the whole tensor."""
+    import deepspeed
+
+    totals: dict[str, int] = {}
+    for name, by_size in deepspeed.comm.comms_logger.comms_dict.items():
+        totals[name] = sum(size * record[0] for size, record in by_size.items())
+    return totals
 
 
 def all_gather(obj: Any) -> list[Any]:

