@@ -14,8 +14,11 @@ counting every in-group collective. Reported, measured:
 - the LoRA dimension d;
 
 beside ``eraser plan``'s prediction for the same shape and group (batch 1 × the rows'
-length), with their ratio. A kernel microbenchmark (bf16 forward and input-gradient
-products at width 8192, one thread) predicts the HVP's seconds from its matmul parameters;
+length), with their ratio. Two microbenchmarks, run again by ``--raw``: the bf16 forward
+and input-gradient products at width 8192 on one thread, which predict the HVP's seconds
+from its matmul parameters; and the peak of a gloo all-gather of the largest module against
+its output's bytes (gloo holds a temporary of that size; the plan models NCCL, which does
+not);
 and the 80-layer plan is given with a stated time model for the ``cluster.yaml`` nodes
 (8 × A100 80 GB). Prints JSON::
 
@@ -97,6 +100,41 @@ def kernel_seconds_per_token(tokens: int) -> dict[str, float]:
         product()
         out[name] = (time.perf_counter() - start) / tokens / weight.numel()
     return out
+
+
+def _gloo_gather_peak(rank: int, port: int, numel: int) -> int:
+    """On rank ``rank`` of 2 (gloo): the peak resident set an all_gather_into_tensor of
+    ``numel`` bf16 elements per rank adds over the process's resident set before it."""
+    import os
+
+    import psutil
+    import torch.distributed as dist
+
+    from eraser_dist.distributed.shard_worker import resident_peak
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    part = torch.ones(numel, dtype=torch.bfloat16)
+    out = torch.empty(2 * numel, dtype=torch.bfloat16)
+    dist.barrier()
+    before = psutil.Process().memory_info().rss
+    resident_peak(reset=True)
+    dist.all_gather_into_tensor(out, part)
+    peak = resident_peak()
+    dist.destroy_process_group()
+    return peak - before
+
+
+def gloo_gather_overhead(numel: int) -> float:
+    """The peak an all-gather over gloo adds, as a multiple of its output's bytes (1: it
+    writes the output only; 2: it also holds a temporary of the output's size)."""
+    from eraser_dist.distributed.zero import free_port
+
+    port = free_port()
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        peaks = [f.result() for f in [pool.submit(_gloo_gather_peak, r, port, numel)
+                                      for r in (0, 1)]]
+    return max(peaks) / (2 * numel * 2)
 
 
 def time_model_80_layers(plan, ns) -> dict:
@@ -237,7 +275,14 @@ def summarise(raw: dict, ns: argparse.Namespace) -> dict:
     head_params = arch.vocab_size * arch.hidden_size
     predicted_hvp = 2 * (rank_tokens * matmul_params + scored * head_params) * (
         kernels["forward"] + kernels["input_gradient"])
-    peak = max(m["peak_rss_bytes"] - m["rss_before_base_bytes"] for m in memory)
+    # the erase's own peak (reset after loading), over what the process had before the base
+    peak = max((m.get("peak_rss_since_load_bytes") or m["peak_rss_bytes"])
+               - m["rss_before_base_bytes"] for m in memory)
+    largest_module = arch.vocab_size * arch.hidden_size  # the embedding and the LM head
+    gloo_overhead = gloo_gather_overhead(largest_module // GROUP_SIZE)
+    # gloo holds a temporary beside the gathered output (NCCL writes it in place): the plan
+    # counts the output, so add the temporary of the largest module for this machine's run
+    gloo_temporary = (gloo_overhead - 1) * largest_module * DTYPE_BYTES["bfloat16"]
     full = make_plan(PlanArguments(gpus=8, base="llama70b-shaped:80", lora_rank=8,
                                    targets=TARGETS, base_dtype="bfloat16"))
     return {
@@ -263,10 +308,13 @@ def summarise(raw: dict, ns: argparse.Namespace) -> dict:
             "in_group_bytes_received_per_rank_per_hvp": ratio(
                 plan.intra_group_bytes_per_iteration, received),
             "peak_rss_over_rss_before_base": ratio(plan.total_per_gpu_bytes, peak),
+            "peak_rss_over_rss_before_base_with_gloo_temporary": ratio(
+                plan.total_per_gpu_bytes + gloo_temporary, peak),
             "fd_hvp_seconds_from_kernels": ratio(predicted_hvp, hvp_seconds),
         },
         "passes_over_the_base_per_hvp": gathered * GROUP_SIZE / base_bytes,
         "kernel_seconds_per_token_per_parameter": kernels,
+        "gloo_all_gather_peak_over_output_bytes": gloo_overhead,
         "plan_same_shape": asdict(plan),
         "plan_80_layers": asdict(full),
         "time_model_80_layers": time_model_80_layers(full, ns),
