@@ -1,5 +1,5 @@
-"""The 70B-shaped base: its shape against the planner's arithmetic, and weights that do not
-depend on how ZeRO-3 partitions them."""
+"""The 70B-shaped base: its shape against the planner's arithmetic, weights that do not
+depend on how ZeRO-3 partitions them, and the collectives a forward pass is counted to move."""
 
 from __future__ import annotations
 
@@ -55,12 +55,17 @@ def test_seeded_values_are_the_same_whatever_the_slice():
     assert abs(float(whole.std()) - 0.02) < 1e-4
 
 
-def _partitioned_parameters(rank: int, port: int) -> dict[str, torch.Tensor]:
-    """Build the small seeded Llama inside ZeRO-3 on rank ``rank`` of 2; its gathered weights."""
+def _partitioned_parameters(rank: int, port: int) -> tuple[dict[str, torch.Tensor], int, int]:
+    """Build the small seeded Llama inside ZeRO-3 on rank ``rank`` of 2: its gathered weights,
+    the bytes of this rank's partitions, and the bytes this rank put into the all-gathers of
+    one forward pass (counted by DeepSpeed's comms logger)."""
     torch.set_num_threads(1)
     from eraser_dist.distributed.zero import (
+        collective_bytes,
+        count_collectives,
         gathered,
         init_process_group,
+        partition_base,
         partition_report,
         partitioned_loading,
     )
@@ -68,14 +73,20 @@ def _partitioned_parameters(rank: int, port: int) -> dict[str, torch.Tensor]:
     init_process_group(rank, 2, "127.0.0.1", port, "gloo", timeout_s=60)
     loading = partitioned_loading(torch.float32)
     model = seeded_llama(small_config(), torch.float32)
+    report = partition_report(model)
     assert all(p["partitioned"] and p["local_numel"] < p["numel"]
-               for p in partition_report(model) if p["numel"] > 1)
+               for p in report if p["numel"] > 1)
     out = {}
     for name, param in model.named_parameters():
         with gathered([param]):
             out[name] = param.detach().clone()
-    del loading
-    return out
+    engine = partition_base(model.eval())
+    count_collectives()
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[1, 2, 3]]))
+    forward_bytes = collective_bytes().get("all_gather_into_tensor", 0)
+    del engine, loading
+    return out, sum(p["local_numel"] for p in report) * 4, forward_bytes
 
 
 def test_partitioned_construction_holds_the_single_process_model():
@@ -87,9 +98,12 @@ def test_partitioned_construction_holds_the_single_process_model():
         ranks = [f.result(timeout=300) for f in
                  [pool.submit(_partitioned_parameters, r, port) for r in (0, 1)]]
     for name, param in whole.items():
-        for rank in ranks:
+        for rank, _, _ in ranks:
             assert torch.equal(rank[name], param.detach()), name
     assert torch.equal(whole["model.norm.weight"], torch.ones(256))
+    # a forward pass gathers every weight once: each rank puts in all of its partitions
+    for _, held, forward_bytes in ranks:
+        assert forward_bytes == held
 
 
 def test_plan_takes_the_shaped_base_by_name():
