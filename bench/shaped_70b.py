@@ -20,10 +20,11 @@ from its matmul parameters; and the peak of a gloo all-gather of the largest mod
 its output's bytes (gloo holds a temporary of that size; the plan models NCCL, which does
 not);
 and the 80-layer plan is given with a stated time model for the ``cluster.yaml`` nodes
-(8 × A100 80 GB). Prints JSON::
+(8 × A100 80 GB). ``--one-process`` only times one gradient of the same row in this
+process, without ZeRO-3. Prints JSON::
 
     .venv/bin/python bench/shaped_70b.py [--layers 1] [--max-length 6]
-        [--out docs/shaped_70b.json]
+        [--out docs/shaped_70b.json] [--one-process]
 """
 
 from __future__ import annotations
@@ -137,6 +138,33 @@ def gloo_gather_overhead(numel: int) -> float:
     return max(peaks) / (2 * numel * 2)
 
 
+def one_process_gradient_seconds(layers: int, max_length: int) -> dict[str, float]:
+    """Seconds of one gradient over the bench's first Hessian row in this process (no
+    ZeRO-3, one thread, bf16), at Θ and at Θ shifted by the fd step along that gradient:
+    the same products as a rank's, without the partitions and the gloo all-gathers."""
+    from eraser_dist.core.curvature import default_fd_step, shifted
+    from eraser_dist.core.objective import gradient_sum
+    from eraser_dist.llm.models import LoraCausalLM, attach_lora, load_base
+
+    torch.set_num_threads(1)
+    base = load_base(f"llama70b-shaped:{layers}", torch.bfloat16)
+    model = LoraCausalLM(attach_lora(base, LoraArguments(rank=8)), base.tokenizer, max_length)
+    # B = 0 in a fresh LoRA; give it the size one Adam step gives (lr 2e-3)
+    theta = model.get_flat()
+    theta += 2e-3 * torch.randn(theta.shape, generator=torch.Generator().manual_seed(0),
+                                dtype=theta.dtype)
+    model.set_flat(theta)
+    rows, weights = genre_examples(3)[1:2], torch.ones(1, dtype=torch.float64)
+    start = time.perf_counter()
+    g = gradient_sum(model, rows, weights, 8)
+    at_theta = time.perf_counter() - start
+    with shifted(model, theta, g, default_fd_step(model, g)):
+        start = time.perf_counter()
+        gradient_sum(model, rows, weights, 8)
+        shifted_seconds = time.perf_counter() - start
+    return {"gradient_at_theta": at_theta, "gradient_shifted_by_fd_step": shifted_seconds}
+
+
 def time_model_80_layers(plan, ns) -> dict:
     """Expected seconds of one erase on the cluster.yaml nodes, from the FLOPs of the fd
     HVP and the plan's in-group bytes; every assumption is in the returned dict."""
@@ -190,7 +218,12 @@ def main() -> None:
                         help="summarise the measurements kept in this file (written by an "
                         "earlier run's --keep-raw) instead of measuring")
     parser.add_argument("--keep-raw", default=None, help="keep the measurements here")
+    parser.add_argument("--one-process", action="store_true",
+                        help="only time one gradient in this process (no ZeRO-3) and print it")
     ns = parser.parse_args()
+    if ns.one_process:
+        print_and_write(one_process_gradient_seconds(ns.layers, ns.max_length), ns.out)
+        return
     if ns.raw:
         raw = json.loads(Path(ns.raw).read_text(encoding="utf-8"))
     else:
