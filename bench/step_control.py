@@ -5,15 +5,19 @@ For each experiment of a task set (``--task facts``: ``eraser data facts``, Smol
 rank-8 q/v LoRA, 12 epochs on 32 made-up facts; ``--task genres``: the cpu experiments'
 task set and preset), it fine-tunes on the experiment's training set (the corrupted or
 full adapter Θ̂) and on the edited set (retraining, the reference), builds the adapter's
-curvature index (``--rank`` Lanczos steps, as ``eraser index``), then erases with each
-control from the same warm index:
+curvature index (``--rank`` Lanczos steps, as ``eraser index``), solves the Newton step once
+from it, and applies each control to that same solve (what ``newton_step`` would do with
+the control set, as :func:`~eraser_dist.core.influence.solved_step` then
+:func:`~eraser_dist.core.influence.control_step`):
 
-- ``none``: the Newton step as solved today;
+- ``none``: the Newton step as solved (the least-residual vector of CG's span);
 - ``line_search``: the step scaled by the α that minimises the edited objective along it
-  (forward passes over the edited rows and 32 kept rows);
-- ``newton``: up to 2 chord Newton steps on the edited objective;
+  (forward passes over the edited rows and 32 kept rows, outside H's sample where enough);
+- ``damping``: the damping among 0.5 … 8 × the solved one at which the same check is
+  least, each step re-solved in the solve's Krylov span (no product);
+- ``newton``: up to 2 chord Newton steps on the edited objective (each a solve);
 - ``stages4``: the edit in 4 stages along f_t, each solved from the same index (path
-  following);
+  following; its own 4 solves);
 - ``stages4+line_search``: both.
 
 Per control: the mean loss on the edited rows (new versions of edited rows; the removed rows
@@ -39,7 +43,12 @@ import torch
 
 from eraser_dist.arguments import EraseArguments, TrainArguments
 from eraser_dist.core.backend import InProcessBackend
-from eraser_dist.core.influence import fit_curvature, newton_step
+from eraser_dist.core.influence import (
+    control_step,
+    fit_curvature,
+    newton_step,
+    solved_step,
+)
 from eraser_dist.experiments.runner import (
     PRESETS,
     ExperimentPreset,
@@ -67,6 +76,7 @@ PRESET = {"facts": FACTS, "genres": replace(PRESETS["cpu"], erase=replace(
 CONTROLS = {
     "none": {},
     "line_search": {"step_control": "line_search"},
+    "damping": {"step_control": "damping"},
     "newton": {"step_control": "newton", "newton_steps": 2},
     "stages4": {"stages": 4},
     "stages4+line_search": {"stages": 4, "step_control": "line_search"},
@@ -94,14 +104,26 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
     losses["corrupted"] = row_losses(model, affected, kept, preset.eval_batch_size)
     model.set_flat(adapter_vector(model, inputs.retrained).double())
     losses["retrain"] = row_losses(model, affected, kept, preset.eval_batch_size)
+    def quiet(status: dict) -> None:
+        pass
+
+    start = time.perf_counter()  # one solve, with its span kept for the damping search
+    solved = solved_step(backend, edited, meta.weight_decay,
+                         replace(preset.erase, step_control="damping"), quiet,
+                         index=fitted.curvature)
+    solve_seconds = time.perf_counter() - start
     for label in controls:
-        settings = CONTROLS[label]
+        args = replace(preset.erase, **CONTROLS[label])
         model.set_flat(theta0)
         start = time.perf_counter()
-        result = newton_step(backend, edited, meta.weight_decay,
-                             replace(preset.erase, **settings), progress=False,
-                             index=fitted.curvature)
-        seconds = time.perf_counter() - start
+        if args.stages > 1:  # a path: its own solves
+            result = newton_step(backend, edited, meta.weight_decay, args, progress=False,
+                                 index=fitted.curvature)
+            seconds = time.perf_counter() - start
+        else:
+            result = control_step(backend, edited, meta.weight_decay, args, solved, quiet,
+                                  fitted.curvature)
+            seconds = solve_seconds + time.perf_counter() - start
         model.set_flat(theta0 + result.delta)
         losses[label] = row_losses(model, affected, kept, preset.eval_batch_size)
         control = result.control
@@ -109,7 +131,7 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
                       "solve_seconds": result.solve_seconds,
                       "cg_iterations": result.cg.iterations,
                       "relative_residual": result.cg.relative_residual,
-                      "delta_norm": float(result.delta.norm()),
+                      "delta_norm": float(result.delta.norm()), "damping": result.damping,
                       "control": None if control is None else vars(control)}
     model.set_flat(theta0)
     base = out["none"]["seconds"]

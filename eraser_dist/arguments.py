@@ -25,7 +25,7 @@ DOUBLE_BACKWARD_HVPS = ("exact", "ggn_exact")  # not on a ZeRO-3-partitioned bas
 CurvatureData = Literal["original", "edited"]
 NegativeCurvaturePolicy = Literal["ggn", "truncate", "fail"]
 StepKind = Literal["cg", "least_residual"]
-StepControlKind = Literal["none", "line_search", "newton"]
+StepControlKind = Literal["none", "line_search", "damping", "newton"]
 PreconditionerKind = Literal["none", "fisher_diagonal"]
 RhsGradient = Literal["changed_rows", "all_rows"]
 Backend = Literal["auto", "gloo", "nccl"]
@@ -220,14 +220,21 @@ class EraseArguments(Options):
     stages: int = option(1, "apply the request in this many equal parts, each step from "
                          "where the last ended (a solve per stage)", minimum=1)
     step_control: StepControlKind = option(
-        "none", "how far along ΔΘ the erase goes: none (the Newton step), line_search (the "
-        "edited objective on a grid of step lengths, forward passes only) or newton (up to "
+        "none", "how far the erase goes: none (the Newton step), line_search (the edited "
+        "objective on a grid of step lengths along ΔΘ, forward passes only), damping (the "
+        "edited objective at each of --damping-factors, each step re-solved in the solve's "
+        "own Krylov span: forward passes only; least-residual steps) or newton (up to "
         "--newton-steps Newton steps on the edited objective, the first step's matrix kept)")
     step_alphas: tuple[float, ...] = option(
         (0.25, 0.5, 0.75, 1.0, 1.25), "the line search's step lengths α (then up to 3 "
         "parabolic refinements around the best)", above=0)
-    line_search_rows: int = option(32, "kept rows (seeded) on which the line search measures "
-                                   "the edited objective, beside the edited rows", minimum=0)
+    damping_factors: tuple[float, ...] = option(
+        (0.5, 1.0, 2.0, 4.0, 8.0), "with --step-control damping: the dampings tried, as "
+        "multiples of the solved one (then up to 3 parabolic refinements)", above=0)
+    line_search_rows: int = option(32, "kept rows (seeded, outside H's sample where enough "
+                                   "are) on which the line search or damping search "
+                                   "measures the edited objective, beside the edited rows",
+                                   minimum=0)
     newton_steps: int = option(2, "Newton steps in all with --step-control newton",
                                minimum=1)
 
@@ -237,6 +244,11 @@ class EraseArguments(Options):
             raise EraserError("--stages above 1 needs --gradient changed_rows")
         if not self.step_alphas:
             raise EraserError("--step-alphas is empty; give at least one step length α > 0")
+        if not self.damping_factors:
+            raise EraserError("--damping-factors is empty; give at least one factor > 0")
+        if self.step_control == "damping" and self.stages > 1:
+            # the search re-solves in one solve's Krylov span; a path of stages has several
+            raise EraserError("--step-control damping needs --stages 1")
 
 
 @dataclass

@@ -90,6 +90,36 @@ def test_galerkin_split_of_a_resumed_solve_equals_an_uninterrupted_one():
         conjugate_gradient(lambda v: a @ v, rhs.sum(0), record=True, start=unrecorded[-1])
 
 
+def test_a_shifted_split_solves_another_damping_in_the_same_span_without_a_product():
+    """One recorded solve of (A + 0.3I)x = b: the shifted split gives (A + 2.3I)⁻¹b exactly
+    once the span is the whole space, and in a 4-direction span the least residual there,
+    which the span's own basis confirms; no product is asked for."""
+    a = random_spd(10, seed=8, cond=30.0)
+    b = torch.randn(10, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    products = []
+
+    def product(v):
+        products.append(v)
+        return a @ v
+
+    whole = conjugate_gradient(product, b, damping=0.3, tol=1e-13, max_iter=40, record=True)
+    asked = len(products)
+    shifted, residual = galerkin_split(whole, b[None], shift=2.0)
+    direct = torch.linalg.solve(a + 2.3 * torch.eye(10, dtype=torch.float64), b)
+    assert torch.allclose(shifted[0], direct, rtol=1e-9, atol=1e-12)
+    assert float(residual[0]) <= 1e-9 and len(products) == asked
+    four = conjugate_gradient(lambda v: a @ v, b, damping=0.3, tol=1e-13, max_iter=4,
+                              record=True)
+    x, residual = galerkin_split(four, b[None], shift=2.0)
+    basis = torch.linalg.qr(four.directions.T).Q  # [10, 4]
+    matrix = a + 2.3 * torch.eye(10, dtype=torch.float64)
+    best = basis @ torch.linalg.lstsq(matrix @ basis, b[:, None]).solution[:, 0]
+    assert torch.allclose(x[0], best, rtol=1e-8, atol=1e-10)
+    assert float(residual[0]) == pytest.approx(float((matrix @ best - b).norm() / b.norm()),
+                                               rel=1e-8)
+    assert float(residual[0]) > 1e-3  # four directions of ten: not the exact solve
+
+
 def test_preconditioned_cg_solves_a_badly_scaled_system_in_fewer_steps_and_resumes_exactly():
     """A = D S D with S well conditioned and D spanning six decades (a LoRA adapter's A and B
     factors differ so): with M⁻¹ = 1/diag(A) PCG reaches the direct solve where plain CG,

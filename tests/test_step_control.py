@@ -44,7 +44,7 @@ QUADRATIC_REQUESTS = [{"kind": "remove", "ids": ["q3", "q11"]},
 
 
 @pytest.mark.parametrize("request_json", QUADRATIC_REQUESTS, ids=lambda r: r["kind"])
-@pytest.mark.parametrize("control", ["line_search", "newton"])
+@pytest.mark.parametrize("control", ["line_search", "damping", "newton"])
 def test_on_a_quadratic_loss_the_line_search_keeps_alpha_1_and_newton_stops_after_one_step(
         request_json, control):
     rows = regression_rows(20, 5)
@@ -60,6 +60,11 @@ def test_on_a_quadratic_loss_the_line_search_keeps_alpha_1_and_newton_stops_afte
                  / retrained.norm()) <= 1e-6
     if control == "line_search":
         assert result.control.alpha == pytest.approx(1.0, abs=1e-9)
+    elif control == "damping":  # the objective's own λ: the search keeps it
+        assert result.damping == WEIGHT_DECAY and result.control.kind == "damping"
+        tried = [d for d, _ in result.control.evaluations]
+        assert tried[:5] == pytest.approx([WEIGHT_DECAY * f for f in (8, 4, 2, 1, 0.5)])
+        assert result.span_rhs is None and result.cg.directions is None  # not kept after
     else:
         assert result.control.steps == 1
         assert result.control.gradient_norms[-1] <= 1e-9 * result.control.gradient_norms[0]
@@ -115,21 +120,38 @@ def _logistic_step(control: str) -> tuple[float, float, float]:
     return float(result.delta), optimum - theta_hat, result
 
 
+def _logistic_b() -> float:
+    """b = −f_new'(θ̂) = σ(−θ̂) − λθ̂."""
+    theta_hat = _logistic_case()[2]
+    return 1 / (1 + math.exp(theta_hat)) - LOGISTIC_DECAY * theta_hat
+
+
+def _logistic_curvature() -> float:
+    """The loss's curvature at θ̂, σ(θ̂)σ(−θ̂) (without λ)."""
+    p = 1 / (1 + math.exp(-_logistic_case()[2]))
+    return p * (1 - p)
+
+
 def test_one_newton_step_overshoots_the_logistic_minimiser_by_the_known_factor():
     step, needed, _ = _logistic_step("none")
-    _, _, theta_hat, _ = _logistic_case()
-    p = 1 / (1 + math.exp(-theta_hat))
-    # b = −f_new'(θ̂) = σ(−θ̂) − λθ̂, curvature σ(θ̂)σ(−θ̂) + λ
-    assert step == pytest.approx(((1 - p) - LOGISTIC_DECAY * theta_hat)
-                                 / (p * (1 - p) + LOGISTIC_DECAY), rel=1e-9)
+    assert step == pytest.approx(_logistic_b() / (_logistic_curvature() + LOGISTIC_DECAY),
+                                 rel=1e-9)
     assert step / needed == pytest.approx(2.424, abs=1e-3)
 
 
-def test_the_line_search_lands_within_5_percent_of_the_logistic_minimiser():
-    step, needed, result = _logistic_step("line_search")
+@pytest.mark.parametrize("control", ["line_search", "damping"])
+def test_the_line_search_and_the_damping_search_land_within_5_percent_of_the_logistic_minimiser(
+        control):
+    step, needed, result = _logistic_step(control)
     assert abs(step / needed - 1) <= 0.05
-    assert result.control.kind == "line_search" and 0 < result.control.alpha < 1
+    assert result.control.kind == control
     assert len(result.control.evaluations) <= 8  # the grid's 5 and at most 3 refinements
+    if control == "line_search":
+        assert 0 < result.control.alpha < 1
+    else:  # a shorter step by more damping: 1/2.424 of the Newton step needs about 4.5 λ
+        assert 4 * LOGISTIC_DECAY < result.damping < 8 * LOGISTIC_DECAY
+        assert step == pytest.approx(_logistic_b() / (_logistic_curvature() + result.damping),
+                                     rel=1e-9)
 
 
 def test_chord_newton_steps_pull_an_overshoot_back_but_slowly_on_a_saturated_loss():
@@ -166,6 +188,10 @@ def test_a_chord_step_that_raises_the_gradient_is_not_taken():
     (["--step-alphas", "0.5,-1"], "--step-alphas must be positive, got -1.0"),
     (["--stages", "0"], "--stages must be at least 1, got 0"),
     (["--newton-steps", "0"], "--newton-steps must be at least 1, got 0"),
+    (["--damping-factors", ""], "--damping-factors is empty; give at least one factor > 0"),
+    (["--damping-factors", "1,0"], "--damping-factors must be positive, got 0.0"),
+    (["--step-control", "damping", "--stages", "2"],
+     "--step-control damping needs --stages 1"),
     (["--step-control", "bisect"], "invalid choice: 'bisect'"),
 ])
 def test_nonsense_step_control_settings_are_one_line_errors(argv, message, tmp_path, capsys):

@@ -75,7 +75,8 @@ class InfluenceResult:
     ``first_residual`` is the relative residual of CG's first guess (a curvature index's
     step; 1.0 from zero), ``first_products`` the products that guess cost (0 without one).
     ``control`` says what ``EraseArguments.step_control`` did (None: the Newton step as
-    solved).
+    solved). ``span_rhs`` [T, d] are the right-hand sides, kept (with ``cg``'s recorded
+    directions) only while the ``damping`` control may re-solve in the same span.
     """
 
     delta: torch.Tensor
@@ -99,6 +100,7 @@ class InfluenceResult:
     first_residual: float = 1.0
     first_products: int = 0
     control: StepControlFigures | None = None
+    span_rhs: torch.Tensor | None = None
 
 
 class CheckpointStore(Protocol):
@@ -209,23 +211,30 @@ def newton_step(
                           "steps are not split among a batch's requests); use line_search")
     backend = as_backend(model)
     with status_bar(progress, args.max_iter) as report:
-        if args.stages == 1:
-            result = _one_step(backend, edited, weight_decay, args, report, checkpoints, 1,
-                               index)
-        else:
-            theta = backend.theta()
-            steps: list[InfluenceResult] = []
-            try:
-                for stage in range(1, args.stages + 1):
-                    steps.append(_one_step(backend, edited.stage(stage, args.stages),
-                                           weight_decay, args, report, checkpoints, stage,
-                                           index))
-                    if stage < args.stages:
-                        backend.set_theta(theta + sum(step.delta for step in steps))
-            finally:
-                backend.set_theta(theta)
-            result = combine_stages(steps)
+        result = solved_step(backend, edited, weight_decay, args, report, checkpoints, index)
         return control_step(backend, edited, weight_decay, args, result, report, index)
+
+
+def solved_step(backend: CurvatureBackend, edited: EditedObjective, weight_decay: float,
+                args: EraseArguments, report: StatusCallback,
+                checkpoints: Checkpoints | None = None,
+                index: LowRankCurvature | None = None) -> InfluenceResult:
+    """:func:`newton_step` before its step control: the solve (or the path of stages), with
+    the span kept when ``args.step_control`` is ``damping``. Comparing controls on one solve
+    (bench/step_control.py) calls it once and :func:`control_step` per control."""
+    if args.stages == 1:
+        return _one_step(backend, edited, weight_decay, args, report, checkpoints, 1, index)
+    theta = backend.theta()
+    steps: list[InfluenceResult] = []
+    try:
+        for stage in range(1, args.stages + 1):
+            steps.append(_one_step(backend, edited.stage(stage, args.stages), weight_decay,
+                                   args, report, checkpoints, stage, index))
+            if stage < args.stages:
+                backend.set_theta(theta + sum(step.delta for step in steps))
+    finally:
+        backend.set_theta(theta)
+    return combine_stages(steps)
 
 
 def control_step(backend: CurvatureBackend, edited: EditedObjective, weight_decay: float,
@@ -233,22 +242,44 @@ def control_step(backend: CurvatureBackend, edited: EditedObjective, weight_deca
                  index: LowRankCurvature | None = None) -> InfluenceResult:
     """``args.step_control`` applied to a solved step ``result`` (Θ is left at Θ̂):
     ``line_search`` scales ΔΘ (and each request's part) by the α that minimises the edited
-    objective along it (:func:`edited_objective_along`); ``newton`` adds chord Newton steps
-    (:func:`edited_gradient` and the erase's own solve, from the ``index`` if any)."""
+    objective along it; ``damping`` re-solves in the solve's own Krylov span with the damping
+    among ``args.damping_factors`` × the solved one at which the edited objective is least
+    (both measured by :func:`edited_objective_change`, forward passes only); ``newton`` adds
+    chord Newton steps (:func:`edited_gradient` and the erase's own solve, from the
+    ``index`` if any)."""
     if args.step_control == "none":
         return result
     theta, start = backend.theta(), time.perf_counter()
     try:
         if args.step_control == "line_search":
             report({"phase": "line search"})
-            found = line_search(edited_objective_along(backend, edited, weight_decay, theta,
-                                                       result.delta, args), args.step_alphas)
+            change = edited_objective_change(backend, edited, weight_decay, theta, args)
+            found = line_search(lambda a: change(a * result.delta), args.step_alphas)
             alpha = found.alpha
             figures = StepControlFigures("line_search", alpha, 1, [list(p) for p in found.tried],
                                          [], 0.0)
             result = replace(result, delta=alpha * result.delta, parts=alpha * result.parts,
                              stationarity=None if result.stationarity is None
                              else alpha * result.stationarity)
+        elif args.step_control == "damping":
+            report({"phase": "damping search"})
+            change = edited_objective_change(backend, edited, weight_decay, theta, args)
+            solved = result.damping
+
+            def resolved(strength: float) -> InfluenceResult:
+                """The span's step for damping solved/strength (strength 1: the solve's)."""
+                return influence_result(
+                    result.cg, result.hvp_requested, result.hvp, result.span_rhs, solved,
+                    result.hessian_rows, args, (result.rhs_seconds, result.solve_seconds),
+                    result.first_products, shift=solved / strength - solved)
+
+            found = line_search(lambda t: change(resolved(t).delta),
+                                [1.0 / factor for factor in args.damping_factors])
+            chosen = resolved(found.alpha)
+            result = replace(chosen, cg=replace(chosen.cg, directions=None, products=None),
+                             span_rhs=None)
+            figures = StepControlFigures("damping", 1.0, 1, [[solved / t, phi] for t, phi
+                                                             in found.tried], [], 0.0)
         else:
             solver_args = replace(args, hvp=result.hvp.split("/")[-1])  # after a fallback
             rows, weights = hessian_subset(edited, args.curvature, args.hessian_samples,
@@ -277,16 +308,23 @@ def control_step(backend: CurvatureBackend, edited: EditedObjective, weight_deca
     return replace(result, control=figures)
 
 
-def edited_objective_along(backend: CurvatureBackend, edited: EditedObjective,
-                           weight_decay: float, theta: torch.Tensor, delta: torch.Tensor,
-                           args: EraseArguments) -> Callable[[float], float]:
-    """α ↦ φ(α) = f_new(Θ̂ + αΔΘ) − f_new(Θ̂) by forward passes: the rows the request adds
-    (new versions of edited rows) in full, the kept rows by a seeded sample of
-    ``args.line_search_rows`` scaled to their total weight, and the exact L2 term. Each call
-    moves the backend to Θ̂ + αΔΘ and back to ``theta``."""
+def edited_objective_change(backend: CurvatureBackend, edited: EditedObjective,
+                            weight_decay: float, theta: torch.Tensor,
+                            args: EraseArguments) -> Callable[[torch.Tensor], float]:
+    """δ [d] ↦ f_new(Θ̂ + δ) − f_new(Θ̂) by forward passes, the check of a step control: the
+    rows the request adds (new versions of edited rows) in full, the kept rows by a seeded
+    sample of ``args.line_search_rows`` scaled to their total weight, and the exact L2 term.
+    The sample is held out from H's rows where enough kept rows lie outside them, so that
+    the check is not made on the rows whose curvature shaped the step. Each call moves the
+    backend to Θ̂ + δ and back to ``theta``."""
     changed = set(edited.changed_rows)
     kept = [(row, w) for row, w in zip(edited.rows_after, edited.weights_after.tolist(),
                                        strict=True) if row not in changed]
+    in_hessian = set(hessian_subset(edited, args.curvature, args.hessian_samples,
+                                    args.seed)[0])
+    held_out = [(row, w) for row, w in kept if row not in in_hessian]
+    if len(held_out) >= min(args.line_search_rows, len(kept)):
+        kept = held_out
     added, added_weights = edited.added_rows()
     rows, coefficients = list(added), added_weights.tolist()
     if kept and args.line_search_rows > 0:
@@ -299,8 +337,8 @@ def edited_objective_along(backend: CurvatureBackend, edited: EditedObjective,
     at_start = backend.losses(rows, args.batch_size)
     start_norm = float(theta.dot(theta))
 
-    def phi(alpha: float) -> float:
-        moved = theta + alpha * delta
+    def change(delta: torch.Tensor) -> float:
+        moved = theta + delta
         backend.set_theta(moved)
         try:
             losses = backend.losses(rows, args.batch_size)
@@ -309,7 +347,7 @@ def edited_objective_along(backend: CurvatureBackend, edited: EditedObjective,
         return float(weights.dot(losses - at_start)) + 0.5 * weight_decay * (
             float(moved.dot(moved)) - start_norm)
 
-    return phi
+    return change
 
 
 def edited_gradient(backend: CurvatureBackend, edited: EditedObjective, weight_decay: float,
@@ -465,38 +503,47 @@ def preconditioner(kind: str, fisher_sum: Callable[[], torch.Tensor], scale: flo
 
 
 def keeps_directions(parts_rhs: torch.Tensor, args: EraseArguments) -> bool:
-    """Whether CG must record its directions: to split a batch, or for a least-residual step."""
-    return parts_rhs.shape[0] > 1 or args.step == "least_residual"
+    """Whether CG must record its directions: to split a batch, for a least-residual step, or
+    for the ``damping`` control's re-solves in the same span."""
+    return (parts_rhs.shape[0] > 1 or args.step == "least_residual"
+            or args.step_control == "damping")
 
 
 def influence_result(cg: CGResult, requested: str, hvp: str, parts_rhs: torch.Tensor,
                      damping: float, hessian_rows: int, args: EraseArguments,
-                     seconds: tuple[float, float], first_products: int = 0) -> InfluenceResult:
+                     seconds: tuple[float, float], first_products: int = 0,
+                     shift: float = 0.0) -> InfluenceResult:
     """The figures of a finished solve of Σ_t b_t (``parts_rhs`` [T, d], as
     :func:`newton_rhs`), with each term's own ΔΘ_t, the (b, solve) wall ``seconds`` and the
     products its first guesses cost (``first_products``); with
-    ``args.step`` ``least_residual`` the step (and its residual) is the least-residual vector
-    of CG's span instead of CG's iterate. The recorded directions are dropped once used."""
-    if args.step == "least_residual":
-        total, residual = galerkin_split(cg, parts_rhs.sum(0, keepdim=True))
+    ``args.step`` ``least_residual`` (or the ``damping`` control) the step (and its
+    residual) is the least-residual vector of CG's span instead of CG's iterate, for the
+    solved ``damping`` plus ``shift``. The recorded directions are dropped once used, unless
+    the ``damping`` control will use them again."""
+    span = args.step_control == "damping"
+    recorded = cg
+    if args.step == "least_residual" or span:
+        total, residual = galerkin_split(cg, parts_rhs.sum(0, keepdim=True), shift)
         cg = replace(cg, x=total[0], relative_residual=float(residual[0]))
     if parts_rhs.shape[0] == 1:
         parts = cg.x[None].clone()
         residuals = torch.tensor([cg.relative_residual], dtype=torch.float64)
     else:
-        parts, residuals = galerkin_split(cg, parts_rhs)
-    cg = replace(cg, directions=None, products=None)
+        parts, residuals = galerkin_split(cg, parts_rhs, shift)
+    cg = replace(cg, directions=recorded.directions if span else None,
+                 products=recorded.products if span else None)
     norms = parts_rhs.norm(dim=1)
     stationarity: dict[str, Any] = {}
     if args.gradient == "all_rows":  # the last term is Θ̂'s own gradient, not a request's
         stationarity = {"stationarity": parts[-1], "stationarity_rhs_norm": float(norms[-1]),
                         "stationarity_residual": float(residuals[-1])}
         parts, residuals, norms = parts[:-1], residuals[:-1], norms[:-1]
-    return InfluenceResult(cg.x, cg, float(parts_rhs.sum(0).norm()), damping, hessian_rows,
-                           requested, hvp, cg.negative_curvature or hvp != requested,
-                           cg.negative_curvature, parts, residuals, norms, *seconds,
-                           **stationarity, first_residual=cg.start_residual,
-                           first_products=first_products)
+    return InfluenceResult(cg.x, cg, float(parts_rhs.sum(0).norm()), damping + shift,
+                           hessian_rows, requested, hvp,
+                           cg.negative_curvature or hvp != requested, cg.negative_curvature,
+                           parts, residuals, norms, *seconds, **stationarity,
+                           first_residual=cg.start_residual, first_products=first_products,
+                           span_rhs=parts_rhs if span else None)
 
 
 def erase_damping(args: EraseArguments, weight_decay: float) -> float:

@@ -162,7 +162,8 @@ def conjugate_gradient(
     return result(False, False)
 
 
-def galerkin_split(cg: CGResult, rhs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def galerkin_split(cg: CGResult, rhs: torch.Tensor,
+                   shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve A x_k = b_k for each row of ``rhs`` [K, d] within the span of ``cg``'s directions.
 
     ``cg`` must be a recorded solve (``record=True``) of A x = Σ_k b_k. Each x_k is the
@@ -170,7 +171,9 @@ def galerkin_split(cg: CGResult, rhs: torch.Tensor) -> tuple[torch.Tensor, torch
     space, exact where b_k's solution lies in it). It is linear in b_k, so Σ_k x_k is the
     least-residual solution for Σ_k b_k, which CG's own iterate (in the same span, residual
     at most ``tol``) bounds. Costs no product with A: the residual is computed exactly from
-    the recorded products. Returns (x [K, d] float64, ‖A x_k − b_k‖/‖b_k‖ [K]).
+    the recorded products. With ``shift`` s, A is the solved matrix plus s·I: its products
+    are the recorded ones plus s times the directions, so another damping is solved in the
+    same span, still without a product. Returns (x [K, d] float64, ‖A x_k − b_k‖/‖b_k‖ [K]).
     """
     rhs = rhs.double()
     if cg.directions is None or cg.products is None:
@@ -186,7 +189,7 @@ def galerkin_split(cg: CGResult, rhs: torch.Tensor) -> tuple[torch.Tensor, torch
     u, sv, vh = torch.linalg.svd((cg.directions / scale).T, full_matrices=False)
     keep = sv > sv[0] * 1e-6
     u, sv, vh = u[:, keep], sv[keep], vh[keep]
-    au = (cg.products / scale).T @ vh.T / sv
+    au = ((cg.products + shift * cg.directions) / scale).T @ vh.T / sv
     coefficients = torch.linalg.lstsq(au, rhs.T).solution  # [r, K]
     x = (u @ coefficients).T
     residual = (au @ coefficients).T - rhs

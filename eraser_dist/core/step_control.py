@@ -6,7 +6,10 @@ objective's minimum: the textbook overshoot of Newton's method on a logistic los
 on the wrong side. Two controls, as pure functions of scalars and vectors:
 
 - :func:`line_search`: φ(α) = f_new(Θ̂ + αΔΘ) − f_new(Θ̂) on a grid of α (forward passes
-  only), then parabolic refinements around the best point.
+  only), then parabolic refinements around the best point. The same search over the
+  strength t = λ₀/λ chooses the damping λ (t = 0: no step, as α = 0), each step re-solved
+  in the first solve's Krylov span without a product
+  (:func:`~eraser_dist.core.solve.galerkin_split` with a shift).
 - :func:`chord_newton`: more Newton steps on the edited objective, each from where the last
   ended with the gradient re-evaluated there and the first step's matrix kept.
 
@@ -25,10 +28,11 @@ from ..errors import EraserError
 
 @dataclass
 class StepControlFigures:
-    """What a step control did: ``kind`` (line_search or newton), the step length ``alpha``
-    chosen (1 for newton), the Newton ``steps`` taken (1 for line_search), every
-    ``evaluations`` [α, φ(α)] of the line search, the gradient norm before each Newton
-    step (``gradient_norms``), and the ``seconds`` it added."""
+    """What a step control did: ``kind`` (line_search, damping or newton), the step length
+    ``alpha`` chosen (1 for damping and newton), the Newton ``steps`` taken (1 unless
+    newton), every ``evaluations`` [α, φ(α)] of the line search or [damping, φ] of the
+    damping search (the chosen damping is the erase's own), the gradient norm before each
+    Newton step (``gradient_norms``), and the ``seconds`` it added."""
 
     kind: str
     alpha: float
