@@ -71,6 +71,22 @@ def test_on_a_quadratic_loss_the_line_search_keeps_alpha_1_and_newton_stops_afte
     assert torch.allclose(result.parts.sum(0), result.delta, atol=1e-12)
 
 
+def test_the_held_out_check_stands_for_every_kept_row():
+    """20 rows with one loss, H on 5 of them, the check on 8 held-out rows: their sample is
+    scaled to all 19 kept rows' weight, so the check equals f_new's true change."""
+    from eraser_dist.core.backend import InProcessBackend
+    from eraser_dist.core.influence import edited_objective_change
+
+    rows = [Example(f"q{i}", "1.0,0.0", "0.0") for i in range(20)]
+    model = QuadraticModel(2)
+    edited = apply_request(parse_request({"kind": "remove", "ids": ["q0"]}), rows)
+    args = EraseArguments(hessian_samples=5, line_search_rows=8)
+    change = edited_objective_change(InProcessBackend(model), edited, WEIGHT_DECAY,
+                                     model.get_flat(), args)
+    delta = torch.tensor([0.6, -0.8], dtype=torch.float64)
+    assert change(delta) == pytest.approx(0.5 * 0.36 + 0.5 * WEIGHT_DECAY * 1.0, rel=1e-12)
+
+
 # -- one logistic parameter, started on the wrong side ----------------------------------------
 
 class LogisticModel(LossModel):

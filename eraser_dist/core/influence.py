@@ -320,6 +320,7 @@ def edited_objective_change(backend: CurvatureBackend, edited: EditedObjective,
     changed = set(edited.changed_rows)
     kept = [(row, w) for row, w in zip(edited.rows_after, edited.weights_after.tolist(),
                                        strict=True) if row not in changed]
+    kept_total = sum(w for _, w in kept)  # what the sample stands for, held out or not
     in_hessian = set(hessian_subset(edited, args.curvature, args.hessian_samples,
                                     args.seed)[0])
     held_out = [(row, w) for row, w in kept if row not in in_hessian]
@@ -332,7 +333,7 @@ def edited_objective_change(backend: CurvatureBackend, edited: EditedObjective,
         sample, sample_weights = sample_rows([row for row, _ in kept], kept_weights,
                                              args.line_search_rows, args.seed)
         rows += list(sample)
-        coefficients += (sample_weights * kept_weights.sum() / sample_weights.sum()).tolist()
+        coefficients += (sample_weights * kept_total / sample_weights.sum()).tolist()
     weights = torch.tensor(coefficients, dtype=torch.float64) / edited.weight_after
     at_start = backend.losses(rows, args.batch_size)
     start_norm = float(theta.dot(theta))
