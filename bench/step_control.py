@@ -11,8 +11,9 @@ the control set, as :func:`~eraser_dist.core.influence.solved_step` then
 :func:`~eraser_dist.core.influence.control_step`):
 
 - ``none``: the Newton step as solved (the least-residual vector of CG's span);
-- ``line_search``: the step scaled by the α that minimises the edited objective along it
-  (forward passes over the edited rows and 32 kept rows, outside H's sample where enough);
+- ``line_search``: the step scaled by the α that minimises the objective it aims at along it
+  (forward passes over the edited rows and 32 kept rows, outside H's sample where enough,
+  and with ``changed_rows`` one gradient pass for Θ̂'s own gradient);
 - ``damping``: the damping among 0.5 … 8 × the solved one at which the same check is
   least, each step re-solved in the solve's Krylov span (no product);
 - ``newton``: up to 2 chord Newton steps on the edited objective (each a solve);

@@ -183,7 +183,8 @@ class EraseArguments(Options):
     2·max_iter·d floats. ``gradient`` ``all_rows`` drops the assumption ∇f(Θ̂) = 0 at the
     cost of one pass over every row. ``stages`` K > 1 follows the path f_t in K steps, each
     a full solve. ``step_control`` sets how far along ΔΘ the erase goes, judged on the
-    edited objective itself (:mod:`eraser_dist.core.step_control`). What each choice
+    objective the step aims at: f_new, tilted by Θ̂'s own gradient with ``changed_rows``
+    (:mod:`eraser_dist.core.step_control`). What each choice
     measured: docs/RESULTS.md.
     """
 

@@ -71,6 +71,31 @@ def test_on_a_quadratic_loss_the_line_search_keeps_alpha_1_and_newton_stops_afte
     assert torch.allclose(result.parts.sum(0), result.delta, atol=1e-12)
 
 
+@pytest.mark.parametrize("request_json", QUADRATIC_REQUESTS, ids=lambda r: r["kind"])
+@pytest.mark.parametrize("gradient", ["changed_rows", "all_rows"])
+@pytest.mark.parametrize("control", ["line_search", "damping"])
+def test_off_the_minimum_the_check_measures_the_objective_the_step_aims_at(request_json,
+                                                                           gradient, control):
+    """Θ̂ away from f's minimum (a fine-tune stopped early). The changed_rows step is the
+    exact minimiser of f_new tilted by Θ̂'s own gradient, the all_rows step that of f_new:
+    the check of each keeps α = 1 and the objective's damping. Checked against f_new alone,
+    the changed_rows step would be cut short or stretched by how far Θ̂ is from the
+    minimum."""
+    rows = regression_rows(20, 5)
+    model = QuadraticModel(5)
+    offset = torch.tensor([0.3, -0.2, 0.25, 0.1, -0.15], dtype=torch.float64)
+    model.set_flat(ridge_solution(model, rows, WEIGHT_DECAY) + offset)
+    edited = apply_request(parse_request(request_json), rows)
+    args = EraseArguments(hvp="exact", curvature="edited", tol=1e-12, max_iter=50,
+                          hessian_samples=None, step_control=control, gradient=gradient,
+                          line_search_rows=100)
+    result = newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
+    if control == "line_search":
+        assert result.control.alpha == pytest.approx(1.0, abs=1e-6)
+    else:
+        assert result.damping == pytest.approx(WEIGHT_DECAY, rel=1e-6)
+
+
 def test_the_held_out_check_stands_for_every_kept_row():
     """20 rows with one loss, H on 5 of them, the check on 8 held-out rows: their sample is
     scaled to all 19 kept rows' weight, so the check equals f_new's true change."""

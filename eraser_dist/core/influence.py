@@ -241,10 +241,11 @@ def control_step(backend: CurvatureBackend, edited: EditedObjective, weight_deca
                  args: EraseArguments, result: InfluenceResult, report: StatusCallback,
                  index: LowRankCurvature | None = None) -> InfluenceResult:
     """``args.step_control`` applied to a solved step ``result`` (Θ is left at Θ̂):
-    ``line_search`` scales ΔΘ (and each request's part) by the α that minimises the edited
-    objective along it; ``damping`` re-solves in the solve's own Krylov span with the damping
-    among ``args.damping_factors`` × the solved one at which the edited objective is least
-    (both measured by :func:`edited_objective_change`, forward passes only); ``newton`` adds
+    ``line_search`` scales ΔΘ (and each request's part) by the α that minimises the
+    objective the step aims at along it; ``damping`` re-solves in the solve's own Krylov
+    span with the damping among ``args.damping_factors`` × the solved one at which that
+    objective is least (both measured by :func:`edited_objective_change`: forward passes
+    and, with ``changed_rows``, one gradient pass); ``newton`` adds
     chord Newton steps (:func:`edited_gradient` and the erase's own solve, from the
     ``index`` if any)."""
     if args.step_control == "none":
@@ -311,12 +312,22 @@ def control_step(backend: CurvatureBackend, edited: EditedObjective, weight_deca
 def edited_objective_change(backend: CurvatureBackend, edited: EditedObjective,
                             weight_decay: float, theta: torch.Tensor,
                             args: EraseArguments) -> Callable[[torch.Tensor], float]:
-    """δ [d] ↦ f_new(Θ̂ + δ) − f_new(Θ̂) by forward passes, the check of a step control: the
-    rows the request adds (new versions of edited rows) in full, the kept rows by a seeded
-    sample of ``args.line_search_rows`` scaled to their total weight, and the exact L2 term.
-    The sample is held out from H's rows where enough kept rows lie outside them, so that
-    the check is not made on the rows whose curvature shaped the step. Each call moves the
-    backend to Θ̂ + δ and back to ``theta``."""
+    """δ [d] ↦ the change of the objective whose minimiser the step aims at, by forward
+    passes: the check of a step control.
+
+    With ``args.gradient`` ``all_rows`` that objective is f_new: the check is
+    f_new(Θ̂ + δ) − f_new(Θ̂). With ``changed_rows`` b assumes ∇f(Θ̂) = 0, so the step aims at
+    the minimiser of f_new(Θ) − (W/W')∇f(Θ̂)·(Θ − Θ̂), the edited objective tilted so that Θ̂
+    is stationary for f: its gradient at Θ̂ is −b exactly. The check subtracts that tilt, or
+    it would mostly measure how far Θ̂ is from f's minimum (a fine-tune stopped early).
+
+    Rows: the ones the request adds (new versions of edited rows) in full; the kept rows by
+    a seeded sample of ``args.line_search_rows`` scaled to their total weight, held out
+    from H's rows where enough kept rows lie outside them, so that the check is not made on
+    the rows whose curvature shaped the step; the exact L2 term. The tilt is one gradient
+    pass at Θ̂ over the sample and the edited rows' old versions: the sample's own
+    gradient cancels the kept rows' linear term, so they enter by their curvature only.
+    Each call moves the backend to Θ̂ + δ and back to ``theta``."""
     changed = set(edited.changed_rows)
     kept = [(row, w) for row, w in zip(edited.rows_after, edited.weights_after.tolist(),
                                        strict=True) if row not in changed]
@@ -326,17 +337,28 @@ def edited_objective_change(backend: CurvatureBackend, edited: EditedObjective,
     held_out = [(row, w) for row, w in kept if row not in in_hessian]
     if len(held_out) >= min(args.line_search_rows, len(kept)):
         kept = held_out
-    added, added_weights = edited.added_rows()
-    rows, coefficients = list(added), added_weights.tolist()
+    sample: list = []
+    sample_coefficients = torch.zeros(0, dtype=torch.float64)
     if kept and args.line_search_rows > 0:
         kept_weights = torch.tensor([w for _, w in kept], dtype=torch.float64)
         sample, sample_weights = sample_rows([row for row, _ in kept], kept_weights,
                                              args.line_search_rows, args.seed)
-        rows += list(sample)
-        coefficients += (sample_weights * kept_total / sample_weights.sum()).tolist()
-    weights = torch.tensor(coefficients, dtype=torch.float64) / edited.weight_after
+        sample_coefficients = sample_weights * kept_total / sample_weights.sum()
+    added, added_weights = edited.added_rows()
+    rows = list(added) + list(sample)
+    weights = torch.cat([added_weights, sample_coefficients]) / edited.weight_after
     at_start = backend.losses(rows, args.batch_size)
     start_norm = float(theta.dot(theta))
+    tilt = None
+    if args.gradient == "changed_rows":  # (W/W')∇f(Θ̂), with the kept rows' part sampled
+        old = [(row, w) for row, w in zip(edited.rows_before, edited.weights_before.tolist(),
+                                          strict=True) if row in changed]
+        coefficients = torch.cat([torch.tensor([w for _, w in old], dtype=torch.float64),
+                                  sample_coefficients])
+        gradient = backend.gradient_sums([([row for row, _ in old] + list(sample),
+                                           coefficients)], args.batch_size)[0]
+        tilt = (gradient.double().cpu() + edited.weight_before * weight_decay
+                * theta.double().cpu()) / edited.weight_after
 
     def change(delta: torch.Tensor) -> float:
         moved = theta + delta
@@ -345,8 +367,9 @@ def edited_objective_change(backend: CurvatureBackend, edited: EditedObjective,
             losses = backend.losses(rows, args.batch_size)
         finally:
             backend.set_theta(theta)
-        return float(weights.dot(losses - at_start)) + 0.5 * weight_decay * (
+        value = float(weights.dot(losses - at_start)) + 0.5 * weight_decay * (
             float(moved.dot(moved)) - start_norm)
+        return value if tilt is None else value - float(tilt.dot(delta.double().cpu()))
 
     return change
 

@@ -5,10 +5,11 @@ answer, the loss of the new answer is nearly flat there, so the step runs past t
 objective's minimum: the textbook overshoot of Newton's method on a logistic loss started
 on the wrong side. Two controls, as pure functions of scalars and vectors:
 
-- :func:`line_search`: φ(α) = f_new(Θ̂ + αΔΘ) − f_new(Θ̂) on a grid of α (forward passes
-  only), then parabolic refinements around the best point. The same search over the
-  strength t = λ₀/λ chooses the damping λ (t = 0: no step, as α = 0), each step re-solved
-  in the first solve's Krylov span without a product
+- :func:`line_search`: φ(α), the change of the objective the step aims at from Θ̂ to
+  Θ̂ + αΔΘ, on a grid of α (forward passes only), then parabolic refinements around the
+  best point. The same search over the strength t = λ₀/λ chooses the damping λ (t = 0:
+  no step, as α = 0), each step re-solved in the first solve's Krylov span without a
+  product
   (:func:`~eraser_dist.core.solve.galerkin_split` with a shift).
 - :func:`chord_newton`: more Newton steps on the edited objective, each from where the last
   ended with the gradient re-evaluated there and the first step's matrix kept.
