@@ -105,6 +105,8 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
     losses["corrupted"] = row_losses(model, affected, kept, preset.eval_batch_size)
     model.set_flat(adapter_vector(model, inputs.retrained).double())
     losses["retrain"] = row_losses(model, affected, kept, preset.eval_batch_size)
+    model.set_flat(theta0)  # b and H at Θ̂, not at the retrained adapter just measured
+
     def quiet(status: dict) -> None:
         pass
 
