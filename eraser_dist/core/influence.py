@@ -321,7 +321,8 @@ def edited_objective_change(backend: CurvatureBackend, edited: EditedObjective,
     is stationary for f: its gradient at Θ̂ is −b exactly. The check subtracts that tilt, or
     it would mostly measure how far Θ̂ is from f's minimum (a fine-tune stopped early).
 
-    Rows: the ones the request adds (new versions of edited rows) in full; the kept rows by
+    Rows: the changed rows f_new still weighs (new versions of edited rows; an old version
+    an edit only down-weights) in full, at their weights in f_new; the kept rows by
     a seeded sample of ``args.line_search_rows`` scaled to their total weight, held out
     from H's rows where enough kept rows lie outside them, so that the check is not made on
     the rows whose curvature shaped the step; the exact L2 term. The tilt is one gradient
@@ -344,9 +345,13 @@ def edited_objective_change(backend: CurvatureBackend, edited: EditedObjective,
         sample, sample_weights = sample_rows([row for row, _ in kept], kept_weights,
                                              args.line_search_rows, args.seed)
         sample_coefficients = sample_weights * kept_total / sample_weights.sum()
-    added, added_weights = edited.added_rows()
-    rows = list(added) + list(sample)
-    weights = torch.cat([added_weights, sample_coefficients]) / edited.weight_after
+    # changed rows that f_new still weighs, in full: the new versions, and an old version
+    # an edit keeps at a fraction of its weight (weight 1 − ε in an ε-edit)
+    weighed = [(row, w) for row, w in zip(edited.rows_after, edited.weights_after.tolist(),
+                                          strict=True) if row in changed and w > 0]
+    rows = [row for row, _ in weighed] + list(sample)
+    weights = torch.cat([torch.tensor([w for _, w in weighed], dtype=torch.float64),
+                         sample_coefficients]) / edited.weight_after
     at_start = backend.losses(rows, args.batch_size)
     start_norm = float(theta.dot(theta))
     tilt = None
