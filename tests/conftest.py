@@ -9,6 +9,7 @@ import torch
 
 from eraser_dist.arguments import LoraArguments
 from eraser_dist.core.objective import LossModel
+from eraser_dist.core.requests import EditedObjective, apply_request, parse_request
 from eraser_dist.data import Example
 from eraser_dist.llm.models import LoraCausalLM, attach_lora, load_base
 
@@ -88,3 +89,15 @@ def tiny_float32():
     # Move off the LoRA initialisation (B = 0), where half the Hessian blocks vanish.
     model.set_flat(model.get_flat() + 0.3 * torch.randn(model.dim))
     return model
+
+
+def down_weighted(rows, request_json, eps):
+    """f_ε: the request applied with weight ε instead of 1 (rows kept, new rows at weight ε)."""
+    full = apply_request(parse_request(request_json), rows)
+    n_changed_old = int((full.weight_changes < 0).sum())
+    old_ids = {r.id for r in full.changed_rows[:n_changed_old]}
+    after = list(rows) + full.changed_rows[n_changed_old:]
+    weights = torch.tensor([1.0 - eps if r.id in old_ids else 1.0 for r in rows]
+                           + [eps] * (len(after) - len(rows)), dtype=torch.float64)
+    return EditedObjective(full.rows_before, full.weights_before, after, weights,
+                           full.changed_rows, eps * full.weight_changes)

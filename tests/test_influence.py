@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import (
     QuadraticModel,
+    down_weighted,
     regression_rows,
     ridge_solution,
     tiny_lora,
@@ -242,18 +243,6 @@ def converged():
     eigs = torch.linalg.eigvalsh(hessian + WEIGHT_DECAY * torch.eye(model.dim, dtype=torch.float64))
     assert float(eigs[0]) > 1e-3  # positive definite: influence is well posed here
     return model, rows, model.get_flat()
-
-
-def down_weighted(rows, request_json, eps):
-    """f_ε: the request applied with weight ε instead of 1 (rows kept, new rows at weight ε)."""
-    full = apply_request(parse_request(request_json), rows)
-    n_changed_old = int((full.weight_changes < 0).sum())
-    old_ids = {r.id for r in full.changed_rows[:n_changed_old]}
-    after = list(rows) + full.changed_rows[n_changed_old:]
-    weights = torch.tensor([1.0 - eps if r.id in old_ids else 1.0 for r in rows]
-                           + [eps] * (len(after) - len(rows)), dtype=torch.float64)
-    return EditedObjective(full.rows_before, full.weights_before, after, weights,
-                           full.changed_rows, eps * full.weight_changes)
 
 
 TINY_REQUESTS = [

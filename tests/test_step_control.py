@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import QuadraticModel, regression_rows, ridge_solution
+from conftest import QuadraticModel, down_weighted, regression_rows, ridge_solution
 
 from eraser_dist import cli
 from eraser_dist.arguments import EraseArguments
@@ -112,25 +112,16 @@ def test_the_held_out_check_stands_for_every_kept_row():
     assert change(delta) == pytest.approx(0.5 * 0.36 + 0.5 * WEIGHT_DECAY * 1.0, rel=1e-12)
 
 
-
 def test_the_check_weighs_an_old_version_that_an_edit_only_down_weights():
     """An ε-edit keeps the corrected row's old version at weight 1 − ε in f_new: the check
     (``all_rows``: f_new itself, every kept row measured) equals f_new's change over every
     row of D' at its weight, the old version included."""
     from eraser_dist.core.backend import InProcessBackend
     from eraser_dist.core.influence import edited_objective_change
-    from eraser_dist.core.requests import EditedObjective
 
     rows = regression_rows(12, 2)
-    full = apply_request(parse_request(
-        {"kind": "correct_response", "edits": [{"id": "q3", "response": "9.0"}]}), rows)
-    eps = 1e-2
-    old, new = full.changed_rows
-    after = list(rows) + [new]
-    weights_after = torch.tensor([1 - eps if row == old else 1.0 for row in rows] + [eps],
-                                 dtype=torch.float64)
-    edited = EditedObjective(full.rows_before, full.weights_before, after, weights_after,
-                             full.changed_rows, eps * full.weight_changes)
+    edited = down_weighted(rows, {"kind": "correct_response",
+                                  "edits": [{"id": "q3", "response": "9.0"}]}, 1e-2)
     model = QuadraticModel(2)
     model.set_flat(ridge_solution(model, rows, WEIGHT_DECAY))
     theta = model.get_flat()
@@ -138,13 +129,14 @@ def test_the_check_weighs_an_old_version_that_an_edit_only_down_weights():
     args = EraseArguments(hessian_samples=None, line_search_rows=100, gradient="all_rows")
     change = edited_objective_change(backend, edited, WEIGHT_DECAY, theta, args)
     delta = torch.tensor([0.3, -0.2], dtype=torch.float64)
-    at_start = backend.losses(after, 8)
+    at_start = backend.losses(edited.rows_after, 8)
     model.set_flat(theta + delta)
-    moved = backend.losses(after, 8)
+    moved = backend.losses(edited.rows_after, 8)
     model.set_flat(theta)
-    exact = float(weights_after.dot(moved - at_start)) / float(weights_after.sum()) + (
+    exact = float(edited.weights_after.dot(moved - at_start)) / edited.weight_after + (
         0.5 * WEIGHT_DECAY * float((theta + delta).dot(theta + delta) - theta.dot(theta)))
     assert change(delta) == pytest.approx(exact, rel=1e-10)
+
 
 # -- one logistic parameter, started on the wrong side ----------------------------------------
 

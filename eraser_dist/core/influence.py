@@ -330,8 +330,11 @@ def edited_objective_change(backend: CurvatureBackend, edited: EditedObjective,
     gradient cancels the kept rows' linear term, so they enter by their curvature only.
     Each call moves the backend to Θ̂ + δ and back to ``theta``."""
     changed = set(edited.changed_rows)
-    kept = [(row, w) for row, w in zip(edited.rows_after, edited.weights_after.tolist(),
-                                       strict=True) if row not in changed]
+    after = list(zip(edited.rows_after, edited.weights_after.tolist(), strict=True))
+    kept = [(row, w) for row, w in after if row not in changed]
+    # changed rows that f_new still weighs, in full: the new versions, and an old version
+    # an edit keeps at a fraction of its weight (weight 1 − ε in an ε-edit)
+    weighed = [(row, w) for row, w in after if row in changed and w > 0]
     kept_total = sum(w for _, w in kept)  # what the sample stands for, held out or not
     in_hessian = set(hessian_subset(edited, args.curvature, args.hessian_samples,
                                     args.seed)[0])
@@ -345,10 +348,6 @@ def edited_objective_change(backend: CurvatureBackend, edited: EditedObjective,
         sample, sample_weights = sample_rows([row for row, _ in kept], kept_weights,
                                              args.line_search_rows, args.seed)
         sample_coefficients = sample_weights * kept_total / sample_weights.sum()
-    # changed rows that f_new still weighs, in full: the new versions, and an old version
-    # an edit keeps at a fraction of its weight (weight 1 − ε in an ε-edit)
-    weighed = [(row, w) for row, w in zip(edited.rows_after, edited.weights_after.tolist(),
-                                          strict=True) if row in changed and w > 0]
     rows = [row for row, _ in weighed] + list(sample)
     weights = torch.cat([torch.tensor([w for _, w in weighed], dtype=torch.float64),
                          sample_coefficients]) / edited.weight_after
