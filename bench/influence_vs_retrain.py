@@ -223,7 +223,8 @@ def run(args: argparse.Namespace) -> dict:
                     model.set_flat(theta_hat)
                     erase_args = EraseArguments(hvp=hvp, curvature=curvature, tol=TOL,
                                                 max_iter=MAX_ITER, batch_size=BATCH,
-                                                on_negative_curvature="truncate")
+                                                on_negative_curvature="truncate",
+                                                step_control="none")  # the step as solved
                     start = time.perf_counter()
                     try:
                         result = newton_step(model, edited, lam, erase_args, progress=False)

@@ -11,6 +11,7 @@ the control set, as :func:`~eraser_dist.core.influence.solved_step` then
 :func:`~eraser_dist.core.influence.control_step`):
 
 - ``none``: the Newton step as solved (the least-residual vector of CG's span);
+- ``auto``: the default, ``line_search`` where the request adds rows, else ``none``;
 - ``line_search``: the step scaled by the α that minimises the objective it aims at along it
   (forward passes over the edited rows and 32 kept rows, outside H's sample where enough,
   and with ``changed_rows`` one gradient pass for Θ̂'s own gradient);
@@ -75,11 +76,12 @@ FACTS = ExperimentPreset(
 PRESET = {"facts": FACTS, "genres": replace(PRESETS["cpu"], erase=replace(
     PRESETS["cpu"].erase, hvp="ggn_exact"))}
 CONTROLS = {
-    "none": {},
+    "none": {"step_control": "none"},
+    "auto": {"step_control": "auto"},
     "line_search": {"step_control": "line_search"},
     "damping": {"step_control": "damping"},
     "newton": {"step_control": "newton", "newton_steps": 2},
-    "stages4": {"stages": 4},
+    "stages4": {"stages": 4, "step_control": "none"},
     "stages4+line_search": {"stages": 4, "step_control": "line_search"},
 }
 

@@ -25,7 +25,7 @@ DOUBLE_BACKWARD_HVPS = ("exact", "ggn_exact")  # not on a ZeRO-3-partitioned bas
 CurvatureData = Literal["original", "edited"]
 NegativeCurvaturePolicy = Literal["ggn", "truncate", "fail"]
 StepKind = Literal["cg", "least_residual"]
-StepControlKind = Literal["none", "line_search", "damping", "newton"]
+StepControlKind = Literal["auto", "none", "line_search", "damping", "newton"]
 PreconditionerKind = Literal["none", "fisher_diagonal"]
 RhsGradient = Literal["changed_rows", "all_rows"]
 Backend = Literal["auto", "gloo", "nccl"]
@@ -221,7 +221,8 @@ class EraseArguments(Options):
     stages: int = option(1, "apply the request in this many equal parts, each step from "
                          "where the last ended (a solve per stage)", minimum=1)
     step_control: StepControlKind = option(
-        "none", "how far the erase goes: none (the Newton step), line_search (the edited "
+        "auto", "how far the erase goes: auto (line_search where the request adds rows, "
+        "none for removals alone), none (the Newton step), line_search (the edited "
         "objective on a grid of step lengths along ΔΘ, forward passes only), damping (the "
         "edited objective at each of --damping-factors, each step re-solved in the solve's "
         "own Krylov span: forward passes only; least-residual steps) or newton (up to "

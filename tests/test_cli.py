@@ -285,7 +285,8 @@ def test_erase_in_stages_reports_each_stage(work, tmp_path, capsys):
         out = tmp_path / f"stages{stages}"
         captured = run_ok(capsys, erase_argv("tiny-llama", work.adapter, work.data, request, out,
                                              "--hvp", "ggn", "--max-iter", "30", "--stages",
-                                             str(stages), "--json", "--quiet"))
+                                             str(stages), "--step-control", "none",
+                                             "--json", "--quiet"))
         reports[stages] = json.loads(captured.out)
     one, two = reports[1], reports[2]
     assert one["stages"] == 1 and one["stage_steps"] == []

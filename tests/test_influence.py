@@ -113,7 +113,7 @@ def test_stages_follow_the_path_of_optima(request_json):
 
     def error(curvature, stages):
         args = EraseArguments(hvp="exact", curvature=curvature, tol=1e-13, max_iter=50,
-                              stages=stages)
+                              stages=stages, step_control="none")  # the path's own steps
         result = newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
         assert torch.equal(model.get_flat(), theta_hat)
         assert len(result.stages) == (stages if stages > 1 else 0)
@@ -204,7 +204,7 @@ def test_batch_parts_on_a_real_model_are_reported_with_their_true_residual(conve
     model, rows, theta_hat = converged
     model.set_flat(theta_hat)
     edited = apply_requests([parse_request(r) for r in TINY_REQUESTS], rows)
-    args = EraseArguments(hvp="exact", tol=1e-10, max_iter=200)
+    args = EraseArguments(hvp="exact", tol=1e-10, max_iter=200, step_control="none")
     result = newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
     hessian = explicit_hessian(model, rows, torch.ones(len(rows), dtype=torch.float64))
     a = hessian / len(rows) + WEIGHT_DECAY * torch.eye(model.dim, dtype=torch.float64)
@@ -262,6 +262,10 @@ def test_first_order_influence_matches_retraining(converged, request_json, curva
     args = EraseArguments(hvp="exact", curvature=curvature, tol=1e-6, max_iter=100)
     result = newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
     assert result.cg.converged and not result.cg.negative_curvature
+    if request_json["kind"] == "remove":
+        assert result.control is None  # the default control leaves removals as solved
+    else:  # an ε-edit moves the check's φ by less than its rounding: α = 1 is kept
+        assert result.control.kind == "line_search" and result.control.alpha == 1.0
     newton_polish(model, edited.rows_after, edited.weights_after, WEIGHT_DECAY, steps=3)
     retrained_change = model.get_flat() - theta_hat
     model.set_flat(theta_hat)

@@ -37,6 +37,24 @@ def test_the_line_search_keeps_the_step_of_a_quadratic_and_bounds_a_long_one():
     assert line_search(lambda a: -a, (0.5, 1.0)).alpha == 1.0
 
 
+def test_the_line_search_keeps_alpha_1_where_phi_differs_from_phi_1_only_below_resolution():
+    """A minimum at α = 0.5 of depth 1e-9 under ripples of 3e-9: rescaled without a
+    resolution, kept at 1 with a resolution above the ripples, and moved once the
+    minimum's gain over α = 1 is above it (without refinements chasing the ripples)."""
+    def phi(alpha):
+        return 1e-9 * (alpha - 0.5) ** 2 + 3e-9 * math.sin(7 * alpha)
+
+    grid = (0.25, 0.5, 0.75, 1.0, 1.25)
+    assert line_search(phi, grid).alpha != 1.0
+    kept = line_search(phi, grid, resolution=1e-8)
+    assert kept.alpha == 1.0 and len(kept.tried) == 5
+    scaled = line_search(lambda a: 1e-6 * (a - 0.5) ** 2, grid, resolution=1e-8)
+    assert scaled.alpha == pytest.approx(0.5, abs=1e-9)
+    # off the grid, α = 1 stays unless φ falls below φ(0) = 0 by more than the resolution
+    assert line_search(lambda a: -1e-9 * a, (0.5, 2.0), resolution=1e-8).alpha == 1.0
+    assert line_search(lambda a: -1e-7 * a, (0.5, 2.0), resolution=1e-8).alpha == 2.0
+
+
 # -- a quadratic LossModel: the Newton step is already where retraining lands ---------------
 
 QUADRATIC_REQUESTS = [{"kind": "remove", "ids": ["q3", "q11"]},
@@ -106,10 +124,10 @@ def test_the_held_out_check_stands_for_every_kept_row():
     model = QuadraticModel(2)
     edited = apply_request(parse_request({"kind": "remove", "ids": ["q0"]}), rows)
     args = EraseArguments(hessian_samples=5, line_search_rows=8)
-    change = edited_objective_change(InProcessBackend(model), edited, WEIGHT_DECAY,
-                                     model.get_flat(), args)
+    check = edited_objective_change(InProcessBackend(model), edited, WEIGHT_DECAY,
+                                    model.get_flat(), args)
     delta = torch.tensor([0.6, -0.8], dtype=torch.float64)
-    assert change(delta) == pytest.approx(0.5 * 0.36 + 0.5 * WEIGHT_DECAY * 1.0, rel=1e-12)
+    assert check.change(delta) == pytest.approx(0.5 * 0.36 + 0.5 * WEIGHT_DECAY * 1.0, rel=1e-12)
 
 
 def test_the_check_weighs_an_old_version_that_an_edit_only_down_weights():
@@ -127,7 +145,7 @@ def test_the_check_weighs_an_old_version_that_an_edit_only_down_weights():
     theta = model.get_flat()
     backend = InProcessBackend(model)
     args = EraseArguments(hessian_samples=None, line_search_rows=100, gradient="all_rows")
-    change = edited_objective_change(backend, edited, WEIGHT_DECAY, theta, args)
+    check = edited_objective_change(backend, edited, WEIGHT_DECAY, theta, args)
     delta = torch.tensor([0.3, -0.2], dtype=torch.float64)
     at_start = backend.losses(edited.rows_after, 8)
     model.set_flat(theta + delta)
@@ -135,7 +153,7 @@ def test_the_check_weighs_an_old_version_that_an_edit_only_down_weights():
     model.set_flat(theta)
     exact = float(edited.weights_after.dot(moved - at_start)) / edited.weight_after + (
         0.5 * WEIGHT_DECAY * float((theta + delta).dot(theta + delta) - theta.dot(theta)))
-    assert change(delta) == pytest.approx(exact, rel=1e-10)
+    assert check.change(delta) == pytest.approx(exact, rel=1e-10)
 
 
 # -- one logistic parameter, started on the wrong side ----------------------------------------
@@ -269,6 +287,20 @@ def test_nonsense_step_control_settings_are_one_line_errors(argv, message, tmp_p
     assert code == 2 and len(err.splitlines()) == 1 and message in err
 
 
+@pytest.mark.parametrize("requests_json, chosen", [
+    ([QUADRATIC_REQUESTS[0]], "none"),
+    ([QUADRATIC_REQUESTS[1]], "line_search"),
+    (QUADRATIC_REQUESTS, "line_search"),  # a batch that adds a row
+])
+def test_auto_searches_the_step_length_where_the_request_adds_rows(requests_json, chosen):
+    from eraser_dist.core.influence import chosen_control
+    from eraser_dist.core.requests import apply_requests
+
+    edited = apply_requests([parse_request(r) for r in requests_json], regression_rows(20, 5))
+    assert chosen_control(EraseArguments(), edited) == chosen
+    assert chosen_control(EraseArguments(step_control="damping"), edited) == "damping"
+
+
 def test_newton_step_control_refuses_a_batch_of_requests():
     rows = regression_rows(20, 5)
     model = QuadraticModel(5)
@@ -281,8 +313,9 @@ def test_newton_step_control_refuses_a_batch_of_requests():
 
 
 def test_the_erase_report_says_which_control_ran_and_reads_back(tmp_path):
-    """Through ``api.erase`` on tiny-llama: the report gives the α the line search chose and
-    what it tried, the published ΔΘ is that α times the plain step, and the report reads back."""
+    """Through ``api.erase`` on tiny-llama: the default (``auto``) runs the line search on a
+    correction, the report gives the α it chose and what it tried, the published ΔΘ is that
+    α times the plain step, and the report reads back."""
     from conftest import delta_vector, word_rows
 
     from eraser_dist import api
@@ -297,11 +330,10 @@ def test_the_erase_report_says_which_control_ran_and_reads_back(tmp_path):
                              "edits": [{"id": "r3", "response": "zzz"}]})
     settings = {"hvp": "ggn_exact", "damping": 0.1, "tol": 1e-8, "max_iter": 40}
     plain = api.erase("tiny-llama", tmp_path / "a", tmp_path / "d.parquet", request,
-                      tmp_path / "plain", EraseArguments(**settings), progress=False)
+                      tmp_path / "plain", EraseArguments(**settings, step_control="none"),
+                      progress=False)
     searched = api.erase("tiny-llama", tmp_path / "a", tmp_path / "d.parquet", request,
-                         tmp_path / "searched",
-                         EraseArguments(**settings, step_control="line_search"),
-                         progress=False)
+                         tmp_path / "searched", EraseArguments(**settings), progress=False)
     assert plain.step_control is None
     control = searched.step_control
     assert control.kind == "line_search" and len(control.evaluations) >= 5

@@ -247,24 +247,26 @@ def control_step(backend: CurvatureBackend, edited: EditedObjective, weight_deca
     objective is least (both measured by :func:`edited_objective_change`: forward passes
     and, with ``changed_rows``, one gradient pass); ``newton`` adds
     chord Newton steps (:func:`edited_gradient` and the erase's own solve, from the
-    ``index`` if any)."""
-    if args.step_control == "none":
+    ``index`` if any); ``auto`` is resolved by :func:`chosen_control`."""
+    kind = chosen_control(args, edited)
+    if kind == "none":
         return result
     theta, start = backend.theta(), time.perf_counter()
     try:
-        if args.step_control == "line_search":
+        if kind == "line_search":
             report({"phase": "line search"})
-            change = edited_objective_change(backend, edited, weight_decay, theta, args)
-            found = line_search(lambda a: change(a * result.delta), args.step_alphas)
+            check = edited_objective_change(backend, edited, weight_decay, theta, args)
+            found = line_search(lambda a: check.change(a * result.delta), args.step_alphas,
+                                resolution=check.resolution)
             alpha = found.alpha
             figures = StepControlFigures("line_search", alpha, 1, [list(p) for p in found.tried],
                                          [], 0.0)
             result = replace(result, delta=alpha * result.delta, parts=alpha * result.parts,
                              stationarity=None if result.stationarity is None
                              else alpha * result.stationarity)
-        elif args.step_control == "damping":
+        elif kind == "damping":
             report({"phase": "damping search"})
-            change = edited_objective_change(backend, edited, weight_decay, theta, args)
+            check = edited_objective_change(backend, edited, weight_decay, theta, args)
             solved = result.damping
 
             def resolved(strength: float) -> InfluenceResult:
@@ -274,8 +276,9 @@ def control_step(backend: CurvatureBackend, edited: EditedObjective, weight_deca
                     result.hessian_rows, args, (result.rhs_seconds, result.solve_seconds),
                     result.first_products, shift=solved / strength - solved)
 
-            found = line_search(lambda t: change(resolved(t).delta),
-                                [1.0 / factor for factor in args.damping_factors])
+            found = line_search(lambda t: check.change(resolved(t).delta),
+                                [1.0 / factor for factor in args.damping_factors],
+                                resolution=check.resolution)
             chosen = resolved(found.alpha)
             result = replace(chosen, cg=replace(chosen.cg, directions=None, products=None),
                              span_rhs=None)
@@ -309,11 +312,35 @@ def control_step(backend: CurvatureBackend, edited: EditedObjective, weight_deca
     return replace(result, control=figures)
 
 
+def chosen_control(args: EraseArguments, edited: EditedObjective) -> str:
+    """``args.step_control``, with ``auto`` resolved: ``line_search`` where the request adds
+    rows (a correction or a query edit: the new answer's loss is nearly flat at Θ̂, so the
+    Newton step tends to run long), ``none`` for removals alone (there the check's minimum
+    lay past the grid's end, and the longer step took ir, which the plain step had at 1.02
+    of retraining's change, to 1.26). Measured: docs/RESULTS.md, "Step control"."""
+    if args.step_control != "auto":
+        return args.step_control
+    return "line_search" if bool((edited.weight_changes > 0).any()) else "none"
+
+
+@dataclass
+class ObjectiveCheck:
+    """The check of a step control: ``change`` δ [d] ↦ the change of the objective the step
+    aims at from Θ̂ to Θ̂ + δ, and its ``resolution`` ε‖w ⊙ L(Θ̂)‖₂: one rounding of each
+    row's loss, independent across rows, at float32's ε (or the adapter dtype's, if
+    coarser). A step control does not act on differences of φ below it: the network's own
+    float32 parts make φ ragged (measured on tiny-llama in float64, on an edit of weight
+    1e-3: φ off its quadratic model by up to ~3e-9, with no shape; resolution ~1.6e-7)."""
+
+    change: Callable[[torch.Tensor], float]
+    resolution: float
+
+
 def edited_objective_change(backend: CurvatureBackend, edited: EditedObjective,
                             weight_decay: float, theta: torch.Tensor,
-                            args: EraseArguments) -> Callable[[torch.Tensor], float]:
+                            args: EraseArguments) -> ObjectiveCheck:
     """δ [d] ↦ the change of the objective whose minimiser the step aims at, by forward
-    passes: the check of a step control.
+    passes: the check of a step control, with its resolution (:class:`ObjectiveCheck`).
 
     With ``args.gradient`` ``all_rows`` that objective is f_new: the check is
     f_new(Θ̂ + δ) − f_new(Θ̂). With ``changed_rows`` b assumes ∇f(Θ̂) = 0, so the step aims at
@@ -375,7 +402,8 @@ def edited_objective_change(backend: CurvatureBackend, edited: EditedObjective,
             float(moved.dot(moved)) - start_norm)
         return value if tilt is None else value - float(tilt.dot(delta.double().cpu()))
 
-    return change
+    epsilon = max(torch.finfo(torch.float32).eps, torch.finfo(theta.dtype).eps)
+    return ObjectiveCheck(change, epsilon * float((weights * at_start).norm()))
 
 
 def edited_gradient(backend: CurvatureBackend, edited: EditedObjective, weight_decay: float,

@@ -73,12 +73,17 @@ def parabola_vertex(points: Sequence[tuple[float, float]]) -> float | None:
 
 
 def line_search(phi: Callable[[float], float], alphas: Sequence[float],
-                refinements: int = 3) -> StepLength:
+                refinements: int = 3, resolution: float = 0.0) -> StepLength:
     """argmin over α > 0 of ``phi`` (with φ(0) = 0): ``phi`` on the grid ``alphas``, then up
     to ``refinements`` times the vertex of the parabola through the best point and its two
     neighbours (α = 0 among them), until a vertex is already known. The grid's largest α
     bounds the step: a minimum beyond it is not chased. Costs at most len(alphas) +
-    refinements calls."""
+    refinements calls.
+
+    α = 1, the step as solved, stays unless some α lowers φ below φ(1) by more than
+    ``resolution``, the smallest change of φ the caller can tell from rounding (where 1 is
+    not on the grid: unless some α lowers φ by more than that). A request whose effect on
+    the objective is below the check's rounding is then not rescaled by that rounding."""
     values = {0.0: 0.0}
     tried: list[tuple[float, float]] = []
 
@@ -87,20 +92,24 @@ def line_search(phi: Callable[[float], float], alphas: Sequence[float],
             values[alpha] = float(phi(alpha))
             tried.append((alpha, values[alpha]))
 
+    def resolved_gain(alpha: float) -> bool:
+        """Whether φ(α) is below the solved step's φ by more than the resolution."""
+        return values[alpha] < values.get(1.0, 0.0) - resolution
+
     for alpha in check_alphas(alphas):
         evaluate(alpha)
     for _ in range(refinements):
         ordered = sorted(values.items())
         best = min(range(1, len(ordered)), key=lambda i: ordered[i][1])
-        if best == len(ordered) - 1:
-            break  # the minimum lies at or past the grid's end
+        if best == len(ordered) - 1 or not resolved_gain(ordered[best][0]):
+            break  # the minimum lies at or past the grid's end, or φ is flat to rounding
         vertex = parabola_vertex(ordered[best - 1: best + 2])
         if vertex is None or not ordered[best - 1][0] < vertex < ordered[best + 1][0] or (
                 min(abs(vertex - a) for a in values) <= 1e-3 * vertex):
             break  # no bracketed vertex, or nothing new to learn there
         evaluate(vertex)
-    alpha = min((a for a in values if a > 0), key=lambda a: values[a])
-    return StepLength(alpha, tried)
+    best = min((a for a in values if a > 0), key=lambda a: values[a])
+    return StepLength(best if resolved_gain(best) else 1.0, tried)
 
 
 @dataclass

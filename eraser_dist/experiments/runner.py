@@ -63,10 +63,12 @@ class ExperimentPreset:
     warm_lr: float | None = None  # the warm retrain's rate; None: the training's
     # 96 Hessian rows, damping 0.03, the least-residual step and the Fisher-diagonal
     # preconditioner: chosen by bench/erase_damping.py on these experiments (docs/RESULTS.md,
-    # "How the preset was chosen" and "Preconditioner")
+    # "How the preset was chosen" and "Preconditioner"). The plain Newton step: the tables
+    # recorded from these experiments measure it; bench/step_control.py compares the step
+    # controls, the default's auto among them, on the same experiments
     erase: EraseArguments = field(default_factory=lambda: EraseArguments(
         damping=0.03, hessian_samples=96, max_iter=16, tol=1e-3, step="least_residual",
-        preconditioner="fisher_diagonal"))
+        preconditioner="fisher_diagonal", step_control="none"))
     # exact and fd meet negative curvature at these adapters and fall back to ggn
     # (docs/RESULTS.md), so on 2 cores only ggn is run
     hvps: tuple[str, ...] = ("ggn",)
@@ -84,7 +86,8 @@ PRESETS = {
         task="llara",
         training=TrainArguments(epochs=3, lr=2e-3, batch_size=8, weight_decay=0.01,
                                 max_length=256, lr_schedule="linear"),
-        erase=EraseArguments(damping=0.1, max_iter=100, tol=1e-4, step="least_residual"),
+        erase=EraseArguments(damping=0.1, max_iter=100, tol=1e-4, step="least_residual",
+                             step_control="none"),
         hvps=("ggn", "exact", "fd"),
         generate=True, kept_sample=256,
         device="cuda"),
