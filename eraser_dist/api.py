@@ -57,6 +57,7 @@ from .llm.curvature_index import (
 )
 from .llm.models import LoraCausalLM, attach_lora, load_base
 from .llm.train import train_adam
+from .llm.warm import AdapterSource, ColdLoads
 from .report import (
     REPORT_FILE,
     DistributedFigures,
@@ -143,6 +144,7 @@ def erase(
     distributed: DistributedArguments | None = None,
     device: str = "cpu",
     index: PathLike | None = None,
+    models: AdapterSource | None = None,
 ) -> EraseReport:
     """Apply an erase request, or a batch of them, to an adapter by one influence step;
     publish the new adapter.
@@ -157,8 +159,9 @@ def erase(
     with disjoint rows) is one solve; the report gives each request's own ΔΘ_k figures
     under ``requests``. With ``distributed`` the step runs on a Ray cluster (worker groups
     on a ZeRO-3-partitioned base, see ``actors/``); otherwise in this process, on ``device``
-    (a distributed erase places its ranks by ``distributed.backend``). Both run the same
-    pipeline (:func:`eraser_dist.core.influence.newton_step`). The output holds the new
+    (a distributed erase places its ranks by ``distributed.backend``), from ``models``
+    (a warm base, :mod:`eraser_dist.llm.warm`) or a base loaded for this erase. Both run
+    the same pipeline (:func:`eraser_dist.core.influence.newton_step`). The output holds the new
     adapter, ΔΘ alone (``adapter_delta.safetensors``, for serving replicas) and the report
     that this function returns (``erase_report.json``).
     """
@@ -184,7 +187,7 @@ def erase(
     start = time.perf_counter()
     figures = None
     if distributed is None:
-        model, meta = load_adapter(load_base(base, device=device), adapter)
+        model, meta = (models or ColdLoads(device)).adapter(base, adapter)
         result = newton_step(model, edited, meta.weight_decay, args, progress=progress,
                              index=curvature)
         keys, shapes = [file_key(n) for n in model.names], [p.shape for p in model.params]
@@ -293,6 +296,7 @@ def build_index(
     progress: bool = True,
     distributed: DistributedArguments | None = None,
     device: str = "cpu",
+    models: AdapterSource | None = None,
 ) -> IndexMeta:
     """Build the curvature index of an adapter on its training set and publish it to ``out``
     (docs/DESIGN.md §7): ``index.rank`` Lanczos steps on the erase system's matrix as
@@ -300,7 +304,8 @@ def build_index(
     ``batch_size``, ``fd_step``; for ``hvp`` ``auto`` the Gauss-Newton matrix, its exact
     product in one process). Every erase
     of this version, and of the versions erased from it, can then start from it
-    (``erase(..., index=out)``). With ``distributed`` the HVPs run on the worker groups.
+    (``erase(..., index=out)``). With ``distributed`` the HVPs run on the worker groups;
+    otherwise in this process, from ``models`` as :func:`erase`.
     """
     args = args or EraseArguments()
     index = index or IndexArguments()
@@ -310,7 +315,7 @@ def build_index(
     meta = read_meta(adapter)
     check_fitted_on(meta, adapter, data, examples)
     if distributed is None:
-        model, meta = load_adapter(load_base(base, device=device), adapter)
+        model, meta = (models or ColdLoads(device)).adapter(base, adapter)
         fitted = fit_curvature(model, examples, meta.weight_decay, args, index.rank,
                                progress=progress)
         theta = model.get_flat().double().cpu()

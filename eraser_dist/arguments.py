@@ -315,7 +315,8 @@ class ServiceArguments(Options):
     ``retain_versions`` versions; older ones are purged. A batch's requests that the worker
     died running ``max_worker_deaths`` times are parked. With ``index_rank`` k > 0, each
     adapter keeps a curvature index of k pairs that every batch starts from (docs/DESIGN.md
-    §7.5).
+    §7.5). In one process the worker holds up to ``max_engines`` bases warm across batches
+    (:mod:`eraser_dist.service.engines`) and releases one unused for ``idle_seconds``.
     """
 
     max_batch_requests: int = option(64, "most requests solved together", minimum=1)
@@ -341,6 +342,11 @@ class ServiceArguments(Options):
                                          "step from it had a relative residual above this "
                                          "many times the index's fresh one (or above 1)",
                                          above=0)
+    max_engines: int = option(1, "bases held in memory across batches (one-process engine): "
+                              "a batch on another base first releases the one used longest "
+                              "ago", minimum=1)
+    idle_seconds: float = option(600.0, "release a held base after this many seconds without "
+                                 "a batch", above=0)
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import word_rows
+from conftest import delta_vector, word_rows
 from safetensors.torch import load_file
 
 from eraser_dist import api, cli
@@ -951,3 +952,150 @@ def test_a_commit_the_registry_lost_is_redone_and_the_erased_row_stays_erased(fl
                  / weights(served.path).norm()) <= 1e-9
     current = forgot.registry.dataset("acme", "a1-data")
     assert current.version == 2 and "a1-3" not in {r.id for r in read_examples(current.path)}
+
+
+# -- warm engines ----------------------------------------------------------------------------
+
+def test_two_adapters_of_one_base_interleaved_load_the_base_once_and_match_cold_erases(
+        fleet, monkeypatch):
+    """acme's a1 and a2 take turns, one request per batch: four batches, erases and
+    certificates alike on one base loaded once (counted at every load_base in the process);
+    each published ΔΘ is the cold erase's (a base loaded for it) of the same request on
+    the same version."""
+    import eraser_dist.llm.models as models
+
+    loads = []
+    fingerprint = models.base_fingerprint
+    monkeypatch.setattr(models, "base_fingerprint", lambda m: loads.append(1) or fingerprint(m))
+    service, tokens = fleet
+    requests = {"a1": [{"kind": "remove", "ids": ["a1-3"]},
+                       {"kind": "correct_response", "edits": [{"id": "a1-30", "response": "y"}]}],
+                "a2": [{"kind": "correct_response", "edits": [{"id": "a2-31", "response": "z"}]},
+                       {"kind": "remove", "ids": ["a2-5", "a2-6"]}]}
+    for j in range(2):
+        for adapter, stream in requests.items():
+            service.submit(tokens["acme"], adapter, stream[j])
+    worker = service.worker(replace(SETTINGS, max_batch_requests=1), ERASE)
+    assert worker.serve(drain=True) == 4
+    assert len(loads) == 1 and worker.models.base_loads == 1
+    assert worker.models.held() == ["tiny-llama"]
+    order = [b["adapter"] for b in service.registry.query("SELECT adapter FROM batches "
+                                                          "ORDER BY id")]
+    assert order == ["a1", "a2", "a1", "a2"]  # interleaved: every batch switched adapters
+    monkeypatch.setattr(models, "base_fingerprint", fingerprint)
+    for adapter, stream in requests.items():
+        for j, request in enumerate(stream):
+            before = service.registry.adapter("acme", adapter, j + 1)
+            data = service.registry.dataset("acme", f"{adapter}-data", j + 1)
+            out = service.root.parent / f"cold-{adapter}-{j}"
+            api.erase("tiny-llama", before.path, data.path, parse_request(request), out, ERASE,
+                      progress=False)
+            warm = delta_vector(service.registry.adapter("acme", adapter, j + 2).path)
+            cold = delta_vector(out)
+            assert float((warm - cold).norm() / cold.norm()) <= 1e-6
+
+
+def test_an_idle_base_is_released_and_loaded_again_for_the_next_batch(fleet):
+    service, tokens = fleet
+    for i in (3, 4):
+        service.submit(tokens["acme"], "a1", {"kind": "remove", "ids": [f"a1-{i}"]})
+    worker = service.worker(replace(SETTINGS, max_batch_requests=1, idle_seconds=1e-9), ERASE)
+    assert worker.serve(drain=True) == 2
+    assert worker.models.base_loads == 2 and worker.models.releases == 2
+    assert worker.models.held() == []
+
+
+def test_a_budget_of_one_engine_releases_the_base_used_longest_ago(template):
+    """Three bases by name (each a real tiny-llama) asked for in turn with room for one: each
+    waits for the one before to be released, and every adapter still loads right."""
+    from eraser_dist.llm.adapters import adapter_vector
+    from eraser_dist.llm.models import load_base
+    from eraser_dist.service.engines import EnginePool
+
+    root, _ = template
+    adapter = next((root / "tenants/acme/adapters/a1").glob("v*"))
+    now = [0.0]
+    pool = EnginePool(max_engines=1, idle_seconds=30.0,
+                      load=lambda name, device: load_base("tiny-llama", device=device),
+                      clock=lambda: now[0])
+    for name in ("base-a", "base-b", "base-a"):
+        model, _ = pool.adapter(name, adapter)
+        assert torch.equal(model.get_flat(), adapter_vector(model, adapter))
+        assert pool.held() == [name]
+        now[0] += 10.0
+    assert pool.base_loads == 3 and pool.releases == 2
+    assert pool.release_idle() == [] and pool.held() == ["base-a"]  # used 10 s ago
+    now[0] += 20.0
+    assert pool.release_idle() == ["base-a"] and pool.held() == []
+
+
+# -- what the operator sees --------------------------------------------------------------------
+
+def test_metrics_and_status_match_the_journal_after_a_run(fleet):
+    """Two adapters, a request that fails (its row removed by the one before): GET
+    /metrics (operator token; 401 without) counts what the journal holds, its phase
+    seconds add up to the batches' recorded wall times, and GET /v1/status gives the last
+    batch's phases."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    service, tokens = fleet
+    for adapter, tenant in (("a1", "acme"), ("b1", "globex")):
+        for request in requests_for(adapter, 3, seed=2):
+            service.submit(tokens[tenant], adapter, request)
+    for _ in range(2):
+        service.submit(tokens["acme"], "a1", {"kind": "remove", "ids": ["a1-43"]})
+    operator = service.new_operator_token()
+    worker = service.worker(replace(SETTINGS, max_batch_requests=2), ERASE)
+    with HttpServer(service, "127.0.0.1", 0, collector=worker.collector()) as server:
+        status, waiting = http(server.url, "GET", "/v1/status", operator)
+        assert status == 200 and {(w["adapter"], w["pending"]) for w in waiting["waiting"]} \
+            == {("a1", 5), ("b1", 3)}
+        committed = worker.serve(drain=True)
+        assert http(server.url, "GET", "/metrics", tokens["acme"])[0] == 401
+        status, text = http(server.url, "GET", "/metrics", operator)
+        assert status == 200
+        _, overview = http(server.url, "GET", "/v1/status", operator)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text.decode())
+               for s in family.samples}
+    journal = {r["state"]: r["n"] for r in service.registry.query(
+        "SELECT state, COUNT(*) AS n FROM requests GROUP BY state")}
+    batches = service.registry.query("SELECT report FROM batches WHERE state = 'committed' "
+                                     "ORDER BY id")
+    assert journal == {"done": 7, "failed": 1} and committed == len(batches) >= 4
+    assert samples[("eraser_requests_done_total", ())] == journal["done"]
+    assert samples[("eraser_requests_failed_total", ())] == journal["failed"]
+    assert samples[("eraser_batches_total", ())] == len(batches)
+    assert samples[("eraser_base_loads_total", ())] == 1
+    assert samples[("eraser_engines_held", ())] == 1
+    assert not [k for k in samples if k[0] == "eraser_queue_depth"]  # nothing waits
+    phases = {dict(k[1])["phase"]: v for k, v in samples.items()
+              if k[0] == "eraser_batch_seconds_total"}
+    walls = [json.loads(b["report"])["batch_seconds"] for b in batches]
+    assert sum(phases.values()) == pytest.approx(sum(walls), rel=1e-9)
+    assert phases["solve"] > 0 and phases["b"] > 0 and phases["certificate"] > 0
+    last = json.loads(batches[-1]["report"])["seconds_by_phase"]
+    assert overview["last_batch"]["seconds_by_phase"] == last
+    assert overview["serve"] == {"batches": len(batches), "requests_done": 7,
+                                 "requests_failed": 1, "base_loads": 1, "engines_held": 1}
+    assert overview["waiting"] == [] and overview["running_batches"] == []
+
+
+def test_serve_log_json_ends_with_the_drained_summary(fleet, capsys):
+    service, tokens = fleet
+    for request in requests_for("a1", 2, seed=3):
+        service.submit(tokens["acme"], "a1", request)
+    code, _, err = run_cli(capsys, "serve", "--drain", "--log-json", "--root",
+                           str(service.root), "--damping", "0.1", "--max-iter", "30",
+                           "--max-batch-requests", "1")
+    lines = [json.loads(line) for line in err.splitlines()]  # every line is a JSON object
+    committed = [line for line in lines if line.get("event") == "batch_committed"]
+    assert code == 0 and len(committed) == 2
+    assert set(committed[0]["seconds_by_phase"]) == {
+        "index", "load", "b", "solve", "step_control", "certificate", "publish"}
+    summary = lines[-1]
+    assert summary["event"] == "drained" and summary["batches"] == 2
+    assert (summary["requests_done"], summary["requests_failed"], summary["base_loads"]) \
+        == (2, 0, 1)
+    assert summary["seconds_by_phase"]["solve"] == pytest.approx(
+        sum(c["seconds_by_phase"]["solve"] for c in committed), abs=1e-5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ from ..errors import EraserError
 from .common import print_json
 from .engine import engine_options, solver_options
 from .options import add_options, options_from
+
+log = logging.getLogger("eraser_dist.serve")
 
 
 def _service(ns: argparse.Namespace):
@@ -88,7 +91,10 @@ def cmd_purge(ns: argparse.Namespace) -> None:
 
 
 def cmd_queue(ns: argparse.Namespace) -> None:
-    print_json(_service(ns).queue(ns.token, ns.operator_token, ns.show_bodies))
+    if ns.summary:
+        print_json(_service(ns).overview(ns.operator_token))
+    else:
+        print_json(_service(ns).queue(ns.token, ns.operator_token, ns.show_bodies))
 
 
 def cmd_operator_token(ns: argparse.Namespace) -> None:
@@ -98,33 +104,45 @@ def cmd_operator_token(ns: argparse.Namespace) -> None:
 
 
 def cmd_serve(ns: argparse.Namespace) -> None:
-    import logging
+    from contextlib import nullcontext
 
     from ..service.http import HttpServer
+    from ..service.logs import service_logs
 
-    if not ns.quiet:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                            stream=sys.stderr)
     args, distributed = engine_options(ns)
     settings = options_from(ns, ServiceArguments)
     service = _service(ns)
-    on_published = None
-    if ns.replicas:
-        from actors.cluster import connect
-        from actors.replica import ReplicaFleet
+    logs = service_logs(ns.log_json) if ns.log_json or not ns.quiet else nullcontext()
+    with logs:
+        on_published = None
+        if ns.replicas:
+            from actors.cluster import connect
+            from actors.replica import ReplicaFleet
 
-        connect(None if distributed is None else distributed.address, 0, 0.0, 0.0)
-        on_published = ReplicaFleet.start(service.registry, ns.replicas)
-    worker = service.worker(settings, args, distributed, on_published, progress=not ns.quiet)
-    if ns.http:
-        host, _, port = ns.http.rpartition(":")
-        if not port.isdigit():
-            raise EraserError(f"--http {ns.http!r}: expected HOST:PORT, for example "
-                              "127.0.0.1:8080")
-        server = HttpServer(service, host or "127.0.0.1", int(port)).start()
-        print(f"HTTP API on {server.url}/v1/openapi.json", file=sys.stderr)
-    committed = worker.serve(drain=ns.drain)
-    print(f"{committed} batch(es) committed", file=sys.stderr)
+            connect(None if distributed is None else distributed.address, 0, 0.0, 0.0)
+            on_published = ReplicaFleet.start(service.registry, ns.replicas)
+        worker = service.worker(settings, args, distributed, on_published,
+                                progress=not (ns.quiet or ns.log_json))
+        if ns.http:
+            host, _, port = ns.http.rpartition(":")
+            if not port.isdigit():
+                raise EraserError(f"--http {ns.http!r}: expected HOST:PORT, for example "
+                                  "127.0.0.1:8080")
+            server = HttpServer(service, host or "127.0.0.1", int(port),
+                                collector=worker.collector()).start()
+            say(ns, f"HTTP API on {server.url}/v1/openapi.json",
+                {"event": "http_started", "url": server.url})
+        committed = worker.serve(drain=ns.drain)
+        say(ns, f"{committed} batch(es) committed",
+            worker.stats.summary(worker.models.base_loads))
+
+
+def say(ns: argparse.Namespace, text: str, fields: dict) -> None:
+    """A line for the operator on stderr: as a JSON log line with --log-json, else as text."""
+    if ns.log_json:
+        log.info(text, extra={"fields": fields})
+    else:
+        print(text, file=sys.stderr)
 
 
 def register(sub) -> None:
@@ -214,6 +232,10 @@ def register(sub) -> None:
                    "requests, as hashes")
     p.add_argument("--show-bodies", action="store_true",
                    help="with --operator-token: the requests' text too (audited)")
+    p.add_argument("--summary", action="store_true",
+                   help="with --operator-token: requests waiting per tenant and adapter, "
+                   "running batches and the last batch's seconds by phase (GET /v1/status "
+                   "of a serve also gives its engines)")
     p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("serve", help="service: run batches (and the HTTP API)")
@@ -226,6 +248,9 @@ def register(sub) -> None:
     p.add_argument("--replicas", type=int, default=0,
                    help="serving replicas per adapter (Ray actors) that receive every new "
                    "version as a delta")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no logs or progress bars")
+    p.add_argument("--log-json", action="store_true",
+                   help="logs as one JSON object per line on stderr (no progress bars); a "
+                   "drain ends with the summary {\"event\": \"drained\", …}")
     solver_options(p)
     p.set_defaults(func=cmd_serve)

@@ -7,6 +7,8 @@
     GET  /v1/adapters                          the caller's adapters and their versions
     GET  /v1/certificate-key                   the caller's key of its certificates' hashes
     GET  /v1/openapi.json                      this API's OpenAPI description (generated)
+    GET  /v1/status                            operator: queue, batches, engines (JSON)
+    GET  /metrics                              operator: the same as Prometheus text
 
 Errors are ``{"error": {"status": N, "message": "..."}}`` with N the HTTP status: 400 bad
 input, 401 no or unknown token, 403 a token used for another tenant, 404 anything that is
@@ -31,6 +33,7 @@ from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -41,6 +44,7 @@ from .auth_limit import FailedAuthLimit
 from .errors import NotFound, ServiceError
 from .facade import EraseService
 from .journal import MAX_KEY_CHARS, MAX_REQUEST_IDS
+from .metrics import ServiceCollector, metrics_text
 from .registry import token_hash
 
 MAX_BODY_BYTES = 1 << 20
@@ -267,9 +271,12 @@ def _request_id(id: str) -> str:  # noqa: A002 (the path's name)
 Token = Annotated[str | None, Depends(_presented_token)]
 RequestId = Annotated[str, Depends(_request_id)]
 
-def make_app(service: EraseService, auth_limit: FailedAuthLimit | None = None) -> FastAPI:
+def make_app(service: EraseService, auth_limit: FailedAuthLimit | None = None,
+             collector: ServiceCollector | None = None) -> FastAPI:
     """The HTTP API of ``service``. ``auth_limit``: failed authentications allowed per
-    client address and per token (default :class:`FailedAuthLimit`: 20 a minute)."""
+    client address and per token (default :class:`FailedAuthLimit`: 20 a minute).
+    ``collector``: the serve process's metrics (:meth:`BatchWorker.collector`), which
+    ``/v1/status`` and ``/metrics`` then report beside the queue."""
     app = FastAPI(title="eraser_dist erase service", version="1",
                   openapi_url="/v1/openapi.json", docs_url=None, redoc_url=None)
     app.add_middleware(RequestGuard, service=service,
@@ -315,6 +322,21 @@ def make_app(service: EraseService, auth_limit: FailedAuthLimit | None = None) -
              "hashes (HMAC-SHA256)", responses=_errors(401, 429))
     def certificate_key(token: Token) -> dict[str, str]:
         return service.certificate_key(token)
+
+    @app.get("/v1/status", summary="Operator: requests waiting per tenant and adapter, "
+             "running batches, the last batch's seconds by phase, the serve's engines",
+             responses=_errors(401, 429))
+    def status_overview(token: Token) -> dict[str, Any]:
+        return service.overview(token, collector)
+
+    @app.get("/metrics", summary="Operator: the service's metrics, Prometheus text format",
+             response_class=Response, responses={
+                 200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "metrics"},
+                 **_errors(401, 429)})
+    def metrics(token: Token) -> Response:
+        service.registry.authenticate_operator(token, "metrics")
+        return Response(metrics_text(collector or ServiceCollector(service.registry)),
+                        media_type=CONTENT_TYPE_LATEST)
 
     _answer_errors_as_json(app, service)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -43,9 +43,9 @@ from ..core.requests import EditedObjective, apply_requests
 from ..data import examples_digest, read_examples, write_examples
 from ..errors import EraserError
 from ..faults import FaultPlan, check_all
-from ..llm.adapters import adapter_vector, adapter_version, load_adapter, read_meta
+from ..llm.adapters import adapter_vector, adapter_version, read_meta
 from ..llm.curvature_index import check_index, load_index
-from ..llm.models import load_base
+from ..llm.warm import ColdLoads
 from ..report import EraseReport
 from .batching import RoundRobin, plan_batch
 from .certificate import (
@@ -55,7 +55,9 @@ from .certificate import (
     verification,
     write_certificate,
 )
+from .engines import EnginePool
 from .journal import Journal, JournalEntry
+from .metrics import ServeStats, ServiceCollector
 from .registry import AdapterVersion, DatasetVersion, Registry, dumps
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,11 @@ class BatchWorker:
         self.batches_here = 0
         self.index_builds = 0  # curvature indexes built by this worker
         self.turns = RoundRobin()
+        # the one-process engine keeps its bases warm; worker groups load their own shards,
+        # and the certificates then load the base here
+        self.models: EnginePool | ColdLoads = ColdLoads() if distributed is not None else (
+            EnginePool(self.settings.max_engines, self.settings.idle_seconds))
+        self.stats = ServeStats()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -111,6 +118,8 @@ class BatchWorker:
             self.recover()
             while not should_stop():
                 outcome = self.run_once()
+                if isinstance(self.models, EnginePool):
+                    self.models.release_idle()
                 if outcome is None:
                     if drain:
                         break
@@ -118,6 +127,13 @@ class BatchWorker:
                 elif outcome.get("state") == "committed":
                     committed += 1
         return committed
+
+    def collector(self) -> ServiceCollector:
+        """This worker's metrics, with the queue (``GET /metrics``)."""
+        held = (lambda: len(self.models.held())) if isinstance(self.models, EnginePool) \
+            else (lambda: 0)
+        return ServiceCollector(self.registry, self.stats, lambda: self.models.base_loads,
+                                held)
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -142,11 +158,12 @@ class BatchWorker:
                     (b["request_ids"],)).fetchone()[0]
                 parked = deaths >= self.settings.max_worker_deaths
                 if parked:
-                    db.execute("UPDATE requests SET state = 'failed', error = ?, finished = ? "
-                               "WHERE batch_id = ? AND state = 'running'",
-                               (f"parked: the worker died {deaths} times while running a "
-                                "batch that held this request; not retried",
-                                time.time(), b["id"]))
+                    self.stats.requests_failed += db.execute(
+                        "UPDATE requests SET state = 'failed', error = ?, finished = ? "
+                        "WHERE batch_id = ? AND state = 'running'",
+                        (f"parked: the worker died {deaths} times while running a batch "
+                         "that held this request; not retried", time.time(),
+                         b["id"])).rowcount
                 else:
                     db.execute("UPDATE requests SET state = 'pending', batch_id = NULL "
                                "WHERE batch_id = ? AND state = 'running'", (b["id"],))
@@ -236,10 +253,13 @@ class BatchWorker:
             log.warning("a reader kept the checkpoint after batch %d from finishing", batch_id)
         self._fault("committed")
         report, new_adapter = outcome["report"], outcome.pop("new_adapter")
-        log.info("batch %d committed: %s/%s v%d, CG %d iterations (%s), solve %.1fs, "
+        log.info("batch %d committed: %s/%s v%d, CG %d iterations (%s), erase %.1fs, "
                  "certificates %.1fs, in all %.1fs", batch_id, tenant, name,
                  new_adapter.version, report.cg_iterations, report.hvp_used, report.seconds,
-                 outcome["certify_seconds"], outcome["batch_seconds"])
+                 outcome["certify_seconds"], outcome["batch_seconds"], extra={"fields": {
+                     "event": "batch_committed", "batch": batch_id, "tenant": tenant,
+                     "adapter": name, "version": new_adapter.version,
+                     "requests": len(plan.batch), "seconds_by_phase": outcome["phases"]}})
         if report.index is not None and report.index.rebuild_advised:
             # derived data: the next batch builds a fresh one on its own version
             shutil.rmtree(self.registry.index_dir(tenant, name), ignore_errors=True)
@@ -273,9 +293,10 @@ class BatchWorker:
         started = time.perf_counter()
         tenant, name = adapter.tenant, adapter.name
         index = self._index_for(adapter, data)
+        erase_start = time.perf_counter()
         report = api.erase(adapter.base, adapter.path, data.path, [e.request for e in batch],
                            out, self.erase_args, progress=self.progress,
-                           distributed=self.distributed, index=index)
+                           distributed=self.distributed, index=index, models=self.models)
         self._fault("adapter_published")
         edited = apply_requests([e.request for e in batch], examples)
         new_data = DatasetVersion(tenant, data.name, data.version + 1,
@@ -293,11 +314,19 @@ class BatchWorker:
         self._fault("certified")
         timing = {"certify_seconds": time.perf_counter() - certify_start,
                   "batch_seconds": time.perf_counter() - started}
+        control = 0.0 if report.step_control is None else report.step_control.seconds
+        phases = {"index": erase_start - started, "b": report.rhs_seconds,
+                  "solve": report.solve_seconds, "step_control": control,
+                  "load": report.seconds - report.rhs_seconds - report.solve_seconds - control,
+                  "certificate": timing["certify_seconds"]}
+        phases["publish"] = timing["batch_seconds"] - sum(phases.values())  # to the commit
         self._commit(batch_id, batch, new_adapter, new_data, certificates,
-                     {**report.to_json(), **timing})  # the last step: nothing may fail after it
+                     {**report.to_json(), **timing, "seconds_by_phase": phases})
+        # committed: nothing may fail after it
+        self.stats.committed(len(batch), phases)
         return {"state": "committed", "batch": batch_id, "requests": len(batch),
                 "adapter_version": new_adapter.version, "report": report,
-                "new_adapter": new_adapter, **timing}
+                "new_adapter": new_adapter, "phases": phases, **timing}
 
     def _verified_inputs(self, tenant: str, name: str
                          ) -> tuple[AdapterVersion, DatasetVersion, list]:
@@ -347,7 +376,7 @@ class BatchWorker:
                                IndexArguments(self.settings.index_rank,
                                               self.settings.index_rebuild_growth),
                                overwrite=True, progress=self.progress,
-                               distributed=self.distributed)
+                               distributed=self.distributed, models=self.models)
         self.index_builds += 1
         log.info("curvature index of %s/%s v%d: %d pairs, %d HVPs, %.1fs", adapter.tenant,
                  adapter.name, adapter.version, meta.rank, meta.products,
@@ -381,6 +410,7 @@ class BatchWorker:
             if batch_id is not None:
                 db.execute("UPDATE batches SET state = 'failed', finished = ? WHERE id = ?",
                            (now, batch_id))
+        self.stats.requests_failed += len(ids)
 
     def _commit(self, batch_id: int, batch: list[JournalEntry], adapter: AdapterVersion,
                 data: DatasetVersion, certificates: list[Path], report: dict[str, Any]) -> None:
@@ -400,11 +430,12 @@ class BatchWorker:
                  before: AdapterVersion, after: AdapterVersion, data: DatasetVersion,
                  new_data: DatasetVersion, report: EraseReport) -> list[Path]:
         """Losses of every request's rows and a held-out sample under both versions (one
-        model: the new version's weights are swapped in), then one certificate each."""
+        model, the erase's own where the base is warm: the new version's weights are swapped
+        in), then one certificate each."""
         parts = edited.request_parts()
         holdout = self._holdout_sample(data)
         rows = [r for part, _ in parts for r in part] + holdout
-        model, _ = load_adapter(load_base(before.base), before.path)
+        model, _ = self.models.adapter(before.base, before.path)
         losses_before = loss_values(model, rows, self.settings.eval_batch_size)
         model.set_flat(adapter_vector(model, after.path))
         losses_after = loss_values(model, rows, self.settings.eval_batch_size)

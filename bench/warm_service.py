@@ -1,0 +1,190 @@
+"""Throughput of ``eraser serve`` with warm engines against the code before them (a
+benchmark, not a test; docs/RESULTS.md, "Warm engines").
+
+Workload: SmolLM2-135M, 2 tenants × 2 adapters (rank-8 q/v LoRA, 1 epoch on 64 MovieLens
+genre rows each, 16 held-out rows), and ``--requests`` single-row requests spread evenly
+over the adapters, alternately a removal and a response correction, each on its own row,
+all submitted before the serve starts. Each variant serves a fresh copy of the same data
+root with ``eraser serve --drain --log-json`` in a child process, with the service's
+default settings:
+
+- ``warm``: this checkout;
+- ``before``: the same command from a git worktree of ``--before`` (default 6d8deb1, main
+  before the warm engines), its base loads counted by wrapping its ``load_base``.
+
+Per variant: requests per hour (requests / (last finished − the serve's start, when every
+request is marked submitted)), the latency of each request (submitted → finished) as p50
+and p95, batches, base loads (counted at every ``load_base`` of the serve process, and as
+the warm serve reports them), the seconds by phase (from the drained summary where the
+variant writes one), the per-batch overhead (everything but b and the solve, as a share of
+the batches' wall time), and the serve process's peak RSS. Prints one JSON object;
+``--out`` writes it.
+
+    .venv/bin/python bench/warm_service.py --work runs/warm-service \\
+        --out docs/experiments/warm_service.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from eraser_dist import api
+from eraser_dist.arguments import LoraArguments, TrainArguments
+from eraser_dist.cli import quiet_library_warnings
+from eraser_dist.data import write_examples
+from eraser_dist.experiments.movielens import genre_examples
+from eraser_dist.service import EraseService
+
+BASE = "smollm2-135m"
+TENANTS = {"acme": ["a1", "a2"], "globex": ["b1", "b2"]}
+ROWS, HOLDOUT = 64, 16
+REPO = Path(__file__).resolve().parent.parent
+# runs the `eraser` command of the code it is started in, counting every load_base (the
+# code before the warm engines has no counter of its own), and at exit prints that count
+# and its own peak RSS
+MEASURED_CLI = """
+import atexit, json, resource, sys
+import eraser_dist.llm.models as models
+loads = []
+fingerprint = models.base_fingerprint
+models.base_fingerprint = lambda m: loads.append(1) or fingerprint(m)
+atexit.register(lambda: print(json.dumps({
+    "event": "measured", "base_loads": len(loads),
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
+    file=sys.stderr))
+from eraser_dist.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def build_root(work: Path, n_requests: int) -> Path:
+    """The data root with the 4 adapters and every request journaled (cached in ``work``)."""
+    root = work / "root"
+    if (work / "root.ready").is_file():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    service = EraseService(root)
+    adapters = [(t, a) for t, names in TENANTS.items() for a in names]
+    per_adapter = n_requests // len(adapters)
+    if per_adapter > ROWS:
+        sys.exit(f"--requests {n_requests}: at most {ROWS * len(adapters)} (one row each)")
+    for seed, (tenant, name) in enumerate(adapters):
+        if seed % 2 == 0:
+            token = service.add_tenant(tenant)
+        rows = genre_examples(ROWS + HOLDOUT, seed=seed)
+        data, holdout = work / f"{name}.parquet", work / f"{name}-holdout.parquet"
+        write_examples(data, rows[:ROWS])
+        write_examples(holdout, rows[ROWS:])
+        print(f"fine-tuning {name} ...", file=sys.stderr, flush=True)
+        api.train(BASE, data, work / name, LoraArguments(rank=8),
+                  TrainArguments(epochs=1, max_length=64), overwrite=True, progress=False)
+        service.add_dataset(token, tenant, f"{name}-data", data, holdout)
+        service.add_adapter(token, tenant, name, work / name, f"{name}-data")
+        for j, row in enumerate(rows[:per_adapter]):
+            request = ({"kind": "remove", "ids": [row.id]} if j % 2 == 0 else
+                       {"kind": "correct_response",
+                        "edits": [{"id": row.id, "response": "Drama"}]})
+            service.submit(token, name, request)
+    (work / "root.ready").write_text("")
+    return root
+
+
+def serve(root: Path, cwd: Path, flags: list[str]) -> dict:
+    """One ``serve --drain`` over ``root`` by the code in ``cwd``, every request submitted
+    as it starts; what it logged as JSON and its wall time."""
+    service = EraseService(root)
+    with service.registry.transaction() as db:  # submitted at once, as the serve starts
+        db.execute("UPDATE requests SET submitted = ?", (time.time(),))
+    start = time.time()
+    child = subprocess.run([sys.executable, "-c", MEASURED_CLI, "serve", "--drain", *flags,
+                            "--root", str(root)], cwd=cwd, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(cwd)})
+    seconds = time.time() - start
+    if child.returncode != 0:
+        sys.exit(f"serve failed:\n{child.stderr[-3000:]}")
+    lines = []
+    for line in child.stderr.splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # the code before writes plain lines
+    return {"seconds": seconds, "lines": lines}
+
+
+def measure(root: Path, ran: dict) -> dict:
+    """Throughput, latency and time split of a drained root."""
+    service = EraseService(root)
+    rows = service.registry.query("SELECT state, submitted, finished FROM requests")
+    done = [r for r in rows if r["state"] == "done"]
+    latency = sorted(r["finished"] - r["submitted"] for r in done)
+    span = max(r["finished"] for r in done) - min(r["submitted"] for r in rows)
+    batches = service.registry.query("SELECT report FROM batches WHERE state = 'committed'")
+    reports = [json.loads(b["report"]) for b in batches]
+    wall = sum(r["batch_seconds"] for r in reports)
+    solve = sum(r["rhs_seconds"] + r["solve_seconds"] for r in reports)
+    drained = next((line for line in ran["lines"] if line.get("event") == "drained"), None)
+    measured = next(line for line in ran["lines"] if line.get("event") == "measured")
+    return {
+        "requests_done": len(done), "requests_failed": len(rows) - len(done),
+        "requests_per_hour": len(done) / span * 3600,
+        "latency_p50_s": statistics.median(latency),
+        "latency_p95_s": latency[min(len(latency) - 1, int(0.95 * len(latency)))],
+        "batches": len(batches), "serve_seconds": ran["seconds"],
+        "base_loads": measured["base_loads"],  # counted at every load_base
+        "base_loads_reported": drained["base_loads"] if drained else None,
+        "seconds_by_phase": drained["seconds_by_phase"] if drained else None,
+        "batch_seconds": wall, "b_and_solve_seconds": solve,
+        "overhead_share": (wall - solve) / wall,
+        "peak_rss_mb": measured["peak_rss_mb"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="runs/warm-service")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--before", default="6d8deb1",
+                        help="the commit to compare with (run from a git worktree)")
+    parser.add_argument("--variants", nargs="+", default=["before", "warm"],
+                        choices=["before", "warm"])
+    parser.add_argument("--out")
+    ns = parser.parse_args()
+    quiet_library_warnings()
+    work = Path(ns.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    template = build_root(work, ns.requests)
+    out = {"base": BASE, "requests": ns.requests, "adapters": 4, "rows_per_adapter": ROWS,
+           "before": ns.before, "variants": {}}
+    for variant in ns.variants:
+        root = work / f"root-{variant}"
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(template, root)
+        if variant == "warm":
+            ran = serve(root, REPO, ["--log-json"])
+        else:
+            tree = work / f"worktree-{ns.before}"
+            if not tree.exists():
+                subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach",
+                                str(tree), ns.before], check=True, capture_output=True)
+            ran = serve(root, tree, ["--quiet"])
+        out["variants"][variant] = measure(root, ran)
+        print(json.dumps({variant: out["variants"][variant]}), file=sys.stderr, flush=True)
+    if len(out["variants"]) == 2:
+        before, warm = out["variants"]["before"], out["variants"]["warm"]
+        out["throughput_ratio"] = warm["requests_per_hour"] / before["requests_per_hour"]
+    text = json.dumps(out, indent=2)
+    print(text)
+    if ns.out:
+        Path(ns.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
