@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
 import torch
+from safetensors.torch import load_file
 
 from eraser_dist.arguments import EraseArguments
 from eraser_dist.core.influence import fit_curvature, newton_step
@@ -29,6 +31,7 @@ from eraser_dist.core.spectral import LowRankCurvature
 from eraser_dist.distributed.checkpoint import CheckpointFile
 from eraser_dist.distributed.shard_worker import WorkerSpec
 from eraser_dist.faults import FaultPlan, check_all
+from eraser_dist.llm.adapters import PEFT_FILES
 
 from .group import GroupLayout, GroupPool, PoolBackend
 
@@ -76,20 +79,25 @@ class Aggregator:
             self.status = status
 
     def erase(self, edited: EditedObjective, weight_decay: float, args: EraseArguments,
-              index: LowRankCurvature | None = None) -> dict[str, Any]:
+              index: LowRankCurvature | None = None, adapter: str | None = None,
+              checkpoint_dir: str | None = None) -> dict[str, Any]:
         """The InfluenceResult of the edit (ΔΘ, each request's ΔΘ_k, the solver's figures),
         the adapter's layout, and the run's figures; with a curvature ``index``, CG starts
-        from its step (:func:`~eraser_dist.core.influence.newton_step`)."""
+        from its step (:func:`~eraser_dist.core.influence.newton_step`). ``adapter``: another
+        adapter of the groups' layout, switched in first (:meth:`_backend`);
+        ``checkpoint_dir``: this erase's CG checkpoints, instead of the actor's."""
         start = time.perf_counter()
-        backend = self._backend()
+        backend = self._backend(adapter)
+        theta = backend.theta()
         info = self.pool.infos[0][0]
+        folder = checkpoint_dir or self.checkpoint_dir
         result = newton_step(
             backend, edited, weight_decay, args, progress=self._report,
-            checkpoints=lambda key: ObservedCheckpoint(
-                CheckpointFile(self.checkpoint_dir, key), self), index=index)
+            checkpoints=lambda key: ObservedCheckpoint(CheckpointFile(folder, key), self),
+            index=index)
         return {
             "result": result,
-            "keys": info["keys"], "shapes": info["shapes"], "theta": info["theta"],
+            "keys": info["keys"], "shapes": info["shapes"], "theta": theta,
             "group_restarts": list(self.pool.restarts),
             "resumed_at_iteration": list(self.resumed_at),
             "seconds_per_hvp": backend.hvp_seconds,
@@ -99,23 +107,33 @@ class Aggregator:
         }
 
     def fit_curvature(self, rows: list, weight_decay: float, args: EraseArguments,
-                      rank: int) -> dict[str, Any]:
+                      rank: int, adapter: str | None = None) -> dict[str, Any]:
         """The curvature index of the adapter over ``rows`` (its training set), each HVP of
         Lanczos a map-reduce over the groups; with the adapter's layout, as ``erase``."""
-        backend = self._backend()
+        backend = self._backend(adapter)
         info = self.pool.infos[0][0]
         fitted = fit_curvature(backend, rows, weight_decay, args, rank, progress=self._report)
         return {"fitted": fitted, "keys": info["keys"], "shapes": info["shapes"],
-                "theta": info["theta"], "group_restarts": list(self.pool.restarts)}
+                "theta": backend.theta(), "group_restarts": list(self.pool.restarts)}
 
-    def losses(self, rows: list, batch_size: int) -> torch.Tensor:
-        """L_i(Θ̂) of each row [n] float64, in the rows' order, computed on the groups."""
-        return self._backend().losses(rows, batch_size)
+    def losses(self, rows: list, batch_size: int, adapter: str | None = None) -> torch.Tensor:
+        """L_i(Θ) of each row [n] float64, in the rows' order, computed on the groups, at the
+        groups' own adapter or at ``adapter``."""
+        return self._backend(adapter).losses(rows, batch_size)
 
-    def _backend(self) -> PoolBackend:
-        """The worker groups (started on first use) as a curvature back-end at Θ̂."""
+    def _backend(self, adapter: str | None = None) -> PoolBackend:
+        """The worker groups (started on first use) as a curvature back-end at Θ̂ of the
+        groups' own adapter, or of ``adapter`` (same base and layout): its LoRA weights are
+        set on every rank (a state call, so a restarted group gets them too), and the base
+        stays as loaded."""
         info = (self.pool.infos or self.pool.start())[0][0]
-        return PoolBackend(self.pool, info["theta"], info["dtype"])
+        if adapter is None:
+            return PoolBackend(self.pool, info["theta"], info["dtype"])
+        tensors = load_file(str(Path(adapter) / PEFT_FILES[1]))
+        theta = torch.cat([tensors[key].reshape(-1).double() for key in info["keys"]])
+        backend = PoolBackend(self.pool, theta, info["dtype"])
+        backend.set_theta(theta)
+        return backend
 
     def per_rank(self, figures: str) -> list[list[Any]]:
         """Every rank's own ``figures`` (``memory`` or ``collectives``, the ShardWorker

@@ -8,9 +8,14 @@ share those steps, and the aggregator runs the same Newton step as one process.
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import ray
+import torch
 from ray.exceptions import RayActorError, RayTaskError
 
 from eraser_dist.arguments import DistributedArguments, EraseArguments
@@ -21,6 +26,8 @@ from eraser_dist.distributed.shard_worker import WorkerSpec
 from eraser_dist.distributed.zero import local_backend
 from eraser_dist.errors import EraserError
 from eraser_dist.faults import FaultPlan
+from eraser_dist.llm.adapters import read_meta
+from eraser_dist.llm.warm import lora_layout
 
 from .aggregator import Aggregator
 from .cluster import connect
@@ -47,10 +54,18 @@ def distributed_erase(
     progress: bool = True,
     faults: tuple[FaultPlan, ...] = (),
     index: LowRankCurvature | None = None,
+    warm: WarmGroups | None = None,
 ) -> dict[str, Any]:
     """Run one erase step of ``edited`` on the cluster (from a curvature ``index``'s step, if
     given); returns the aggregator's answer (``result``: the InfluenceResult, and the
-    adapter's layout and the run's figures)."""
+    adapter's layout and the run's figures). On ``warm`` groups, which stay up after it;
+    otherwise on groups started for this erase."""
+    if warm is not None:
+        aggregator = warm.aggregator(spec)
+        with warm.stopped_on_failure():
+            return _follow(aggregator, aggregator.erase.remote(
+                edited, weight_decay, args, index, spec.adapter, checkpoint_dir),
+                args.max_iter, progress, "distributed erase")
     aggregator = _place(spec, dist, checkpoint_dir, faults)
     try:
         return _follow(aggregator, aggregator.erase.remote(edited, weight_decay, args, index),
@@ -60,10 +75,17 @@ def distributed_erase(
 
 
 def distributed_index(spec: WorkerSpec, rows: list, weight_decay: float, args: EraseArguments,
-                      rank: int, dist: DistributedArguments,
-                      progress: bool = True) -> dict[str, Any]:
+                      rank: int, dist: DistributedArguments, progress: bool = True,
+                      warm: WarmGroups | None = None) -> dict[str, Any]:
     """Build the curvature index of the adapter over ``rows`` on the cluster; returns the
-    aggregator's answer (``fitted``: the FittedCurvature, and the adapter's layout)."""
+    aggregator's answer (``fitted``: the FittedCurvature, and the adapter's layout). On
+    ``warm`` groups, as :func:`distributed_erase`."""
+    if warm is not None:
+        aggregator = warm.aggregator(spec)
+        with warm.stopped_on_failure():
+            return _follow(aggregator, aggregator.fit_curvature.remote(
+                rows, weight_decay, args, rank, spec.adapter), rank, progress,
+                "distributed index")
     aggregator = _place(spec, dist, "", ())
     try:
         return _follow(aggregator,
@@ -71,6 +93,62 @@ def distributed_index(spec: WorkerSpec, rows: list, weight_decay: float, args: E
                        progress, "distributed index")
     finally:
         ray.kill(aggregator)
+
+
+class WarmGroups:
+    """An aggregator and its G×K worker groups kept up across erases, index builds and
+    certificate losses of adapters on one base (the service's ``--workers`` engine). An
+    adapter of the same base, dtype, LoRA layout and max_length is switched in by setting
+    its LoRA weights on the ranks, so the base is loaded and partitioned once; another one
+    stops the groups and starts new ones. ``starts`` counts the groups' starts (each loads
+    the base on every rank)."""
+
+    def __init__(self, dist: DistributedArguments):
+        self.dist = dist
+        self.held: Any = None
+        self.key: tuple | None = None
+        self.starts = 0
+        self.used = time.monotonic()
+
+    def aggregator(self, spec: WorkerSpec):
+        """The aggregator whose groups hold ``spec``'s base and layout, started if needed."""
+        meta = read_meta(spec.adapter)
+        key = (spec.base, spec.base_dtype, meta.base_fingerprint, meta.max_length,
+               json.dumps(lora_layout(spec.adapter), sort_keys=True))
+        if key != self.key:
+            self.stop()
+            self.held, self.key = _place(spec, self.dist, "", ()), key
+            self.starts += 1
+        self.used = time.monotonic()
+        return self.held
+
+    def losses(self, spec: WorkerSpec, rows: list, batch_size: int) -> torch.Tensor:
+        """L_i(Θ) of ``spec``'s adapter on each row [n], computed on the groups."""
+        aggregator = self.aggregator(spec)
+        with self.stopped_on_failure():
+            return ray.get(aggregator.losses.remote(rows, batch_size, spec.adapter))
+
+    @contextmanager
+    def stopped_on_failure(self) -> Iterator[None]:
+        """Stop the groups when the work in the block fails: a dead aggregator, or groups
+        past their restarts, would fail every later batch; the next one starts fresh."""
+        try:
+            yield
+        except BaseException:
+            self.stop()
+            raise
+
+    def release_idle(self, seconds: float) -> bool:
+        """Stop the groups if unused for ``seconds``; whether they were stopped."""
+        idle = self.held is not None and time.monotonic() - self.used >= seconds
+        if idle:
+            self.stop()
+        return idle
+
+    def stop(self) -> None:
+        if self.held is not None:
+            ray.kill(self.held)  # its worker groups go with it
+        self.held = self.key = None
 
 
 def _place(spec: WorkerSpec, dist: DistributedArguments, checkpoint_dir: str,

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .arguments import (
     DistributedArguments,
@@ -66,6 +66,9 @@ from .report import (
     RequestFigures,
     StationarityFigures,
 )
+
+if TYPE_CHECKING:
+    from actors.driver import WarmGroups
 
 PathLike = str | os.PathLike
 
@@ -145,6 +148,7 @@ def erase(
     device: str = "cpu",
     index: PathLike | None = None,
     models: AdapterSource | None = None,
+    groups: WarmGroups | None = None,
 ) -> EraseReport:
     """Apply an erase request, or a batch of them, to an adapter by one influence step;
     publish the new adapter.
@@ -159,8 +163,10 @@ def erase(
     with disjoint rows) is one solve; the report gives each request's own ΔΘ_k figures
     under ``requests``. With ``distributed`` the step runs on a Ray cluster (worker groups
     on a ZeRO-3-partitioned base, see ``actors/``); otherwise in this process, on ``device``
-    (a distributed erase places its ranks by ``distributed.backend``), from ``models``
-    (a warm base, :mod:`eraser_dist.llm.warm`) or a base loaded for this erase. Both run
+    (a distributed erase places its ranks by ``distributed.backend``, on warm ``groups``
+    kept up after it, :class:`actors.driver.WarmGroups`, or on groups started for it), from
+    ``models`` (a warm base, :mod:`eraser_dist.llm.warm`) or a base loaded for this erase.
+    Both run
     the same pipeline (:func:`eraser_dist.core.influence.newton_step`). The output holds the new
     adapter, ΔΘ alone (``adapter_delta.safetensors``, for serving replicas) and the report
     that this function returns (``erase_report.json``).
@@ -199,7 +205,7 @@ def erase(
             Path(out).parent / f".{Path(out).name}.cg-checkpoint")
         spec = WorkerSpec(base, str(Path(adapter).resolve()), distributed.base_dtype)
         found = distributed_erase(spec, edited, meta.weight_decay, args, distributed,
-                                  checkpoints, progress, index=curvature)
+                                  checkpoints, progress, index=curvature, warm=groups)
         result = found["result"]
         keys, shapes, theta = found["keys"], found["shapes"], found["theta"]
         figures = DistributedFigures(distributed.workers, distributed.group_size,
@@ -297,6 +303,7 @@ def build_index(
     distributed: DistributedArguments | None = None,
     device: str = "cpu",
     models: AdapterSource | None = None,
+    groups: WarmGroups | None = None,
 ) -> IndexMeta:
     """Build the curvature index of an adapter on its training set and publish it to ``out``
     (docs/DESIGN.md §7): ``index.rank`` Lanczos steps on the erase system's matrix as
@@ -304,8 +311,9 @@ def build_index(
     ``batch_size``, ``fd_step``; for ``hvp`` ``auto`` the Gauss-Newton matrix, its exact
     product in one process). Every erase
     of this version, and of the versions erased from it, can then start from it
-    (``erase(..., index=out)``). With ``distributed`` the HVPs run on the worker groups;
-    otherwise in this process, from ``models`` as :func:`erase`.
+    (``erase(..., index=out)``). With ``distributed`` the HVPs run on the worker groups
+    (``groups`` as :func:`erase`); otherwise in this process, from ``models`` as
+    :func:`erase`.
     """
     args = args or EraseArguments()
     index = index or IndexArguments()
@@ -324,7 +332,7 @@ def build_index(
 
         spec = WorkerSpec(base, str(Path(adapter).resolve()), distributed.base_dtype)
         found = distributed_index(spec, examples, meta.weight_decay, args, index.rank,
-                                  distributed, progress)
+                                  distributed, progress, warm=groups)
         fitted, theta = found["fitted"], found["theta"]
     index_meta = IndexMeta(
         base=meta.base, base_fingerprint=meta.base_fingerprint,

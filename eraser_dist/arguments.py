@@ -316,7 +316,9 @@ class ServiceArguments(Options):
     died running ``max_worker_deaths`` times are parked. With ``index_rank`` k > 0, each
     adapter keeps a curvature index of k pairs that every batch starts from (docs/DESIGN.md
     §7.5). In one process the worker holds up to ``max_engines`` bases warm across batches
-    (:mod:`eraser_dist.service.engines`) and releases one unused for ``idle_seconds``.
+    (:mod:`eraser_dist.service.engines`); with ``--workers`` it keeps its worker groups up
+    (:class:`actors.driver.WarmGroups`). Either is released once unused for
+    ``idle_seconds``.
     """
 
     max_batch_requests: int = option(64, "most requests solved together", minimum=1)
@@ -345,8 +347,8 @@ class ServiceArguments(Options):
     max_engines: int = option(1, "bases held in memory across batches (one-process engine): "
                               "a batch on another base first releases the one used longest "
                               "ago", minimum=1)
-    idle_seconds: float = option(600.0, "release a held base after this many seconds without "
-                                 "a batch", above=0)
+    idle_seconds: float = option(600.0, "release a held base (or stop the worker groups) "
+                                 "after this many seconds without a batch", above=0)
 
 
 @dataclass(frozen=True)

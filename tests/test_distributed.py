@@ -343,6 +343,57 @@ def test_service_batch_runs_on_the_distributed_engine_and_reaches_replicas(clust
     assert ray.get(replica.current_version.remote()) == published.weights_sha
 
 
+def test_warm_worker_groups_serve_interleaved_adapters_on_one_start(cluster, fitted,
+                                                                    tmp_path):
+    """Two adapters of one base take turns on 1 group × 2 ranks kept up across batches: the
+    groups start once, each published ΔΘ is the one-process erase of the same request on
+    the same version, each certificate's losses (computed on the ranks, each version's
+    weights switched in) are the one-process losses, and the groups stop with the serve."""
+    from eraser_dist.arguments import ServiceArguments
+    from eraser_dist.llm.adapters import load_adapter
+    from eraser_dist.llm.models import load_base
+    from eraser_dist.service import EraseService
+
+    write_examples(tmp_path / "other.parquet", word_rows(16, prefix="o"))
+    api.train("tiny-llama", tmp_path / "other.parquet", tmp_path / "other",
+              LoraArguments(rank=2), TrainArguments(epochs=2, max_length=64), progress=False)
+    service = EraseService(tmp_path / "root")
+    token = service.add_tenant("acme")
+    service.add_dataset(token, "acme", "words", fitted / "train.parquet")
+    service.add_adapter(token, "acme", "a", fitted / "adapter", "words")
+    service.add_dataset(token, "acme", "others", tmp_path / "other.parquet")
+    service.add_adapter(token, "acme", "o", tmp_path / "other", "others")
+    requests = [("a", REQUESTS["remove"]),
+                ("o", {"kind": "correct_response", "edits": [{"id": "o4", "response": "q"}]}),
+                ("a", REQUESTS["correct_response"])]
+    ids = [service.submit(token, adapter, r)["id"] for adapter, r in requests]
+    worker = service.worker(ServiceArguments(max_batch_requests=1, holdout_sample=4,
+                                             retain_versions=0), ARGS,
+                            DistributedArguments(workers=1, group_size=2,
+                                                 collective_timeout_s=60))
+    assert worker.serve(drain=True) == 3
+    assert worker.groups.starts == 1 and worker.base_loads == 1
+    assert worker.groups.held is None  # stopped with the serve
+    data_names = {"a": "words", "o": "others"}
+    versions = {"a": 1, "o": 1}
+    for request_id, (adapter, request) in zip(ids, requests, strict=True):
+        before = service.registry.adapter("acme", adapter, versions[adapter])
+        after = service.registry.adapter("acme", adapter, versions[adapter] + 1)
+        data = service.registry.dataset("acme", data_names[adapter], versions[adapter])
+        out = tmp_path / f"single-{request_id}"
+        api.erase("tiny-llama", before.path, data.path, parse_request(request), out, ARGS,
+                  progress=False)
+        assert rel(delta_vector(after.path), delta_vector(out)) <= 1e-3
+        erased = service.certificate(token, request_id)["verification"]["erased_rows_loss"]
+        named = set(parse_request(request).ids)
+        old_rows = [r for r in read_examples(data.path) if r.id in named]
+        for version, side in ((before, "per_row_before"), (after, "per_row_after")):
+            model, _ = load_adapter(load_base("tiny-llama"), version.path)
+            assert sorted(erased[side]) == pytest.approx(
+                sorted(loss_values(model, old_rows, 4).tolist()), abs=1e-5)
+        versions[adapter] += 1
+
+
 def test_distributed_index_equals_single_process_and_gives_the_same_step(cluster, fitted):
     """The groups build the index by map-reduced products (Lanczos on the aggregator): the
     same Fisher scaling and Ritz values as one process, and an erase from either index,

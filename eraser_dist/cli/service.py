@@ -134,7 +134,7 @@ def cmd_serve(ns: argparse.Namespace) -> None:
                 {"event": "http_started", "url": server.url})
         committed = worker.serve(drain=ns.drain)
         say(ns, f"{committed} batch(es) committed",
-            worker.stats.summary(worker.models.base_loads))
+            worker.stats.summary(worker.base_loads))
 
 
 def say(ns: argparse.Namespace, text: str, fields: dict) -> None:

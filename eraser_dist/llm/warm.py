@@ -37,16 +37,13 @@ class AdapterSource(Protocol):
 
 
 class ColdLoads:
-    """A fresh base per call (what an erase from the command line does), on ``device``;
-    ``base_loads`` counts them."""
+    """A fresh base per call (what an erase from the command line does), on ``device``."""
 
     def __init__(self, device: str = "cpu"):
         self.device = device
-        self.base_loads = 0
 
     def adapter(self, base: str, adapter_dir: str | os.PathLike
                 ) -> tuple[LoraCausalLM, AdapterMeta]:
-        self.base_loads += 1
         return load_adapter(load_base(base, device=self.device), adapter_dir)
 
 
@@ -63,8 +60,7 @@ def lora_layout(adapter_dir: str | os.PathLike) -> dict[str, Any]:
 
 class WarmBase:
     """One base, loaded once (by ``load``, :func:`load_base` by default), with the layout
-    of the last adapter asked for attached. ``switches``: adapters switched in by their
-    weights; ``attaches``: layouts attached (the first adapter's included)."""
+    of the last adapter asked for attached."""
 
     def __init__(self, name: str, device: str = "cpu",
                  load: Callable[..., Base] = load_base):
@@ -72,8 +68,6 @@ class WarmBase:
         self.base = load(name, device=device)
         self.model: LoraCausalLM | None = None
         self.layout: dict[str, Any] | None = None
-        self.switches = 0
-        self.attaches = 0
 
     def adapter(self, adapter_dir: str | os.PathLike) -> tuple[LoraCausalLM, AdapterMeta]:
         """``adapter_dir`` on this base, as :func:`load_adapter` would load it cold."""
@@ -84,7 +78,6 @@ class WarmBase:
                 self.model = self.layout = None
             self.model, meta = load_adapter(self.base, adapter_dir)
             self.layout = layout
-            self.attaches += 1
             return self.model, meta
         meta = read_meta(adapter_dir)
         if meta.base_fingerprint != self.base.fingerprint:
@@ -94,5 +87,4 @@ class WarmBase:
         if meta.max_length != self.model.max_length:  # tokens are cut at max_length
             self.model = LoraCausalLM(self.model.peft_model, self.base.tokenizer,
                                       meta.max_length)
-        self.switches += 1
         return self.model, meta

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -41,11 +41,11 @@ from ..arguments import (
 from ..core.objective import loss_values
 from ..core.requests import EditedObjective, apply_requests
 from ..data import examples_digest, read_examples, write_examples
+from ..distributed.shard_worker import WorkerSpec
 from ..errors import EraserError
 from ..faults import FaultPlan, check_all
-from ..llm.adapters import adapter_vector, adapter_version, read_meta
+from ..llm.adapters import adapter_version, read_meta
 from ..llm.curvature_index import check_index, load_index
-from ..llm.warm import ColdLoads
 from ..report import EraseReport
 from .batching import RoundRobin, plan_batch
 from .certificate import (
@@ -59,6 +59,9 @@ from .engines import EnginePool
 from .journal import Journal, JournalEntry
 from .metrics import ServeStats, ServiceCollector
 from .registry import AdapterVersion, DatasetVersion, Registry, dumps
+
+if TYPE_CHECKING:
+    from actors.driver import WarmGroups
 
 log = logging.getLogger(__name__)
 PHASES = ("planned", "adapter_published", "dataset_written", "certified", "committed")
@@ -90,10 +93,15 @@ class BatchWorker:
         self.batches_here = 0
         self.index_builds = 0  # curvature indexes built by this worker
         self.turns = RoundRobin()
-        # the one-process engine keeps its bases warm; worker groups load their own shards,
-        # and the certificates then load the base here
-        self.models: EnginePool | ColdLoads = ColdLoads() if distributed is not None else (
-            EnginePool(self.settings.max_engines, self.settings.idle_seconds))
+        # the warm engine: bases held in this process, or worker groups kept up on Ray
+        self.models: EnginePool | None = None
+        self.groups: WarmGroups | None = None
+        if distributed is None:
+            self.models = EnginePool(self.settings.max_engines, self.settings.idle_seconds)
+        else:
+            from actors.driver import WarmGroups
+
+            self.groups = WarmGroups(distributed)
         self.stats = ServeStats()
 
     @contextmanager
@@ -116,24 +124,43 @@ class BatchWorker:
         committed = 0
         with self.exclusive():
             self.recover()
-            while not should_stop():
-                outcome = self.run_once()
-                if isinstance(self.models, EnginePool):
-                    self.models.release_idle()
-                if outcome is None:
-                    if drain:
-                        break
-                    time.sleep(self.settings.poll_seconds)
-                elif outcome.get("state") == "committed":
-                    committed += 1
+            try:
+                while not should_stop():
+                    outcome = self.run_once()
+                    self.release_idle()
+                    if outcome is None:
+                        if drain:
+                            break
+                        time.sleep(self.settings.poll_seconds)
+                    elif outcome.get("state") == "committed":
+                        committed += 1
+            finally:
+                if self.groups is not None:  # give the cluster's CPUs and GPUs back
+                    self.groups.stop()
         return committed
+
+    def release_idle(self) -> None:
+        """Release the engines unused for ``settings.idle_seconds``."""
+        if self.models is not None:
+            self.models.release_idle()
+        else:
+            self.groups.release_idle(self.settings.idle_seconds)
+
+    @property
+    def base_loads(self) -> int:
+        """Bases this worker loaded: into this process, or as worker-group starts (each
+        loads its shards on every rank)."""
+        return self.models.base_loads if self.models is not None else self.groups.starts
+
+    def engines_held(self) -> int:
+        if self.models is not None:
+            return len(self.models.held())
+        return int(self.groups.held is not None)
 
     def collector(self) -> ServiceCollector:
         """This worker's metrics, with the queue (``GET /metrics``)."""
-        held = (lambda: len(self.models.held())) if isinstance(self.models, EnginePool) \
-            else (lambda: 0)
-        return ServiceCollector(self.registry, self.stats, lambda: self.models.base_loads,
-                                held)
+        return ServiceCollector(self.registry, self.stats, lambda: self.base_loads,
+                                self.engines_held)
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -296,7 +323,8 @@ class BatchWorker:
         erase_start = time.perf_counter()
         report = api.erase(adapter.base, adapter.path, data.path, [e.request for e in batch],
                            out, self.erase_args, progress=self.progress,
-                           distributed=self.distributed, index=index, models=self.models)
+                           distributed=self.distributed, index=index, models=self.models,
+                           groups=self.groups)
         self._fault("adapter_published")
         edited = apply_requests([e.request for e in batch], examples)
         new_data = DatasetVersion(tenant, data.name, data.version + 1,
@@ -376,7 +404,8 @@ class BatchWorker:
                                IndexArguments(self.settings.index_rank,
                                               self.settings.index_rebuild_growth),
                                overwrite=True, progress=self.progress,
-                               distributed=self.distributed, models=self.models)
+                               distributed=self.distributed, models=self.models,
+                               groups=self.groups)
         self.index_builds += 1
         log.info("curvature index of %s/%s v%d: %d pairs, %d HVPs, %.1fs", adapter.tenant,
                  adapter.name, adapter.version, meta.rank, meta.products,
@@ -429,16 +458,14 @@ class BatchWorker:
     def _certify(self, batch_id: int, batch: list[JournalEntry], edited: EditedObjective,
                  before: AdapterVersion, after: AdapterVersion, data: DatasetVersion,
                  new_data: DatasetVersion, report: EraseReport) -> list[Path]:
-        """Losses of every request's rows and a held-out sample under both versions (one
-        model, the erase's own where the base is warm: the new version's weights are swapped
-        in), then one certificate each."""
+        """Losses of every request's rows and a held-out sample under both versions (on the
+        erase's own warm engine: each version's weights switched in), then one certificate
+        each."""
         parts = edited.request_parts()
         holdout = self._holdout_sample(data)
         rows = [r for part, _ in parts for r in part] + holdout
-        model, _ = self.models.adapter(before.base, before.path)
-        losses_before = loss_values(model, rows, self.settings.eval_batch_size)
-        model.set_flat(adapter_vector(model, after.path))
-        losses_after = loss_values(model, rows, self.settings.eval_batch_size)
+        losses_before = self._losses(before, rows)
+        losses_after = self._losses(after, rows)
         n_held = len(holdout)
         held_before = losses_before[len(rows) - n_held:]
         held_after = losses_after[len(rows) - n_held:]
@@ -500,6 +527,15 @@ class BatchWorker:
             paths.append(write_certificate(self.registry.certificate_dir(entry.tenant),
                                            certificate))
         return paths
+
+    def _losses(self, version: AdapterVersion, rows: list) -> torch.Tensor:
+        """L_i of an adapter version on each row [n], on the warm engine."""
+        if self.models is not None:
+            model, _ = self.models.adapter(version.base, version.path)
+            return loss_values(model, rows, self.settings.eval_batch_size)
+        spec = WorkerSpec(version.base, str(Path(version.path).resolve()),
+                          self.distributed.base_dtype)
+        return self.groups.losses(spec, rows, self.settings.eval_batch_size)
 
     def _holdout_sample(self, data: DatasetVersion) -> list:
         if data.holdout is None:
