@@ -3,7 +3,8 @@ benchmark, not a test; docs/RESULTS.md, "Warm engines").
 
 Workload: SmolLM2-135M, 2 tenants × 2 adapters (rank-8 q/v LoRA, 1 epoch on 64 MovieLens
 genre rows each, 16 held-out rows), and ``--requests`` single-row requests spread evenly
-over the adapters, alternately a removal and a response correction, each on its own row,
+over the adapters, alternately a removal and a response correction (to "Drama", or to
+"Comedy" where the row already says "Drama"), each on its own row,
 all submitted before the serve starts. Each variant serves a fresh copy of the same data
 root with ``eraser serve --drain --log-json`` in a child process, with the service's
 default settings:
@@ -89,9 +90,10 @@ def build_root(work: Path, n_requests: int) -> Path:
         service.add_dataset(token, tenant, f"{name}-data", data, holdout)
         service.add_adapter(token, tenant, name, work / name, f"{name}-data")
         for j, row in enumerate(rows[:per_adapter]):
+            other = "Drama" if row.response != "Drama" else "Comedy"  # never a no-op
             request = ({"kind": "remove", "ids": [row.id]} if j % 2 == 0 else
                        {"kind": "correct_response",
-                        "edits": [{"id": row.id, "response": "Drama"}]})
+                        "edits": [{"id": row.id, "response": other}]})
             service.submit(token, name, request)
     (work / "root.ready").write_text("")
     return root
