@@ -353,7 +353,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Mean response loss and per-id losses of an adapter on a Parquet set."""
     examples = read_examples(data)
-    model, _ = load_adapter(load_base(base, device=device), adapter)
+    model, _ = ColdLoads(device).adapter(base, adapter)
     losses = loss_values(model, examples, batch_size)
     return {"mean_loss": float(losses.mean()), "n": len(examples),
             "losses": {e.id: float(v) for e, v in zip(examples, losses, strict=True)}}

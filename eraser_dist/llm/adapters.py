@@ -120,16 +120,21 @@ def check_fitted_on(meta: AdapterMeta, adapter, data, examples) -> None:
         )
 
 
-def load_adapter(base: Base, adapter_dir: str | os.PathLike) -> tuple[LoraCausalLM, AdapterMeta]:
-    """Attach a saved adapter to ``base`` (trainable, eval mode); refuse a foreign adapter."""
-    from peft import PeftModel
-
-    meta = read_meta(adapter_dir)
+def check_trained_on(meta: AdapterMeta, base: Base, adapter_dir: str | os.PathLike) -> None:
+    """Refuse an adapter trained on other base weights than ``base``'s."""
     if meta.base_fingerprint != base.fingerprint:
         raise EraserError(
             f"adapter {adapter_dir} was trained on base {meta.base!r}, not on {base.name!r} "
             "(the base weights differ)"
         )
+
+
+def load_adapter(base: Base, adapter_dir: str | os.PathLike) -> tuple[LoraCausalLM, AdapterMeta]:
+    """Attach a saved adapter to ``base`` (trainable, eval mode); refuse a foreign adapter."""
+    from peft import PeftModel
+
+    meta = read_meta(adapter_dir)
+    check_trained_on(meta, base, adapter_dir)
     try:
         peft_model = PeftModel.from_pretrained(base.model, str(adapter_dir), is_trainable=True)
     except (ValueError, RuntimeError, KeyError) as err:

@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import EraserError
-from .adapters import PEFT_FILES, AdapterMeta, adapter_vector, load_adapter, read_meta
+from .adapters import (
+    PEFT_FILES,
+    AdapterMeta,
+    adapter_vector,
+    check_trained_on,
+    load_adapter,
+    read_meta,
+)
 from .models import Base, LoraCausalLM, load_base
 
 # recorded by peft at save time, not part of the layers' layout
@@ -64,7 +71,6 @@ class WarmBase:
 
     def __init__(self, name: str, device: str = "cpu",
                  load: Callable[..., Base] = load_base):
-        self.name = name
         self.base = load(name, device=device)
         self.model: LoraCausalLM | None = None
         self.layout: dict[str, Any] | None = None
@@ -80,9 +86,7 @@ class WarmBase:
             self.layout = layout
             return self.model, meta
         meta = read_meta(adapter_dir)
-        if meta.base_fingerprint != self.base.fingerprint:
-            raise EraserError(f"adapter {adapter_dir} was trained on base {meta.base!r}, not "
-                              f"on {self.base.name!r} (the base weights differ)")
+        check_trained_on(meta, self.base, adapter_dir)
         self.model.set_flat(adapter_vector(self.model, adapter_dir))
         if meta.max_length != self.model.max_length:  # tokens are cut at max_length
             self.model = LoraCausalLM(self.model.peft_model, self.base.tokenizer,

@@ -34,22 +34,19 @@ BATCH_PHASES = ("index", "load", "b", "solve", "step_control", "certificate", "p
 
 @dataclass
 class ServeStats:
-    """What this serve process did. ``last_batch``: the seconds of the last committed batch
-    by phase (with ``batch``, their sum)."""
+    """What this serve process did (the last batch's phases are in the registry)."""
 
     batches: int = 0
     requests_done: int = 0
     requests_failed: int = 0
     seconds_by_phase: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(BATCH_PHASES, 0.0))
-    last_batch: dict[str, float] | None = None
 
     def committed(self, requests: int, seconds: dict[str, float]) -> None:
         self.batches += 1
         self.requests_done += requests
         for phase in BATCH_PHASES:
             self.seconds_by_phase[phase] += seconds[phase]
-        self.last_batch = {**seconds, "batch": sum(seconds[p] for p in BATCH_PHASES)}
 
     def summary(self, base_loads: int) -> dict[str, Any]:
         """The ``drained`` summary of ``serve --drain --log-json``."""
