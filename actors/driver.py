@@ -151,12 +151,20 @@ class WarmGroups:
         self.held = self.key = None
 
 
-def _place(spec: WorkerSpec, dist: DistributedArguments, checkpoint_dir: str,
-           faults: tuple[FaultPlan, ...]):
-    """Join (or start) the cluster and place the aggregator, which starts the groups."""
+def join_cluster(dist: DistributedArguments) -> GroupLayout:
+    """Join (or start) the cluster with room for the G×K ranks; returns their layout. A
+    serve joins before its first batch when it also runs Ray actors of its own (the API,
+    serving replicas), so that a local cluster is started large enough for the ranks."""
     layout = layout_for(dist)
     connect(dist.address, dist.workers * dist.group_size, layout.cpus_per_rank,
             layout.gpus_per_rank)
+    return layout
+
+
+def _place(spec: WorkerSpec, dist: DistributedArguments, checkpoint_dir: str,
+           faults: tuple[FaultPlan, ...]):
+    """Join (or start) the cluster and place the aggregator, which starts the groups."""
+    layout = join_cluster(dist)
     return Aggregator.options(
         num_cpus=0, max_concurrency=2, max_restarts=dist.max_aggregator_restarts,
         max_task_retries=dist.max_aggregator_restarts,

@@ -47,6 +47,7 @@ from .llm.adapters import (
 )
 from .llm.curvature_index import (
     CurvatureIndex,
+    IndexCache,
     IndexMeta,
     check_index,
     index_drift,
@@ -149,6 +150,7 @@ def erase(
     index: PathLike | None = None,
     models: AdapterSource | None = None,
     groups: WarmGroups | None = None,
+    indexes: IndexCache | None = None,
 ) -> EraseReport:
     """Apply an erase request, or a batch of them, to an adapter by one influence step;
     publish the new adapter.
@@ -157,7 +159,8 @@ def erase(
     erased from), CG starts from the index's step and is preconditioned by it; ``args``
     then defaults to the index's own matrix and a short solve
     (:meth:`~eraser_dist.llm.curvature_index.IndexMeta.erase_arguments`), and the report
-    gives the index's figures under ``index``.
+    gives the index's figures under ``index``. ``indexes`` holds indexes in memory across
+    erases (a warm engine's); without it the index is read from its folder.
 
     ``data`` is the training set the adapter was fitted on. A batch (a sequence of requests
     with disjoint rows) is one solve; the report gives each request's own ΔΘ_k figures
@@ -171,7 +174,8 @@ def erase(
     adapter, ΔΘ alone (``adapter_delta.safetensors``, for serving replicas) and the report
     that this function returns (``erase_report.json``).
     """
-    loaded = None if index is None else load_index(index)
+    loaded = None if index is None else (indexes.load(index) if indexes is not None
+                                         else load_index(index))
     args = args or (EraseArguments() if loaded is None else loaded.meta.erase_arguments())
     check_engine(args, distributed)
     check_index_budget(args, loaded is not None)

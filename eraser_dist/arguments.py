@@ -318,7 +318,8 @@ class ServiceArguments(Options):
     §7.5). In one process the worker holds up to ``max_engines`` bases warm across batches
     (:mod:`eraser_dist.service.engines`); with ``--workers`` it keeps its worker groups up
     (:class:`actors.driver.WarmGroups`). Either is released once unused for
-    ``idle_seconds``.
+    ``idle_seconds``. With ``--workers`` the HTTP API runs as ``api_replicas`` Ray Serve
+    replicas (:mod:`actors.api`).
     """
 
     max_batch_requests: int = option(64, "most requests solved together", minimum=1)
@@ -344,11 +345,14 @@ class ServiceArguments(Options):
                                          "step from it had a relative residual above this "
                                          "many times the index's fresh one (or above 1)",
                                          above=0)
-    max_engines: int = option(1, "bases held in memory across batches (one-process engine): "
-                              "a batch on another base first releases the one used longest "
-                              "ago", minimum=1)
+    max_engines: int = option(1, "bases held in memory across batches (one-process engine), "
+                              "and batches on different bases run side by side, a thread "
+                              "each; a batch on another base first releases the idle one "
+                              "used longest ago", minimum=1)
     idle_seconds: float = option(600.0, "release a held base (or stop the worker groups) "
                                  "after this many seconds without a batch", above=0)
+    api_replicas: int = option(1, "with --workers and --http: Ray Serve replicas of the HTTP "
+                               "API (actors/api.py)", minimum=1)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
@@ -101,3 +104,21 @@ def down_weighted(rows, request_json, eps):
                            + [eps] * (len(after) - len(rows)), dtype=torch.float64)
     return EditedObjective(full.rows_before, full.weights_before, after, weights,
                            full.changed_rows, eps * full.weight_changes)
+
+
+def http(base: str, method: str, path: str, token: str | None = None, body=None,
+         raw: bytes | None = None, headers: dict | None = None):
+    """One HTTP exchange: (status, the JSON answer or the raw bytes)."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json",
+                                              **(headers or {})})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            payload = answer.read()
+            status, kind = answer.status, answer.headers["Content-Type"]
+    except urllib.error.HTTPError as err:
+        payload, status, kind = err.read(), err.code, err.headers["Content-Type"]
+    return status, (json.loads(payload) if kind == "application/json" else payload)

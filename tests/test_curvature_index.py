@@ -182,6 +182,41 @@ def test_a_later_version_of_the_chain_reuses_the_index_and_reports_its_age(chain
     assert not (root / "never").exists()
 
 
+def test_the_index_cache_reads_tensors_once_per_published_index(chain, tmp_path):
+    """The warm engine's IndexCache: the same tensors while the index is the one read; a
+    new meta file alone (the recorded fresh residual) is read without them; an index
+    published again (a rename) is read afresh; an index unused for the idle time is
+    forgotten."""
+    import shutil
+
+    from eraser_dist.files import atomic_write
+    from eraser_dist.llm.curvature_index import IndexCache, record_fresh_residual
+
+    root, _ = chain
+    path = tmp_path / "index"
+    shutil.copytree(root / "index", path)
+    now = [0.0]
+    cache = IndexCache(clock=lambda: now[0])
+    first = cache.load(path)
+    assert cache.load(path) is first and cache.tensor_reads == 1
+    record_fresh_residual(path, read_index_meta(path), 0.25)
+    renewed = cache.load(path)
+    assert cache.tensor_reads == 1 and renewed.meta.fresh_residual == 0.25
+    assert renewed.curvature is first.curvature
+    atomic_write(path / INDEX_TENSORS, lambda tmp: shutil.copy(root / "index" / INDEX_TENSORS,
+                                                               tmp))
+    again = cache.load(path)
+    assert cache.tensor_reads == 2 and again.curvature is not first.curvature
+    assert torch.equal(again.curvature.vectors, first.curvature.vectors)
+    now[0] += 10.0
+    cache.release_idle(20.0)
+    assert cache.load(path) is again and cache.tensor_reads == 2
+    now[0] += 30.0
+    cache.release_idle(20.0)
+    cache.load(path)
+    assert cache.tensor_reads == 3
+
+
 def damage(root, name, edit) -> str:
     import shutil
 

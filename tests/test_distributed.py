@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 import ray
 import torch
-from conftest import delta_vector, word_rows
+from conftest import delta_vector, http, word_rows
 
 from actors import driver
 from actors.aggregator import Aggregator
@@ -392,6 +392,69 @@ def test_warm_worker_groups_serve_interleaved_adapters_on_one_start(cluster, fit
             assert sorted(erased[side]) == pytest.approx(
                 sorted(loss_values(model, old_rows, 4).tolist()), abs=1e-5)
         versions[adapter] += 1
+
+
+def test_the_api_on_ray_serve_answers_as_the_one_process_api(cluster, fitted, tmp_path,
+                                                             capsys):
+    """Two Ray Serve replicas of the API over one data root (`serve --workers --http`):
+    a submit through them is journaled; good and bad requests get the answers of the
+    one-process server, byte for byte (the framing and authentication guard runs in the
+    replicas); after a batch, the certificate and GET /v1/status equal the facade's, the
+    serve's counters included (recorded in the registry, not held by the replicas)."""
+    import socket
+
+    from ray import serve
+
+    from actors.api import APP_NAME, start_api, stop_api
+    from eraser_dist import cli
+    from eraser_dist.arguments import ServiceArguments
+    from eraser_dist.service import EraseService
+    from eraser_dist.service.http import HttpServer
+
+    service = EraseService(tmp_path / "root")
+    token = service.add_tenant("acme")
+    other = service.add_tenant("globex")
+    service.add_dataset(token, "acme", "words", fitted / "train.parquet")
+    service.add_adapter(token, "acme", "a", fitted / "adapter", "words")
+    operator = service.new_operator_token()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = start_api(str(service.root), "127.0.0.1", port, replicas=2)
+    try:
+        replicas = serve.status().applications[APP_NAME].deployments["EraseApi"]
+        assert replicas.replica_states == {"RUNNING": 2}
+        status, submitted = http(url, "POST", "/v1/requests", token,
+                                 {"adapter": "a", "request": REQUESTS["remove"]})
+        assert status == 202 and service.status(token, submitted["id"])["state"] == "pending"
+        request_path = f"/v1/requests/{submitted['id']}"
+        cases = [("GET", request_path, token, {}),
+                 ("GET", request_path, other, {}),  # another tenant's: 404
+                 ("GET", request_path, "ert_nonsense", {}),  # 401
+                 ("GET", "/v1/adapters", token, {}),
+                 ("POST", "/v1/requests", token, {"body": {"adapter": "a", "request": {
+                     "kind": "remove", "ids": []}}}),  # 400
+                 ("POST", "/v1/requests", token, {"raw": b"x" * ((1 << 20) + 1)}),  # 413
+                 ("GET", "/v1/status", token, {})]  # a tenant token: 401
+        with HttpServer(service, "127.0.0.1", 0) as local:
+            for method, path, who, extra in cases:
+                assert http(url, method, path, who, **extra) == \
+                    http(local.url, method, path, who, **extra), (method, path)
+        worker = service.worker(ServiceArguments(holdout_sample=4, retain_versions=0), ARGS)
+        assert worker.serve(drain=True) == 1
+        status, certificate = http(url, "GET", request_path + "/certificate", token)
+        assert status == 200 and certificate == service.certificate(token, submitted["id"])
+        status, overview = http(url, "GET", "/v1/status", operator)
+        assert status == 200 and overview == service.overview(operator)
+        assert (overview["serve"]["state"], overview["serve"]["requests_done"]) == ("stopped", 1)
+    finally:
+        stop_api()
+    assert APP_NAME not in serve.status().applications
+    # the CLI refuses what Serve cannot do, in one line
+    code = cli.main(["serve", "--root", str(service.root), "--drain", "--workers", "1",
+                     "--group-size", "1", "--http", "127.0.0.1:0", "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and "needs a fixed port (not 0)" in err and "Traceback" not in err
 
 
 def test_distributed_index_equals_single_process_and_gives_the_same_step(cluster, fitted):

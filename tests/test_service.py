@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import random
 import shutil
 import sqlite3
@@ -14,14 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import delta_vector, word_rows
+from conftest import delta_vector, http, word_rows
 from safetensors.torch import load_file
 
 from eraser_dist import api, cli
@@ -35,7 +34,7 @@ from eraser_dist.service.batching import RoundRobin, plan_batch
 from eraser_dist.service.errors import Conflict, Forbidden, NotFound, TooLarge, Unauthorized
 from eraser_dist.service.http import HttpServer
 from eraser_dist.service.journal import JournalEntry
-from eraser_dist.service.worker import PHASES
+from eraser_dist.service.worker import PHASES, BatchWorker
 
 FLEET = {"acme": ["a1", "a2"], "globex": ["b1", "b2"], "initech": ["c1"]}
 N_ROWS = 44
@@ -260,23 +259,6 @@ def test_the_whole_flow_through_the_cli(template, tmp_path, capsys):
     other = run_cli(capsys, "tenant", "add", "hooli", "--root", root)[1].strip()
     assert json.loads(run_cli(capsys, "certificate-key", "--root", root, "--token", other)[1])[
         "certificate_key"] != key.hex()
-
-
-def http(base: str, method: str, path: str, token: str | None = None, body=None,
-         raw: bytes | None = None, headers: dict | None = None):
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json",
-                                              **(headers or {})})
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            payload = answer.read()
-            status, kind = answer.status, answer.headers["Content-Type"]
-    except urllib.error.HTTPError as err:
-        payload, status, kind = err.read(), err.code, err.headers["Content-Type"]
-    return status, (json.loads(payload) if kind == "application/json" else payload)
 
 
 @pytest.fixture
@@ -606,8 +588,9 @@ def test_batches_start_from_the_adapters_curvature_index(fleet, rebuild_growth, 
     version that batch published) reuses it, and each certificate names where CG started;
     an index whose step's residual has grown past --index-rebuild-growth times its fresh
     one is rebuilt (1e-12: at once, the first batch's own residual is above the bar). The
-    published weights are those of the same erases run without an index, to the solver's
-    precision."""
+    worker holds each index in memory: its tensors are read once per build, not at every
+    batch's check and erase. The published weights are those of the same erases run
+    without an index, to the solver's precision."""
     service, tokens = fleet
     erase = EraseArguments(hvp="ggn", damping=0.1, tol=1e-6, max_iter=60)
     settings = ServiceArguments(max_batch_requests=1, holdout_sample=4, index_rank=6,
@@ -618,7 +601,7 @@ def test_batches_start_from_the_adapters_curvature_index(fleet, rebuild_growth, 
     original = service.registry.adapter("acme", "a1")
     worker = service.worker(settings, erase)
     assert worker.serve(drain=True) == 2
-    assert worker.index_builds == builds
+    assert worker.index_builds == builds and worker.indexes.tensor_reads == builds
     starts = [service.certificate(tokens["acme"], i)["solver"]["start"] for i in ids]
     assert starts[0]["curvature_index_of_version"] == original.weights_sha
     assert starts[0]["versions_behind"] == 0 and 0 < starts[0]["rank"] <= 6
@@ -978,7 +961,7 @@ def test_two_adapters_of_one_base_interleaved_load_the_base_once_and_match_cold_
     worker = service.worker(replace(SETTINGS, max_batch_requests=1), ERASE)
     assert worker.serve(drain=True) == 4
     assert len(loads) == 1 and worker.models.base_loads == 1
-    assert worker.models.held() == ["tiny-llama"]
+    assert worker.models.releases == 1 and worker.models.held() == []  # given back at the end
     order = [b["adapter"] for b in service.registry.query("SELECT adapter FROM batches "
                                                           "ORDER BY id")]
     assert order == ["a1", "a2", "a1", "a2"]  # interleaved: every batch switched adapters
@@ -1029,13 +1012,66 @@ def test_a_budget_of_one_engine_releases_the_base_used_longest_ago(template):
     assert pool.release_idle() == ["base-a"] and pool.held() == []
 
 
+def serve_on_two_bases(root: Path, tokens: dict, max_engines: int) -> tuple[EraseService,
+                                                                             BatchWorker]:
+    """acme's a1 on the fleet's base and globex's b1 moved to a second base name (the same
+    tiny-llama weights, loaded by the pool's loader), two single-row batches each, served
+    with room for ``max_engines`` bases."""
+    from eraser_dist.llm.models import load_base
+
+    service = EraseService(root)
+    with service.registry.transaction() as db:
+        db.execute("UPDATE adapters SET base = 'tiny-llama-b' WHERE name = 'b1'")
+    for adapter, tenant in (("a1", "acme"), ("b1", "globex")):
+        for i in (3, 4):
+            service.submit(tokens[tenant], adapter, {"kind": "remove", "ids": [f"{adapter}-{i}"]})
+    worker = service.worker(replace(SETTINGS, max_batch_requests=1, max_engines=max_engines),
+                            ERASE)
+    worker.models.load = lambda name, device: load_base("tiny-llama", device=device)
+    assert worker.serve(drain=True) == 4
+    return service, worker
+
+
+def test_two_bases_run_side_by_side_and_each_adapter_stays_in_order(template, tmp_path):
+    """--max-engines 2: the batches of a1 and b1 (two bases) run at the same time, one
+    thread each, while each adapter's own batches still run one after the other on the
+    version before. With room for one base (the budget) the second base waits: no batches
+    overlap, the bases load in turn, and everything still finishes. Both serves publish
+    the same weights."""
+    root, tokens = template
+    runs = {}
+    for engines in (2, 1):
+        shutil.copytree(root, tmp_path / f"root-{engines}")
+        runs[engines] = serve_on_two_bases(tmp_path / f"root-{engines}", tokens, engines)
+    for engines, (service, worker) in runs.items():
+        batches = {a: [dict(b) for b in service.registry.query(
+            "SELECT * FROM batches WHERE adapter = ? ORDER BY id", (a,))] for a in ("a1", "b1")}
+        for chain in batches.values():
+            assert [(b["state"], b["adapter_version_before"]) for b in chain] == [
+                ("committed", 1), ("committed", 2)]
+            assert chain[1]["started"] >= chain[0]["finished"]  # one adapter: in order
+        overlaps = [(x["id"], y["id"]) for x in batches["a1"] for y in batches["b1"]
+                    if x["started"] < y["finished"] and y["started"] < x["finished"]]
+        if engines == 2:
+            assert overlaps and worker.models.base_loads == 2
+        else:  # a1, b1, a1, b1 in turn, each batch loading its base
+            assert overlaps == [] and worker.models.base_loads == 4
+        assert worker.models.held() == []
+    for adapter, tenant in (("a1", "acme"), ("b1", "globex")):
+        side_by_side = weights(runs[2][0].registry.adapter(tenant, adapter).path)
+        in_turn = weights(runs[1][0].registry.adapter(tenant, adapter).path)
+        assert float((side_by_side - in_turn).norm() / in_turn.norm()) <= 1e-6
+
+
 # -- what the operator sees --------------------------------------------------------------------
 
-def test_metrics_and_status_match_the_journal_after_a_run(fleet):
+def test_metrics_and_status_match_the_journal_after_a_run(fleet, capsys):
     """Two adapters, a request that fails (its row removed by the one before): GET
     /metrics (operator token; 401 without) counts what the journal holds, its phase
     seconds add up to the batches' recorded wall times, and GET /v1/status gives the last
-    batch's phases."""
+    batch's phases. The serve's state comes from the registry: the API's thread, read
+    mid-serve, sees it serving with the base held, and after the drain `eraser queue
+    --summary` (no serve process behind it) gives the same overview as GET /v1/status."""
     from prometheus_client.parser import text_string_to_metric_families
 
     service, tokens = fleet
@@ -1046,11 +1082,14 @@ def test_metrics_and_status_match_the_journal_after_a_run(fleet):
         service.submit(tokens["acme"], "a1", {"kind": "remove", "ids": ["a1-43"]})
     operator = service.new_operator_token()
     worker = service.worker(replace(SETTINGS, max_batch_requests=2), ERASE)
-    with HttpServer(service, "127.0.0.1", 0, collector=worker.collector()) as server:
+    mid_serve = []
+    with HttpServer(service, "127.0.0.1", 0) as server:
         status, waiting = http(server.url, "GET", "/v1/status", operator)
         assert status == 200 and {(w["adapter"], w["pending"]) for w in waiting["waiting"]} \
-            == {("a1", 5), ("b1", 3)}
-        committed = worker.serve(drain=True)
+            == {("a1", 5), ("b1", 3)} and waiting["serve"] is None
+        committed = worker.serve(drain=True, should_stop=lambda: bool(
+            worker.stats.batches == 1 and not mid_serve
+            and mid_serve.append(http(server.url, "GET", "/v1/status", operator)[1])))
         assert http(server.url, "GET", "/metrics", tokens["acme"])[0] == 401
         status, text = http(server.url, "GET", "/metrics", operator)
         assert status == 200
@@ -1067,7 +1106,8 @@ def test_metrics_and_status_match_the_journal_after_a_run(fleet):
     assert samples[("eraser_requests_failed_total", ())] == journal["failed"]
     assert samples[("eraser_batches_total", ())] == len(batches)
     assert samples[("eraser_base_loads_total", ())] == 1
-    assert samples[("eraser_engines_held", ())] == 1
+    assert samples[("eraser_engines_held", ())] == 0  # given back when the serve returned
+    assert samples[("eraser_serve_running", ())] == 0
     assert not [k for k in samples if k[0] == "eraser_queue_depth"]  # nothing waits
     phases = {dict(k[1])["phase"]: v for k, v in samples.items()
               if k[0] == "eraser_batch_seconds_total"}
@@ -1076,9 +1116,19 @@ def test_metrics_and_status_match_the_journal_after_a_run(fleet):
     assert phases["solve"] > 0 and phases["b"] > 0 and phases["certificate"] > 0
     last = json.loads(batches[-1]["report"])["seconds_by_phase"]
     assert overview["last_batch"]["seconds_by_phase"] == last
-    assert overview["serve"] == {"batches": len(batches), "requests_done": 7,
-                                 "requests_failed": 1, "base_loads": 1, "engines_held": 1}
+    serve = {k: overview["serve"][k] for k in ("state", "pid", "batches", "requests_done",
+                                               "requests_failed", "base_loads",
+                                               "engines_held")}
+    assert serve == {"state": "stopped", "pid": os.getpid(), "batches": len(batches),
+                     "requests_done": 7, "requests_failed": 1, "base_loads": 1,
+                     "engines_held": []}
     assert overview["waiting"] == [] and overview["running_batches"] == []
+    [during] = mid_serve
+    assert (during["serve"]["state"], during["serve"]["batches"],
+            during["serve"]["engines_held"]) == ("serving", 1, ["tiny-llama"])
+    code, out, _ = run_cli(capsys, "queue", "--summary", "--root", str(service.root),
+                           "--operator-token", operator)
+    assert code == 0 and json.loads(out) == overview
 
 
 def test_serve_log_json_ends_with_the_drained_summary(fleet, capsys):

@@ -104,37 +104,58 @@ def cmd_operator_token(ns: argparse.Namespace) -> None:
 
 
 def cmd_serve(ns: argparse.Namespace) -> None:
-    from contextlib import nullcontext
+    from contextlib import ExitStack
 
-    from ..service.http import HttpServer
     from ..service.logs import service_logs
 
     args, distributed = engine_options(ns)
     settings = options_from(ns, ServiceArguments)
     service = _service(ns)
-    logs = service_logs(ns.log_json) if ns.log_json or not ns.quiet else nullcontext()
-    with logs:
+    address = _http_address(ns.http) if ns.http else None
+    with ExitStack() as stack:
+        if ns.log_json or not ns.quiet:
+            stack.enter_context(service_logs(ns.log_json))
+        if distributed is not None and (ns.replicas or address):
+            from actors.driver import join_cluster
+
+            join_cluster(distributed)  # before any actor: a local cluster sized for the ranks
         on_published = None
         if ns.replicas:
             from actors.cluster import connect
             from actors.replica import ReplicaFleet
 
-            connect(None if distributed is None else distributed.address, 0, 0.0, 0.0)
+            connect(None, 0, 0.0, 0.0)  # this process's cluster, or a local one
             on_published = ReplicaFleet.start(service.registry, ns.replicas)
         worker = service.worker(settings, args, distributed, on_published,
                                 progress=not (ns.quiet or ns.log_json))
-        if ns.http:
-            host, _, port = ns.http.rpartition(":")
-            if not port.isdigit():
-                raise EraserError(f"--http {ns.http!r}: expected HOST:PORT, for example "
-                                  "127.0.0.1:8080")
-            server = HttpServer(service, host or "127.0.0.1", int(port),
-                                collector=worker.collector()).start()
-            say(ns, f"HTTP API on {server.url}/v1/openapi.json",
-                {"event": "http_started", "url": server.url})
+        if address is not None:
+            url = _start_http(stack, service, address, distributed is not None,
+                              settings.api_replicas)
+            say(ns, f"HTTP API on {url}/v1/openapi.json", {"event": "http_started", "url": url})
         committed = worker.serve(drain=ns.drain)
         say(ns, f"{committed} batch(es) committed",
             worker.stats.summary(worker.base_loads))
+
+
+def _http_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not port.isdigit():
+        raise EraserError(f"--http {text!r}: expected HOST:PORT, for example 127.0.0.1:8080")
+    return host or "127.0.0.1", int(port)
+
+
+def _start_http(stack, service, address: tuple[str, int], on_ray: bool, replicas: int) -> str:
+    """The tenants' API: Ray Serve replicas with --workers (actors/api.py), else a thread of
+    this process; taken down when the serve returns. Returns its URL."""
+    if on_ray:
+        from actors.api import start_api, stop_api
+
+        url = start_api(str(service.root), *address, replicas)
+        stack.callback(stop_api)
+        return url
+    from ..service.http import HttpServer
+
+    return stack.enter_context(HttpServer(service, *address)).url
 
 
 def say(ns: argparse.Namespace, text: str, fields: dict) -> None:
@@ -234,8 +255,8 @@ def register(sub) -> None:
                    help="with --operator-token: the requests' text too (audited)")
     p.add_argument("--summary", action="store_true",
                    help="with --operator-token: requests waiting per tenant and adapter, "
-                   "running batches and the last batch's seconds by phase (GET /v1/status "
-                   "of a serve also gives its engines)")
+                   "running batches, the last batch's seconds by phase, and the serve's "
+                   "state, counters and engines held (as GET /v1/status)")
     p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("serve", help="service: run batches (and the HTTP API)")

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from ..data import examples_digest
 from ..errors import EraserError
 from ..files import publish_folder
-from .models import Base, LoraCausalLM
+from .models import GLOBAL_RNG, Base, LoraCausalLM
 
 META_FILE = "eraser_adapter.json"
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -136,7 +136,9 @@ def load_adapter(base: Base, adapter_dir: str | os.PathLike) -> tuple[LoraCausal
     meta = read_meta(adapter_dir)
     check_trained_on(meta, base, adapter_dir)
     try:
-        peft_model = PeftModel.from_pretrained(base.model, str(adapter_dir), is_trainable=True)
+        with GLOBAL_RNG:  # it draws LoRA A's init before loading the saved weights
+            peft_model = PeftModel.from_pretrained(base.model, str(adapter_dir),
+                                                   is_trainable=True)
     except (ValueError, RuntimeError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise EraserError(

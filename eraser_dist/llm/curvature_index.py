@@ -16,7 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, fields
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +188,59 @@ def load_index(path: str | os.PathLike) -> CurvatureIndex:
     curvature = LowRankCurvature(tensors["scaling"], tensors["values"], tensors["vectors"],
                                  meta.products, meta.asymmetry)
     return CurvatureIndex(meta, curvature, tensors["theta"])
+
+
+class IndexCache:
+    """Curvature indexes held in memory across erases (the service's warm engine), by
+    folder. :meth:`load` reads an index's tensors once and hands back the same tensors
+    while their file is the one read (same inode, size and modification time): an index
+    rebuilt or replaced is published by a rename, so it is read afresh. A new meta file
+    alone (the fresh residual recorded after an index's first erase) is re-read without
+    the tensors. ``tensor_reads`` counts the tensor files read."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.held: dict[Path, tuple[tuple[int, ...], tuple[int, ...], CurvatureIndex]] = {}
+        self.used: dict[Path, float] = {}
+        self.tensor_reads = 0
+        self.lock = threading.Lock()
+
+    def load(self, path: str | os.PathLike) -> CurvatureIndex:
+        """The index at ``path`` (as :func:`load_index`, which refuses a damaged one)."""
+        path = Path(path).resolve()
+        with self.lock:  # the serve's batch threads share the cache
+            tensors_key, meta_key = _file_key(path / INDEX_TENSORS), _file_key(path / INDEX_META)
+            held = self.held.get(path)
+            if held is None or held[0] != tensors_key:
+                index = load_index(path)
+                self.tensor_reads += 1
+            elif held[1] != meta_key:
+                index = replace(held[2], meta=read_index_meta(path))
+            else:
+                index = held[2]
+            self.held[path] = (tensors_key, meta_key, index)
+            self.used[path] = self.clock()
+            return index
+
+    def release_idle(self, seconds: float) -> None:
+        """Forget the indexes unused for ``seconds``."""
+        with self.lock:
+            now = self.clock()
+            for path in [p for p, used in self.used.items() if now - used >= seconds]:
+                del self.held[path], self.used[path]
+
+    def clear(self) -> None:
+        with self.lock:
+            self.held.clear()
+            self.used.clear()
+
+
+def _file_key(path: Path) -> tuple[int, ...]:
+    try:
+        found = path.stat()
+    except OSError:  # missing: load_index says so
+        return ()
+    return found.st_ino, found.st_size, found.st_mtime_ns
 
 
 def lineage_chain(meta: AdapterMeta, adapter_dir: str | os.PathLike) -> list[dict[str, str]]:

@@ -19,6 +19,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,11 @@ from ..errors import EraserError
 from ..files import publish_folder
 from .tokenization import ByteTokenizer, HFTokenizer, TextTokenizer, prompt_text, tokenize_example
 
+# torch's global generator is one per process. Everything here that draws from it (a
+# seeded built-in base, LoRA A's init, a model's init before its weights load) holds this
+# lock, so that the serve's batch threads on two bases never interleave their draws: a
+# seeded base built while another thread draws would get other weights.
+GLOBAL_RNG = threading.RLock()
 BUILTIN_BASES = ("tiny-llama", "smollm2-135m", f"{SHAPED_70B_PREFIX}N")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -68,7 +74,7 @@ def tiny_llama(dtype: torch.dtype = torch.float32):
         tie_word_embeddings=False,
         attn_implementation="eager",
     )
-    with torch.random.fork_rng(devices=[]):
+    with GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = LlamaForCausalLM(config)
     return model.to(dtype), ByteTokenizer()
@@ -135,6 +141,15 @@ def load_base(name_or_path: str, dtype: torch.dtype = torch.float32, device: str
     """Load a built-in base by name or a local Hugging Face directory, in eval mode, on
     ``device`` (a torch device string: ``cpu``, ``cuda``, ``cuda:1``)."""
     device = check_device(device)
+    with GLOBAL_RNG:
+        model, tokenizer = _built_base(name_or_path, dtype)
+    model.to(device).eval()
+    model.requires_grad_(False)
+    model.name_or_path = name_or_path  # what peft records as base_model_name_or_path
+    return Base(model, tokenizer, name_or_path, base_fingerprint(model))
+
+
+def _built_base(name_or_path: str, dtype: torch.dtype) -> tuple[Any, TextTokenizer]:
     layers = shaped_70b_layers(name_or_path)
     if name_or_path == "tiny-llama":
         model, tokenizer = tiny_llama(dtype)
@@ -168,10 +183,7 @@ def load_base(name_or_path: str, dtype: torch.dtype = torch.float32, device: str
             if bars:
                 hf_logging.enable_progress_bar()
         tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(path))
-    model.to(device).eval()
-    model.requires_grad_(False)
-    model.name_or_path = name_or_path  # what peft records as base_model_name_or_path
-    return Base(model, tokenizer, name_or_path, base_fingerprint(model))
+    return model, tokenizer
 
 
 def check_device(device: str) -> torch.device:
@@ -302,7 +314,7 @@ def attach_lora(base: Base, args: LoraArguments, seed: int = 0) -> Any:
                                                    base.model.named_modules())]
     if missing:
         raise EraserError(f"target module(s) {', '.join(missing)} not found in base {base.name!r}")
-    with torch.random.fork_rng(devices=[]):
+    with GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = get_peft_model(base.model, lora_config(args))
     return model.eval()

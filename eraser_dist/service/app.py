@@ -271,12 +271,11 @@ def _request_id(id: str) -> str:  # noqa: A002 (the path's name)
 Token = Annotated[str | None, Depends(_presented_token)]
 RequestId = Annotated[str, Depends(_request_id)]
 
-def make_app(service: EraseService, auth_limit: FailedAuthLimit | None = None,
-             collector: ServiceCollector | None = None) -> FastAPI:
+def make_app(service: EraseService, auth_limit: FailedAuthLimit | None = None) -> FastAPI:
     """The HTTP API of ``service``. ``auth_limit``: failed authentications allowed per
-    client address and per token (default :class:`FailedAuthLimit`: 20 a minute).
-    ``collector``: the serve process's metrics (:meth:`BatchWorker.collector`), which
-    ``/v1/status`` and ``/metrics`` then report beside the queue."""
+    client address and per token (default :class:`FailedAuthLimit`: 20 a minute). Every
+    answer comes from the data root, so any process may serve it: the serve process's
+    thread (:mod:`.http`) or Ray Serve replicas (:mod:`actors.api`)."""
     app = FastAPI(title="eraser_dist erase service", version="1",
                   openapi_url="/v1/openapi.json", docs_url=None, redoc_url=None)
     app.add_middleware(RequestGuard, service=service,
@@ -327,7 +326,7 @@ def make_app(service: EraseService, auth_limit: FailedAuthLimit | None = None,
              "running batches, the last batch's seconds by phase, the serve's engines",
              responses=_errors(401, 429))
     def status_overview(token: Token) -> dict[str, Any]:
-        return service.overview(token, collector)
+        return service.overview(token)
 
     @app.get("/metrics", summary="Operator: the service's metrics, Prometheus text format",
              response_class=Response, responses={
@@ -335,7 +334,7 @@ def make_app(service: EraseService, auth_limit: FailedAuthLimit | None = None,
                  **_errors(401, 429)})
     def metrics(token: Token) -> Response:
         service.registry.authenticate_operator(token, "metrics")
-        return Response(metrics_text(collector or ServiceCollector(service.registry)),
+        return Response(metrics_text(ServiceCollector(service.registry)),
                         media_type=CONTENT_TYPE_LATEST)
 
     _answer_errors_as_json(app, service)

@@ -12,7 +12,6 @@ from typing import Any
 from .certificate import ROW_HASH, certificate_png
 from .errors import NotFound
 from .journal import Journal
-from .metrics import ServiceCollector
 from .registry import Registry, check_name, dumps
 from .worker import BatchWorker
 
@@ -47,12 +46,12 @@ class EraseService:
         self.registry.audit(None, "queue", True, "bodies shown" if show_bodies else "hashes")
         return self.journal.queue(None, show_bodies)
 
-    def overview(self, operator_token: str | None,
-                 serve: ServiceCollector | None = None) -> dict[str, Any]:
-        """The operator's view of the service: requests waiting per tenant and adapter
-        (pending, running), the running batches, and the last committed batch's seconds by
-        phase, from the registry; and from a ``serve`` process's collector (None elsewhere)
-        what it did and holds: batches, requests done and failed, bases loaded and held."""
+    def overview(self, operator_token: str | None) -> dict[str, Any]:
+        """The operator's view of the service, all from the registry: requests waiting per
+        tenant and adapter (pending, running), the running batches, the last committed
+        batch's seconds by phase, and the serve process as it last recorded itself (None if
+        none ran): its state, pid, host, batches, requests done and failed, bases loaded and
+        the bases it holds warm (:meth:`Registry.serve_state`)."""
         self.registry.authenticate_operator(operator_token, "status")
         waiting = self.registry.query(
             "SELECT tenant, adapter, SUM(state = 'pending') AS pending, SUM(state = 'running') "
@@ -62,7 +61,6 @@ class EraseService:
                                       "batches WHERE state = 'running' ORDER BY id")
         last = self.registry.query("SELECT id, tenant, adapter, finished, report FROM batches "
                                    "WHERE state = 'committed' ORDER BY id DESC LIMIT 1")
-        stats = None if serve is None else serve.stats
         return {
             "waiting": [dict(r) for r in waiting],
             "running_batches": [{"id": r["id"], "tenant": r["tenant"], "adapter": r["adapter"],
@@ -73,10 +71,7 @@ class EraseService:
                 "adapter": last[0]["adapter"], "finished": last[0]["finished"],
                 # batches committed before the phases were recorded have none
                 "seconds_by_phase": json.loads(last[0]["report"]).get("seconds_by_phase")},
-            "serve": None if stats is None else {
-                "batches": stats.batches, "requests_done": stats.requests_done,
-                "requests_failed": stats.requests_failed, "base_loads": serve.base_loads(),
-                "engines_held": serve.engines_held()},
+            "serve": self.registry.serve_state(),
         }
 
     def purge(self, tenant: str, adapter: str, keep: int = 1) -> dict[str, Any]:

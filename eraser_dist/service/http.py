@@ -23,7 +23,6 @@ from ..errors import EraserError
 from .app import error_body, make_app
 from .auth_limit import FailedAuthLimit
 from .facade import EraseService
-from .metrics import ServiceCollector
 
 START_SECONDS = 30.0
 BACKLOG = 2048  # the socket's listen queue, also told to uvicorn, which listens again
@@ -83,17 +82,17 @@ class HttpServer:
     ``auth_limit``: failed authentications allowed per client address and per token
     (default :class:`FailedAuthLimit`: 20 a minute); past it, 429 with Retry-After.
     ``idle_timeout_s``: a connection that has not sent a whole request this long after it
-    opened, or after its last answer, is closed. ``collector``: the serve process's
-    metrics (:func:`~eraser_dist.service.app.make_app`)."""
+    opened, or after its last answer, is closed."""
 
     def __init__(self, service: EraseService, host: str = "127.0.0.1", port: int = 8080,
-                 auth_limit: FailedAuthLimit | None = None, idle_timeout_s: float = 15.0,
-                 collector: ServiceCollector | None = None):
+                 auth_limit: FailedAuthLimit | None = None, idle_timeout_s: float = 15.0):
         try:
             self._socket = socket.create_server((host, port), backlog=BACKLOG)
         except (OSError, OverflowError) as err:
             raise EraserError(f"cannot listen on {host}:{port}: {err}") from None
-        config = uvicorn.Config(make_app(service, auth_limit, collector), http=_H11,
+        # the asyncio loop, not uvloop even where ray[serve] installed it: the deadlines of
+        # _H11 were tested on asyncio's
+        config = uvicorn.Config(make_app(service, auth_limit), http=_H11, loop="asyncio",
                                 lifespan="off",
                                 log_config=None, access_log=False, backlog=BACKLOG,
                                 timeout_keep_alive=idle_timeout_s, timeout_graceful_shutdown=5)

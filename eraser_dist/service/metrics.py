@@ -1,9 +1,11 @@
 """What ``eraser serve`` tells its operator: counters of the batch worker and the queue.
 
 :class:`ServeStats` counts what one serve process did (batches, requests done and failed,
-bases loaded, seconds by phase). :class:`ServiceCollector` exposes it, with the queue read
-from the journal at each scrape, to prometheus-client, which writes the Prometheus text
-format of ``GET /metrics``.
+seconds by phase); the serve records it in the registry with its bases loaded and held
+(:meth:`Registry.record_serve`). :class:`ServiceCollector` reads that record and the queue at
+each scrape for prometheus-client, which writes the Prometheus text format of ``GET
+/metrics``. Reading the registry, not the serve's memory, is what lets an API served by
+other processes (Ray Serve replicas) and ``eraser queue --summary`` report the same.
 
 A batch's phases, which add up to its wall time:
 
@@ -19,7 +21,7 @@ A batch's phases, which add up to its wall time:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,26 +50,29 @@ class ServeStats:
         for phase in BATCH_PHASES:
             self.seconds_by_phase[phase] += seconds[phase]
 
+    def counters(self, base_loads: int, engines_held: list[str]) -> dict[str, Any]:
+        """The counters as :meth:`Registry.record_serve` keeps them; ``engines_held`` names
+        the bases held warm."""
+        return {"batches": self.batches, "requests_done": self.requests_done,
+                "requests_failed": self.requests_failed, "base_loads": base_loads,
+                "engines_held": engines_held, "seconds_by_phase": dict(self.seconds_by_phase)}
+
     def summary(self, base_loads: int) -> dict[str, Any]:
         """The ``drained`` summary of ``serve --drain --log-json``."""
-        return {"event": "drained", "batches": self.batches,
-                "requests_done": self.requests_done, "requests_failed": self.requests_failed,
-                "base_loads": base_loads,
-                "seconds_by_phase": {p: round(s, 6) for p, s in self.seconds_by_phase.items()}}
+        counters = self.counters(base_loads, [])
+        del counters["engines_held"]
+        counters["seconds_by_phase"] = {p: round(s, 6) for p, s in self.seconds_by_phase.items()}
+        return {"event": "drained", **counters}
 
 
 class ServiceCollector(Collector):
-    """The service's metrics, read at each scrape: the queue from the journal (every
-    process's submits), and, with ``stats`` and ``engines_held`` of the serve process, its
-    counters."""
+    """The service's metrics, read from the registry at each scrape, so that every process
+    that serves the API reports the same: the queue from the journal (every process's
+    submits), and the serve process's counters as it last recorded them
+    (:meth:`Registry.record_serve`)."""
 
-    def __init__(self, registry: Registry, stats: ServeStats | None = None,
-                 base_loads: Callable[[], int] = lambda: 0,
-                 engines_held: Callable[[], int] = lambda: 0):
+    def __init__(self, registry: Registry):
         self.registry = registry
-        self.stats = stats
-        self.base_loads = base_loads
-        self.engines_held = engines_held
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("eraser_queue_depth", "requests waiting, by state, tenant "
@@ -77,21 +82,25 @@ class ServiceCollector(Collector):
                 "('pending', 'running') GROUP BY state, tenant, adapter"):
             depth.add_metric([row["state"], row["tenant"], row["adapter"]], row["n"])
         yield depth
-        if self.stats is None:
+        serve = self.registry.serve_state()
+        if serve is None:  # no serve has run on this root
             return
-        yield CounterMetricFamily("eraser_batches", "batches committed by this serve",
-                                  value=self.stats.batches)
-        yield CounterMetricFamily("eraser_requests_done", "requests done by this serve",
-                                  value=self.stats.requests_done)
-        yield CounterMetricFamily("eraser_requests_failed", "requests failed by this serve",
-                                  value=self.stats.requests_failed)
-        yield CounterMetricFamily("eraser_base_loads", "bases loaded by this serve",
-                                  value=self.base_loads())
+        yield GaugeMetricFamily("eraser_serve_running", "1 while a serve process works on "
+                                "this root (as it last recorded)",
+                                value=int(serve["state"] == "serving"))
+        yield CounterMetricFamily("eraser_batches", "batches committed by the serve",
+                                  value=serve["batches"])
+        yield CounterMetricFamily("eraser_requests_done", "requests done by the serve",
+                                  value=serve["requests_done"])
+        yield CounterMetricFamily("eraser_requests_failed", "requests failed by the serve",
+                                  value=serve["requests_failed"])
+        yield CounterMetricFamily("eraser_base_loads", "bases loaded by the serve",
+                                  value=serve["base_loads"])
         yield GaugeMetricFamily("eraser_engines_held", "bases held warm",
-                                value=self.engines_held())
+                                value=len(serve["engines_held"]))
         seconds = CounterMetricFamily("eraser_batch_seconds", "seconds of committed batches "
                                       "by phase", labels=["phase"])
-        for phase, total in self.stats.seconds_by_phase.items():
+        for phase, total in serve["seconds_by_phase"].items():
             seconds.add_metric([phase], total)
         yield seconds
 

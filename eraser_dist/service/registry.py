@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import sqlite3
 import tempfile
 import time
@@ -78,6 +79,9 @@ CREATE TABLE IF NOT EXISTS certificate_keys (
 CREATE TABLE IF NOT EXISTS purged (
     tenant TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
     at REAL NOT NULL, PRIMARY KEY (tenant, kind, name, version));
+CREATE TABLE IF NOT EXISTS serve_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL, pid INTEGER NOT NULL,
+    host TEXT NOT NULL, started REAL NOT NULL, updated REAL NOT NULL, stats TEXT NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS one_adapter_per_dataset ON adapters (tenant, dataset)
     WHERE version = 1;
 """
@@ -204,6 +208,27 @@ class Registry:
             db.execute("INSERT INTO audit (at, tenant, action, allowed, detail) VALUES "
                        "(?, ?, ?, ?, ?)", (time.time(), tenant, action, int(allowed),
                                            detail[:2000]))
+
+    def record_serve(self, state: str, started: float, stats: dict[str, Any]) -> None:
+        """The serve process's own state ('serving', 'stopped') and counters, so that any
+        process reads them: ``eraser queue --summary``, ``/metrics`` and ``/v1/status`` of
+        an API served elsewhere (Ray Serve replicas). One row: one serve per data root."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO serve_state (id, state, pid, host, started, "
+                       "updated, stats) VALUES (1, ?, ?, ?, ?, ?, ?)",
+                       (state, os.getpid(), socket.gethostname(), started, time.time(),
+                        dumps(stats)))
+
+    def serve_state(self) -> dict[str, Any] | None:
+        """What :meth:`record_serve` last wrote (None if no serve ever ran on this root):
+        state, pid, host, started, updated and the counters. A serve killed outright leaves
+        its last 'serving' row until the next serve starts; ``updated`` tells its age."""
+        rows = self.query("SELECT * FROM serve_state")
+        if not rows:
+            return None
+        row = dict(rows[0])
+        return {**{k: row[k] for k in ("state", "pid", "host", "started", "updated")},
+                **json.loads(row["stats"])}
 
     def audit_log(self, tenant: str | None = None) -> list[dict[str, Any]]:
         rows = self.query("SELECT * FROM audit ORDER BY id") if tenant is None else self.query(

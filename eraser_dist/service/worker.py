@@ -22,9 +22,11 @@ import fcntl
 import json
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +47,7 @@ from ..distributed.shard_worker import WorkerSpec
 from ..errors import EraserError
 from ..faults import FaultPlan, check_all
 from ..llm.adapters import adapter_version, read_meta
-from ..llm.curvature_index import check_index, load_index
+from ..llm.curvature_index import IndexCache, check_index
 from ..report import EraseReport
 from .batching import RoundRobin, plan_batch
 from .certificate import (
@@ -57,7 +59,7 @@ from .certificate import (
 )
 from .engines import EnginePool
 from .journal import Journal, JournalEntry
-from .metrics import ServeStats, ServiceCollector
+from .metrics import ServeStats
 from .registry import AdapterVersion, DatasetVersion, Registry, dumps
 
 if TYPE_CHECKING:
@@ -102,7 +104,12 @@ class BatchWorker:
             from actors.driver import WarmGroups
 
             self.groups = WarmGroups(distributed)
+        self.indexes = IndexCache()  # the adapters' curvature indexes, read once each
         self.stats = ServeStats()
+        self.started = time.time()
+        self._recorded: tuple[str, dict[str, Any]] | None = None
+        self._bases: dict[tuple[str, str], str] = {}  # (tenant, adapter) → its base
+        self._lock = threading.Lock()  # the counters, updated by the batches' threads
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -120,31 +127,100 @@ class BatchWorker:
 
     def serve(self, drain: bool = True, should_stop: Callable[[], bool] = lambda: False) -> int:
         """Recover, then run batches until the queue is empty (``drain``) or ``should_stop``;
-        returns the number of batches committed."""
-        committed = 0
+        returns the number of batches committed. The engines are given back on return, and
+        the serve's state and counters are recorded in the registry as they change.
+
+        In one process, batches on different bases run side by side, up to
+        ``max_engines`` at a time (a thread each; Ctrl-C then waits for the running ones).
+        Batches on one base take turns on its engine, and one adapter's batches run
+        strictly one after another. With ``--workers`` the worker groups are the one
+        engine: one batch at a time.
+        """
+        slots = self.settings.max_engines if self.models is not None else 1
         with self.exclusive():
+            self.started = time.time()
             self.recover()
+            self.record_state("serving")
             try:
-                while not should_stop():
-                    outcome = self.run_once()
-                    self.release_idle()
-                    if outcome is None:
-                        if drain:
-                            break
-                        time.sleep(self.settings.poll_seconds)
-                    elif outcome.get("state") == "committed":
-                        committed += 1
+                if slots == 1:  # in this thread: Ctrl-C stops the batch itself
+                    return self._schedule(_InThisThread(), 1, drain, should_stop)
+                with ThreadPoolExecutor(slots, thread_name_prefix="eraser-batch") as threads:
+                    return self._schedule(threads, slots, drain, should_stop)
             finally:
-                if self.groups is not None:  # give the cluster's CPUs and GPUs back
+                # give the memory, and the cluster's CPUs and GPUs, back
+                if self.groups is not None:
                     self.groups.stop()
-        return committed
+                else:
+                    self.models.release_all("the serve stopped")
+                self.indexes.clear()
+                self.record_state("stopped")
+
+    def _schedule(self, threads: Executor, slots: int, drain: bool,
+                  should_stop: Callable[[], bool]) -> int:
+        """Start batches while a slot is free and an adapter whose adapter and base are
+        both idle has work; returns the batches committed."""
+        committed = 0
+        running: dict[Future, tuple[str, str, str]] = {}  # → tenant, adapter, base
+        while True:
+            stopping = should_stop()
+            while not stopping and len(running) < slots:
+                target = self._next_target(running.values())
+                if target is None:
+                    break
+                running[threads.submit(self.run_target, *target[:2])] = target
+            if running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    del running[future]
+                    outcome = future.result()
+                    committed += outcome.get("state") == "committed"
+            self.release_idle()
+            self.record_state("serving")
+            if not running:
+                waiting = self.journal.pending()
+                if stopping or (drain and not waiting):
+                    return committed
+                if not waiting:
+                    time.sleep(self.settings.poll_seconds)
+
+    def _next_target(self, running) -> tuple[str, str, str] | None:
+        """(tenant, adapter, base) whose batch is next (tenants, then their adapters, in
+        turn), leaving out the adapters and bases of the ``running`` batches; None when
+        nothing else can start."""
+        busy = {(tenant, name) for tenant, name, _ in running}
+        busy_bases = {base for _, _, base in running}
+        ready = [e for e in self.journal.pending() if (e.tenant, e.adapter) not in busy
+                 and self._base_of(e.tenant, e.adapter) not in busy_bases]
+        target = self.turns.next(ready)
+        return None if target is None else (*target, self._base_of(*target))
+
+    def _base_of(self, tenant: str, name: str) -> str | None:
+        """The base an adapter is fitted on (every version keeps its first's); None for a
+        name not registered (its requests fail when their batch runs)."""
+        if (tenant, name) not in self._bases:
+            rows = self.registry.query("SELECT base FROM adapters WHERE tenant = ? AND name = ? "
+                                       "LIMIT 1", (tenant, name))
+            if not rows:
+                return None
+            self._bases[tenant, name] = rows[0]["base"]
+        return self._bases[tenant, name]
 
     def release_idle(self) -> None:
-        """Release the engines unused for ``settings.idle_seconds``."""
+        """Release the engines and indexes unused for ``settings.idle_seconds``."""
+        self.indexes.release_idle(self.settings.idle_seconds)
         if self.models is not None:
             self.models.release_idle()
         else:
             self.groups.release_idle(self.settings.idle_seconds)
+
+    def record_state(self, state: str) -> None:
+        """Record the serve's state and counters in the registry when they changed (an idle
+        serve polling the queue writes nothing)."""
+        with self._lock:
+            counters = self.stats.counters(self.base_loads, self.engines_held())
+        if (state, counters) != self._recorded:
+            self.registry.record_serve(state, self.started, counters)
+            self._recorded = (state, counters)
 
     @property
     def base_loads(self) -> int:
@@ -152,15 +228,11 @@ class BatchWorker:
         loads its shards on every rank)."""
         return self.models.base_loads if self.models is not None else self.groups.starts
 
-    def engines_held(self) -> int:
+    def engines_held(self) -> list[str]:
+        """The bases held warm: in this process, or by the worker groups."""
         if self.models is not None:
-            return len(self.models.held())
-        return int(self.groups.held is not None)
-
-    def collector(self) -> ServiceCollector:
-        """This worker's metrics, with the queue (``GET /metrics``)."""
-        return ServiceCollector(self.registry, self.stats, lambda: self.base_loads,
-                                self.engines_held)
+            return self.models.held()
+        return [] if self.groups.key is None else [self.groups.key[0]]
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -224,21 +296,15 @@ class BatchWorker:
 
     # -- one batch -----------------------------------------------------------------------
 
-    def run_once(self) -> dict[str, Any] | None:
-        """Run the next batch (tenants, then their adapters, in turn); None when nothing is
-        pending.
+    def run_target(self, tenant: str, name: str) -> dict[str, Any]:
+        """Run one batch of the adapter ``name``'s pending requests.
 
         A batch that fails for any reason short of the process dying (its inputs are
         unreadable or do not match their registered hashes, the solve or a file write
         failed) fails its own requests with that reason, and the worker goes on with the
         other adapters: one tenant's damaged file never stops another tenant's work.
         """
-        pending = self.journal.pending()
-        target = self.turns.next(pending)
-        if target is None:
-            return None
-        tenant, name = target
-        waiting = [e for e in pending if (e.tenant, e.adapter) == target]
+        waiting = [e for e in self.journal.pending() if (e.tenant, e.adapter) == (tenant, name)]
         try:
             adapter, data, examples = self._verified_inputs(tenant, name)
         except Exception as err:  # noqa: BLE001 (any damage stops this adapter only)
@@ -254,7 +320,8 @@ class BatchWorker:
         if not plan.batch:
             return {"state": "rejected", "rejected": len(plan.rejected)}
         batch_id = self._start(adapter, data, plan.batch)
-        self.batches_here += 1
+        with self._lock:
+            self.batches_here += 1
         log.info("batch %d: %d request(s) on %s/%s v%d (%d rejected)", batch_id,
                  len(plan.batch), tenant, name, adapter.version, len(plan.rejected))
         self._fault("planned")
@@ -266,8 +333,10 @@ class BatchWorker:
             log.warning("%s/%s v%d exists but is not registered: redoing its batch", tenant,
                         name, adapter.version + 1)
             self._remove_outputs(row)
+        held = self.models.hold(adapter.base) if self.models is not None else nullcontext()
         try:
-            outcome = self._run_batch(batch_id, plan.batch, adapter, data, examples, out)
+            with held:  # the base stays loaded for the batch's erase and certificates
+                outcome = self._run_batch(batch_id, plan.batch, adapter, data, examples, out)
         except Exception as err:  # noqa: BLE001 (nothing is committed: fail this batch only)
             self._remove_outputs(row)
             reason = f"batch {batch_id} failed: {self._describe(err)}"
@@ -324,7 +393,7 @@ class BatchWorker:
         report = api.erase(adapter.base, adapter.path, data.path, [e.request for e in batch],
                            out, self.erase_args, progress=self.progress,
                            distributed=self.distributed, index=index, models=self.models,
-                           groups=self.groups)
+                           groups=self.groups, indexes=self.indexes)
         self._fault("adapter_published")
         edited = apply_requests([e.request for e in batch], examples)
         new_data = DatasetVersion(tenant, data.name, data.version + 1,
@@ -351,7 +420,8 @@ class BatchWorker:
         self._commit(batch_id, batch, new_adapter, new_data, certificates,
                      {**report.to_json(), **timing, "seconds_by_phase": phases})
         # committed: nothing may fail after it
-        self.stats.committed(len(batch), phases)
+        with self._lock:
+            self.stats.committed(len(batch), phases)
         return {"state": "committed", "batch": batch_id, "requests": len(batch),
                 "adapter_version": new_adapter.version, "report": report,
                 "new_adapter": new_adapter, "phases": phases, **timing}
@@ -394,7 +464,8 @@ class BatchWorker:
         path = self.registry.index_dir(adapter.tenant, adapter.name)
         if path.exists():
             try:
-                check_index(load_index(path), path, read_meta(adapter.path), adapter.path)
+                check_index(self.indexes.load(path), path, read_meta(adapter.path),
+                            adapter.path)
                 return path
             except EraserError as err:
                 log.info("curvature index of %s/%s does not fit v%d (%s): rebuilding",
@@ -406,7 +477,8 @@ class BatchWorker:
                                overwrite=True, progress=self.progress,
                                distributed=self.distributed, models=self.models,
                                groups=self.groups)
-        self.index_builds += 1
+        with self._lock:
+            self.index_builds += 1
         log.info("curvature index of %s/%s v%d: %d pairs, %d HVPs, %.1fs", adapter.tenant,
                  adapter.name, adapter.version, meta.rank, meta.products,
                  time.perf_counter() - started)
@@ -439,7 +511,8 @@ class BatchWorker:
             if batch_id is not None:
                 db.execute("UPDATE batches SET state = 'failed', finished = ? WHERE id = ?",
                            (now, batch_id))
-        self.stats.requests_failed += len(ids)
+        with self._lock:
+            self.stats.requests_failed += len(ids)
 
     def _commit(self, batch_id: int, batch: list[JournalEntry], adapter: AdapterVersion,
                 data: DatasetVersion, certificates: list[Path], report: dict[str, Any]) -> None:
@@ -544,3 +617,13 @@ class BatchWorker:
         generator = torch.Generator().manual_seed(0)
         picked = torch.randperm(len(rows), generator=generator)[: self.settings.holdout_sample]
         return [rows[i] for i in sorted(picked.tolist())]
+
+
+class _InThisThread(Executor):
+    """Runs each call at once in the calling thread: the serve's one slot, so that its
+    batch behaves as a plain call (an exception, Ctrl-C included, leaves at once)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
