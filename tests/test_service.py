@@ -424,6 +424,12 @@ def test_concurrent_submits_with_one_idempotency_key_journal_one_request(fleet):
 # -- 200 requests in one serve ---------------------------------------------------------------
 
 def test_200_requests_over_3_tenants_and_5_adapters(fleet):
+    """Bulk loads interleaved over tenants: every request done in one batch each, really
+    batched, and each adapter's final weights those of its batches replayed in order
+    outside the service. What is checked is bookkeeping and the replay's equality, not the
+    solve's accuracy, so the erases are short (8 Gauss-Newton iterations instead of the
+    fleet's 30 exact ones)."""
+    erase = replace(ERASE, hvp="ggn", max_iter=8)
     service, tokens = fleet
     owner = {a: t for t, adapters in FLEET.items() for a in adapters}
     submitted: dict[str, tuple[str, dict]] = {}
@@ -434,7 +440,7 @@ def test_200_requests_over_3_tenants_and_5_adapters(fleet):
             submitted[result["id"]] = (adapter, stream[j])
     assert len(submitted) == 200
     originals = {a: service.registry.adapter(owner[a], a) for a in owner}
-    worker = service.worker(SETTINGS, ERASE)
+    worker = service.worker(SETTINGS, erase)
     committed = worker.serve(drain=True)
     states = {i: service.status(tokens[owner[a]], i)["state"] for i, (a, _) in submitted.items()}
     assert set(states.values()) == {"done"}
@@ -451,7 +457,7 @@ def test_200_requests_over_3_tenants_and_5_adapters(fleet):
         for b in mine:
             batch = [parse_request(submitted[i][1]) for i in json.loads(b["request_ids"])]
             out = service.root.parent / f"replay-{adapter}-{b['id']}"
-            api.erase("tiny-llama", current_adapter, current_data, batch, out, ERASE,
+            api.erase("tiny-llama", current_adapter, current_data, batch, out, erase,
                       progress=False)
             from eraser_dist.core.requests import apply_requests
             write_examples(out.with_suffix(".parquet"),
