@@ -16,13 +16,19 @@ default settings:
 Per variant: requests per hour (requests / (last finished − the serve's start, when every
 request is marked submitted)), the latency of each request (submitted → finished) as p50
 and p95, batches, base loads (counted at every ``load_base`` of the serve process, and as
-the warm serve reports them), the seconds by phase (from the drained summary where the
-variant writes one), the per-batch overhead (everything but b and the solve, as a share of
-the batches' wall time), and the serve process's peak RSS. Prints one JSON object;
-``--out`` writes it.
+the warm serve reports them), worker-group starts (with ``--workers``: counted at every
+placement of an aggregator, each loading the base on every rank), the seconds by phase
+(from the drained summary where the variant writes one), the per-batch overhead
+(everything but b and the solve, as a share of the batches' wall time), and the serve
+process's peak RSS. Prints one JSON object;
+``--out`` writes it. ``--serve-flags`` adds flags to every variant's serve, and
+``--second-base`` puts globex's adapters on a second base, for batches side by side:
 
     .venv/bin/python bench/warm_service.py --work runs/warm-service \\
         --out docs/experiments/warm_service.json
+    .venv/bin/python bench/warm_service.py --work runs/side-by-side --requests 40 \\
+        --second-base --variants warm --serve-flags "--max-iter 4 --max-engines 2" \\
+        --out docs/experiments/side_by_side_2.json
 """
 
 from __future__ import annotations
@@ -42,23 +48,27 @@ from eraser_dist.arguments import LoraArguments, TrainArguments
 from eraser_dist.cli import quiet_library_warnings
 from eraser_dist.data import write_examples
 from eraser_dist.experiments.movielens import genre_examples
+from eraser_dist.llm.models import smollm2_dir
 from eraser_dist.service import EraseService
 
 BASE = "smollm2-135m"
 TENANTS = {"acme": ["a1", "a2"], "globex": ["b1", "b2"]}
 ROWS, HOLDOUT = 64, 16
 REPO = Path(__file__).resolve().parent.parent
-# runs the `eraser` command of the code it is started in, counting every load_base (the
-# code before the warm engines has no counter of its own), and at exit prints that count
-# and its own peak RSS
+# runs the `eraser` command of the code it is started in, counting every load_base in the
+# serve process and every placement of an aggregator with its worker groups (--workers;
+# the code before the warm engines has no counters of its own), and at exit prints those
+# counts and its own peak RSS
 MEASURED_CLI = """
 import atexit, json, resource, sys
+import actors.driver as driver
 import eraser_dist.llm.models as models
-loads = []
-fingerprint = models.base_fingerprint
+loads, starts = [], []
+fingerprint, place = models.base_fingerprint, driver._place
 models.base_fingerprint = lambda m: loads.append(1) or fingerprint(m)
+driver._place = lambda *a, **k: starts.append(1) or place(*a, **k)
 atexit.register(lambda: print(json.dumps({
-    "event": "measured", "base_loads": len(loads),
+    "event": "measured", "base_loads": len(loads), "group_starts": len(starts),
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
     file=sys.stderr))
 from eraser_dist.cli import main
@@ -66,10 +76,14 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def build_root(work: Path, n_requests: int) -> Path:
-    """The data root with the 4 adapters and every request journaled (cached in ``work``)."""
+def build_root(work: Path, n_requests: int, second_base: bool) -> Path:
+    """The data root with the 4 adapters and every request journaled (cached in ``work``
+    for the same settings). ``second_base``: globex's adapters are fine-tuned on SmolLM2's
+    Hugging Face directory, a second base by name (the same weights), so that the serve
+    holds two bases."""
     root = work / "root"
-    if (work / "root.ready").is_file():
+    ready = json.dumps({"requests": n_requests, "second_base": second_base})
+    if (work / "root.ready").is_file() and (work / "root.ready").read_text() == ready:
         return root
     shutil.rmtree(root, ignore_errors=True)
     service = EraseService(root)
@@ -85,7 +99,8 @@ def build_root(work: Path, n_requests: int) -> Path:
         write_examples(data, rows[:ROWS])
         write_examples(holdout, rows[ROWS:])
         print(f"fine-tuning {name} ...", file=sys.stderr, flush=True)
-        api.train(BASE, data, work / name, LoraArguments(rank=8),
+        base = str(smollm2_dir()) if second_base and tenant == "globex" else BASE
+        api.train(base, data, work / name, LoraArguments(rank=8),
                   TrainArguments(epochs=1, max_length=64), overwrite=True, progress=False)
         service.add_dataset(token, tenant, f"{name}-data", data, holdout)
         service.add_adapter(token, tenant, name, work / name, f"{name}-data")
@@ -95,7 +110,7 @@ def build_root(work: Path, n_requests: int) -> Path:
                        {"kind": "correct_response",
                         "edits": [{"id": row.id, "response": other}]})
             service.submit(token, name, request)
-    (work / "root.ready").write_text("")
+    (work / "root.ready").write_text(ready)
     return root
 
 
@@ -141,9 +156,12 @@ def measure(root: Path, ran: dict) -> dict:
         "latency_p95_s": latency[min(len(latency) - 1, int(0.95 * len(latency)))],
         "batches": len(batches), "serve_seconds": ran["seconds"],
         "base_loads": measured["base_loads"],  # counted at every load_base
+        "group_starts": measured["group_starts"],  # each loads the base on every rank
         "base_loads_reported": drained["base_loads"] if drained else None,
         "seconds_by_phase": drained["seconds_by_phase"] if drained else None,
         "batch_seconds": wall, "b_and_solve_seconds": solve,
+        # above 1 where batches ran side by side
+        "batch_seconds_per_second_of_span": wall / span,
         "overhead_share": (wall - solve) / wall,
         "peak_rss_mb": measured["peak_rss_mb"],
     }
@@ -157,26 +175,32 @@ def main() -> None:
                         help="the commit to compare with (run from a git worktree)")
     parser.add_argument("--variants", nargs="+", default=["before", "warm"],
                         choices=["before", "warm"])
+    parser.add_argument("--serve-flags", default="",
+                        help="more `eraser serve` flags for every variant, as one string")
+    parser.add_argument("--second-base", action="store_true",
+                        help="globex's adapters on a second base (SmolLM2's directory)")
     parser.add_argument("--out")
     ns = parser.parse_args()
     quiet_library_warnings()
     work = Path(ns.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    template = build_root(work, ns.requests)
+    template = build_root(work, ns.requests, ns.second_base)
+    flags = ns.serve_flags.split()
     out = {"base": BASE, "requests": ns.requests, "adapters": 4, "rows_per_adapter": ROWS,
-           "before": ns.before, "variants": {}}
+           "second_base": ns.second_base, "serve_flags": flags, "before": ns.before,
+           "variants": {}}
     for variant in ns.variants:
         root = work / f"root-{variant}"
         shutil.rmtree(root, ignore_errors=True)
         shutil.copytree(template, root)
         if variant == "warm":
-            ran = serve(root, REPO, ["--log-json"])
+            ran = serve(root, REPO, ["--log-json", *flags])
         else:
             tree = work / f"worktree-{ns.before}"
             if not tree.exists():
                 subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach",
                                 str(tree), ns.before], check=True, capture_output=True)
-            ran = serve(root, tree, ["--quiet"])
+            ran = serve(root, tree, ["--quiet", *flags])
         out["variants"][variant] = measure(root, ran)
         print(json.dumps({variant: out["variants"][variant]}), file=sys.stderr, flush=True)
     if len(out["variants"]) == 2:
