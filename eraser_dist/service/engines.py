@@ -82,17 +82,18 @@ class EnginePool:
                                           "engines are held by running batches")
                     self.release(min(free, key=self.used.__getitem__), "the budget")
                 self.loading += 1
-        if engine is None:
+        loading = engine is None
+        if loading:
             try:
                 engine = WarmBase(base, self.device, self.load)
             finally:
                 with self.lock:
                     self.loading -= 1
-            with self.lock:
+        with self.lock:
+            if loading:
                 self.engines[base] = engine
                 self.base_loads += 1
                 log.info("base %s loaded (%d held)", base, len(self.engines))
-        with self.lock:
             self.used[base] = self.clock()
         return engine.adapter(adapter_dir)
 

@@ -59,10 +59,10 @@ class ServeStats:
 
     def summary(self, base_loads: int) -> dict[str, Any]:
         """The ``drained`` summary of ``serve --drain --log-json``."""
-        counters = self.counters(base_loads, [])
-        del counters["engines_held"]
-        counters["seconds_by_phase"] = {p: round(s, 6) for p, s in self.seconds_by_phase.items()}
-        return {"event": "drained", **counters}
+        return {"event": "drained", "batches": self.batches,
+                "requests_done": self.requests_done, "requests_failed": self.requests_failed,
+                "base_loads": base_loads,
+                "seconds_by_phase": {p: round(s, 6) for p, s in self.seconds_by_phase.items()}}
 
 
 class ServiceCollector(Collector):
