@@ -9,7 +9,6 @@ share those steps, and the aggregator runs the same Newton step as one process.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -60,18 +59,12 @@ def distributed_erase(
     given); returns the aggregator's answer (``result``: the InfluenceResult, and the
     adapter's layout and the run's figures). On ``warm`` groups, which stay up after it;
     otherwise on groups started for this erase."""
-    if warm is not None:
-        aggregator = warm.aggregator(spec)
-        with warm.stopped_on_failure():
-            return _follow(aggregator, aggregator.erase.remote(
-                edited, weight_decay, args, index, spec.adapter, checkpoint_dir),
-                args.max_iter, progress, "distributed erase")
-    aggregator = _place(spec, dist, checkpoint_dir, faults)
-    try:
-        return _follow(aggregator, aggregator.erase.remote(edited, weight_decay, args, index),
+    # warm groups switch the adapter in, and keep this erase's checkpoints where it says
+    switch = () if warm is None else (spec.adapter, checkpoint_dir)
+    with _aggregator(spec, dist, warm, checkpoint_dir, faults) as aggregator:
+        return _follow(aggregator, aggregator.erase.remote(edited, weight_decay, args, index,
+                                                           *switch),
                        args.max_iter, progress, "distributed erase")
-    finally:
-        ray.kill(aggregator)  # its worker groups go with it
 
 
 def distributed_index(spec: WorkerSpec, rows: list, weight_decay: float, args: EraseArguments,
@@ -80,35 +73,27 @@ def distributed_index(spec: WorkerSpec, rows: list, weight_decay: float, args: E
     """Build the curvature index of the adapter over ``rows`` on the cluster; returns the
     aggregator's answer (``fitted``: the FittedCurvature, and the adapter's layout). On
     ``warm`` groups, as :func:`distributed_erase`."""
-    if warm is not None:
-        aggregator = warm.aggregator(spec)
-        with warm.stopped_on_failure():
-            return _follow(aggregator, aggregator.fit_curvature.remote(
-                rows, weight_decay, args, rank, spec.adapter), rank, progress,
-                "distributed index")
-    aggregator = _place(spec, dist, "", ())
-    try:
-        return _follow(aggregator,
-                       aggregator.fit_curvature.remote(rows, weight_decay, args, rank), rank,
-                       progress, "distributed index")
-    finally:
-        ray.kill(aggregator)
+    switch = () if warm is None else (spec.adapter,)
+    with _aggregator(spec, dist, warm) as aggregator:
+        return _follow(aggregator, aggregator.fit_curvature.remote(rows, weight_decay, args,
+                                                                   rank, *switch),
+                       rank, progress, "distributed index")
 
 
 class WarmGroups:
     """An aggregator and its G×K worker groups kept up across erases, index builds and
-    certificate losses of adapters on one base (the service's ``--workers`` engine). An
-    adapter of the same base, dtype, LoRA layout and max_length is switched in by setting
-    its LoRA weights on the ranks, so the base is loaded and partitioned once; another one
-    stops the groups and starts new ones. ``starts`` counts the groups' starts (each loads
-    the base on every rank)."""
+    certificate losses of adapters on one base: the service's engine with ``--workers``
+    (:class:`~eraser_dist.service.engines.EnginePool`). An adapter of the same base,
+    dtype, LoRA layout and max_length is switched in by setting its LoRA weights on the
+    ranks, so the base is loaded and partitioned once; another one stops the groups and
+    starts new ones. The groups start at the first work, not when this is made.
+    ``base_loads`` counts their starts (each loads the base on every rank)."""
 
     def __init__(self, dist: DistributedArguments):
         self.dist = dist
         self.held: Any = None
         self.key: tuple | None = None
-        self.starts = 0
-        self.used = time.monotonic()
+        self.base_loads = 0
 
     def aggregator(self, spec: WorkerSpec):
         """The aggregator whose groups hold ``spec``'s base and layout, started if needed."""
@@ -116,47 +101,51 @@ class WarmGroups:
         key = (spec.base, spec.base_dtype, meta.base_fingerprint, meta.max_length,
                json.dumps(lora_layout(spec.adapter), sort_keys=True))
         if key != self.key:
-            self.stop()
+            self.close()
             self.held, self.key = _place(spec, self.dist, "", ()), key
-            self.starts += 1
-        self.used = time.monotonic()
+            self.base_loads += 1
         return self.held
 
     def losses(self, spec: WorkerSpec, rows: list, batch_size: int) -> torch.Tensor:
         """L_i(Θ) of ``spec``'s adapter on each row [n], computed on the groups."""
-        aggregator = self.aggregator(spec)
-        with self.stopped_on_failure():
+        with _aggregator(spec, self.dist, self) as aggregator:
             return ray.get(aggregator.losses.remote(rows, batch_size, spec.adapter))
 
-    @contextmanager
-    def stopped_on_failure(self) -> Iterator[None]:
-        """Stop the groups when the work in the block fails: a dead aggregator, or groups
-        past their restarts, would fail every later batch; the next one starts fresh."""
-        try:
-            yield
-        except BaseException:
-            self.stop()
-            raise
-
-    def release_idle(self, seconds: float) -> bool:
-        """Stop the groups if unused for ``seconds``; whether they were stopped."""
-        idle = self.held is not None and time.monotonic() - self.used >= seconds
-        if idle:
-            self.stop()
-        return idle
-
-    def stop(self) -> None:
+    def close(self) -> None:
+        """Stop the groups (their CPUs and GPUs go back to the cluster)."""
         if self.held is not None:
             ray.kill(self.held)  # its worker groups go with it
         self.held = self.key = None
 
 
-def join_cluster(dist: DistributedArguments) -> GroupLayout:
-    """Join (or start) the cluster with room for the G×K ranks; returns their layout. A
-    serve joins before its first batch when it also runs Ray actors of its own (the API,
-    serving replicas), so that a local cluster is started large enough for the ranks."""
+@contextmanager
+def _aggregator(spec: WorkerSpec, dist: DistributedArguments, warm: WarmGroups | None,
+                checkpoint_dir: str = "", faults: tuple[FaultPlan, ...] = ()) -> Iterator[Any]:
+    """The aggregator for work on ``spec``: ``warm``'s, whose groups are stopped if the work
+    fails (a dead aggregator, or groups past their restarts, would fail every later batch;
+    the next one starts fresh), or one placed for this work and killed after it."""
+    if warm is not None:
+        aggregator = warm.aggregator(spec)
+        try:
+            yield aggregator
+        except BaseException:
+            warm.close()
+            raise
+        return
+    aggregator = _place(spec, dist, checkpoint_dir, faults)
+    try:
+        yield aggregator
+    finally:
+        ray.kill(aggregator)  # its worker groups go with it
+
+
+def join_cluster(dist: DistributedArguments, engines: int = 1) -> GroupLayout:
+    """Join (or start) the cluster with room for the G×K ranks of ``engines`` engines side
+    by side; returns the ranks' layout. A serve joins before any Ray actor of its own (the
+    API, serving replicas), so that a local cluster is started large enough for its
+    engines, and a cluster too small for them is refused at once rather than left waiting."""
     layout = layout_for(dist)
-    connect(dist.address, dist.workers * dist.group_size, layout.cpus_per_rank,
+    connect(dist.address, engines * dist.workers * dist.group_size, layout.cpus_per_rank,
             layout.gpus_per_rank)
     return layout
 

@@ -315,10 +315,10 @@ class ServiceArguments(Options):
     ``retain_versions`` versions; older ones are purged. A batch's requests that the worker
     died running ``max_worker_deaths`` times are parked. With ``index_rank`` k > 0, each
     adapter keeps a curvature index of k pairs that every batch starts from (docs/DESIGN.md
-    §7.5). In one process the worker holds up to ``max_engines`` bases warm across batches
-    (:mod:`eraser_dist.service.engines`); with ``--workers`` it keeps its worker groups up
-    (:class:`actors.driver.WarmGroups`). Either is released once unused for
-    ``idle_seconds``. With ``--workers`` the HTTP API runs as ``api_replicas`` Ray Serve
+    §7.5). The worker holds up to ``max_engines`` bases warm across batches
+    (:mod:`eraser_dist.service.engines`): in this process, or with ``--workers`` as worker
+    groups kept up per base (:class:`actors.driver.WarmGroups`). An engine is released once
+    unused for ``idle_seconds``. With ``--workers`` the HTTP API runs as ``api_replicas`` Ray Serve
     replicas (:mod:`actors.api`).
     """
 
@@ -345,11 +345,13 @@ class ServiceArguments(Options):
                                          "step from it had a relative residual above this "
                                          "many times the index's fresh one (or above 1)",
                                          above=0)
-    max_engines: int = option(1, "bases held in memory across batches (one-process engine), "
-                              "and batches on different bases run side by side, a thread "
-                              "each; a batch on another base first releases the idle one "
-                              "used longest ago", minimum=1)
-    idle_seconds: float = option(600.0, "release a held base (or stop the worker groups) "
+    max_engines: int = option(1, "bases held warm across batches (in this process, or as "
+                              "worker groups of their own with --workers, whose cluster "
+                              "then needs room for this many times the ranks); batches on "
+                              "different bases run side by side, a thread each; a batch on "
+                              "another base first releases the idle one used longest ago",
+                              minimum=1)
+    idle_seconds: float = option(600.0, "release a held base (or stop its worker groups) "
                                  "after this many seconds without a batch", above=0)
     api_replicas: int = option(1, "with --workers and --http: Ray Serve replicas of the HTTP "
                                "API (actors/api.py)", minimum=1)

@@ -6,6 +6,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +24,28 @@ def tiny_lora(dtype=torch.float64, rank=2, targets=("q_proj", "v_proj"), max_len
     base = load_base("tiny-llama", dtype)
     peft_model = attach_lora(base, LoraArguments(rank=rank, targets=targets), seed=0)
     return LoraCausalLM(peft_model, base.tokenizer, max_length)
+
+
+def make_other_base(path: Path) -> None:
+    """A Llama of tiny-llama's shape (vocab 258) with other weights and a byte-level
+    Hugging Face tokenizer, saved as an ordinary model directory; built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab.update({"</s>": 256, "<pad>": 257})
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    config = LlamaConfig(vocab_size=258, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>",
+                            pad_token="<pad>").save_pretrained(path)
 
 
 def delta_vector(adapter_dir) -> torch.Tensor:

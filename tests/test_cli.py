@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import make_other_base
 from safetensors.torch import load_file, save_file
 
 from eraser_dist import api
@@ -68,28 +69,6 @@ def lora_delta_norm(before: Path, after: Path) -> float:
     a, b = load_file(str(before / WEIGHTS)), load_file(str(after / WEIGHTS))
     assert set(a) == set(b)
     return float(torch.cat([(b[k].double() - a[k].double()).flatten() for k in a]).norm())
-
-
-def make_other_base(path: Path) -> None:
-    """A Llama of tiny-llama's shape (vocab 258) with other weights and a byte-level
-    Hugging Face tokenizer, saved as an ordinary model directory; built offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab.update({"</s>": 256, "<pad>": 257})
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    config = LlamaConfig(vocab_size=258, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        model = LlamaForCausalLM(config)
-    model.save_pretrained(path)
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>",
-                            pad_token="<pad>").save_pretrained(path)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -343,6 +343,23 @@ def test_service_batch_runs_on_the_distributed_engine_and_reaches_replicas(clust
     assert ray.get(replica.current_version.remote()) == published.weights_sha
 
 
+def service_of_two_adapters(fitted, tmp_path, other_base: str):
+    """A service at ``tmp_path/root`` whose tenant acme has the fixture's adapter ``a`` (on
+    tiny-llama) and ``o``, fitted here on ``other_base`` over other rows; (service, token)."""
+    from eraser_dist.service import EraseService
+
+    write_examples(tmp_path / "other.parquet", word_rows(16, prefix="o"))
+    api.train(other_base, tmp_path / "other.parquet", tmp_path / "other",
+              LoraArguments(rank=2), TrainArguments(epochs=2, max_length=64), progress=False)
+    service = EraseService(tmp_path / "root")
+    token = service.add_tenant("acme")
+    service.add_dataset(token, "acme", "words", fitted / "train.parquet")
+    service.add_adapter(token, "acme", "a", fitted / "adapter", "words")
+    service.add_dataset(token, "acme", "others", tmp_path / "other.parquet")
+    service.add_adapter(token, "acme", "o", tmp_path / "other", "others")
+    return service, token
+
+
 def test_warm_worker_groups_serve_interleaved_adapters_on_one_start(cluster, fitted,
                                                                     tmp_path):
     """Two adapters of one base take turns on 1 group × 2 ranks kept up across batches: the
@@ -352,17 +369,8 @@ def test_warm_worker_groups_serve_interleaved_adapters_on_one_start(cluster, fit
     from eraser_dist.arguments import ServiceArguments
     from eraser_dist.llm.adapters import load_adapter
     from eraser_dist.llm.models import load_base
-    from eraser_dist.service import EraseService
 
-    write_examples(tmp_path / "other.parquet", word_rows(16, prefix="o"))
-    api.train("tiny-llama", tmp_path / "other.parquet", tmp_path / "other",
-              LoraArguments(rank=2), TrainArguments(epochs=2, max_length=64), progress=False)
-    service = EraseService(tmp_path / "root")
-    token = service.add_tenant("acme")
-    service.add_dataset(token, "acme", "words", fitted / "train.parquet")
-    service.add_adapter(token, "acme", "a", fitted / "adapter", "words")
-    service.add_dataset(token, "acme", "others", tmp_path / "other.parquet")
-    service.add_adapter(token, "acme", "o", tmp_path / "other", "others")
+    service, token = service_of_two_adapters(fitted, tmp_path, "tiny-llama")
     requests = [("a", REQUESTS["remove"]),
                 ("o", {"kind": "correct_response", "edits": [{"id": "o4", "response": "q"}]}),
                 ("a", REQUESTS["correct_response"])]
@@ -371,9 +379,10 @@ def test_warm_worker_groups_serve_interleaved_adapters_on_one_start(cluster, fit
                                              retain_versions=0), ARGS,
                             DistributedArguments(workers=1, group_size=2,
                                                  collective_timeout_s=60))
+    started = kept_started(worker)
     assert worker.serve(drain=True) == 3
-    assert worker.groups.starts == 1 and worker.base_loads == 1
-    assert worker.groups.held is None  # stopped with the serve
+    assert worker.base_loads == 1 and len(started) == 1
+    assert worker.engines.held() == [] and started[0].held is None  # stopped with the serve
     data_names = {"a": "words", "o": "others"}
     versions = {"a": 1, "o": 1}
     for request_id, (adapter, request) in zip(ids, requests, strict=True):
@@ -392,6 +401,58 @@ def test_warm_worker_groups_serve_interleaved_adapters_on_one_start(cluster, fit
             assert sorted(erased[side]) == pytest.approx(
                 sorted(loss_values(model, old_rows, 4).tolist()), abs=1e-5)
         versions[adapter] += 1
+
+
+def kept_started(worker) -> list:
+    """The engines ``worker``'s pool starts, in order (kept after the pool releases them)."""
+    started, start = [], worker.engines.start
+    worker.engines.start = lambda base: started.append(start(base)) or started[-1]
+    return started
+
+
+def test_two_bases_run_side_by_side_on_worker_groups_of_their_own(cluster, fitted,
+                                                                   tmp_path):
+    """--workers 1 --group-size 2 --max-engines 2: an adapter on tiny-llama and one on a
+    second base (a Hugging Face directory, loaded by the ranks) are served at the same
+    time, each on its own aggregator and groups, started once each; each published ΔΘ is
+    the one-process erase of its request, and both groups stop with the serve. A budget
+    whose ranks the cluster cannot hold is refused in one line before any batch."""
+    from conftest import make_other_base
+
+    from eraser_dist.arguments import ServiceArguments
+
+    other_base = tmp_path / "other-base"
+    make_other_base(other_base)
+    service, token = service_of_two_adapters(fitted, tmp_path, str(other_base))
+    requests = {"a": REQUESTS["remove"],
+                "o": {"kind": "correct_response", "edits": [{"id": "o4", "response": "q"}]}}
+    ids = {adapter: service.submit(token, adapter, r)["id"] for adapter, r in requests.items()}
+    two_ranks = DistributedArguments(workers=1, group_size=2, collective_timeout_s=60)
+    settings = ServiceArguments(holdout_sample=4, retain_versions=0, max_engines=2)
+    too_many = service.worker(replace(settings, max_engines=4), ARGS, two_ranks)
+    with pytest.raises(EraserError, match="the Ray cluster has 6 CPU"):
+        too_many.serve(drain=True)  # 4 engines × 2 ranks: 8 CPUs
+    assert service.status(token, ids["a"])["state"] == "pending"
+    worker = service.worker(settings, ARGS, two_ranks)
+    started = kept_started(worker)
+    assert worker.serve(drain=True) == 2
+    batches = [dict(b) for b in service.registry.query("SELECT * FROM batches ORDER BY id")]
+    assert len(batches) == 2 and all(b["state"] == "committed" for b in batches)
+    first, second = batches
+    assert first["started"] < second["finished"] and second["started"] < first["finished"]
+    assert worker.base_loads == 2 and [g.base_loads for g in started] == [1, 1]
+    assert all(g.held is None for g in started)  # both stopped with the serve
+    bases = {"a": "tiny-llama", "o": str(other_base)}
+    data_names = {"a": "words", "o": "others"}
+    for adapter, request in requests.items():
+        before = service.registry.adapter("acme", adapter, 1)
+        assert before.base == bases[adapter]
+        data = service.registry.dataset("acme", data_names[adapter], 1)
+        out = tmp_path / f"single-{adapter}"
+        api.erase(bases[adapter], before.path, data.path, parse_request(request), out, ARGS,
+                  progress=False)
+        after = service.registry.adapter("acme", adapter, 2)
+        assert rel(delta_vector(after.path), delta_vector(out)) <= 1e-3
 
 
 def test_the_api_on_ray_serve_answers_as_the_one_process_api(cluster, fitted, tmp_path,

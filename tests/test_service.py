@@ -966,8 +966,8 @@ def test_two_adapters_of_one_base_interleaved_load_the_base_once_and_match_cold_
             service.submit(tokens["acme"], adapter, stream[j])
     worker = service.worker(replace(SETTINGS, max_batch_requests=1), ERASE)
     assert worker.serve(drain=True) == 4
-    assert len(loads) == 1 and worker.models.base_loads == 1
-    assert worker.models.releases == 1 and worker.models.held() == []  # given back at the end
+    assert len(loads) == 1 and worker.engines.base_loads == 1
+    assert worker.engines.releases == 1 and worker.engines.held() == []  # given back at the end
     order = [b["adapter"] for b in service.registry.query("SELECT adapter FROM batches "
                                                           "ORDER BY id")]
     assert order == ["a1", "a2", "a1", "a2"]  # interleaved: every batch switched adapters
@@ -990,22 +990,21 @@ def test_an_idle_base_is_released_and_loaded_again_for_the_next_batch(fleet):
         service.submit(tokens["acme"], "a1", {"kind": "remove", "ids": [f"a1-{i}"]})
     worker = service.worker(replace(SETTINGS, max_batch_requests=1, idle_seconds=1e-9), ERASE)
     assert worker.serve(drain=True) == 2
-    assert worker.models.base_loads == 2 and worker.models.releases == 2
-    assert worker.models.held() == []
+    assert worker.engines.base_loads == 2 and worker.engines.releases == 2
+    assert worker.engines.held() == []
 
 
 def test_a_budget_of_one_engine_releases_the_base_used_longest_ago(template):
     """Three bases by name (each a real tiny-llama) asked for in turn with room for one: each
     waits for the one before to be released, and every adapter still loads right."""
     from eraser_dist.llm.adapters import adapter_vector
-    from eraser_dist.llm.models import load_base
+    from eraser_dist.llm.warm import WarmBase
     from eraser_dist.service.engines import EnginePool
 
     root, _ = template
     adapter = next((root / "tenants/acme/adapters/a1").glob("v*"))
     now = [0.0]
-    pool = EnginePool(max_engines=1, idle_seconds=30.0,
-                      load=lambda name, device: load_base("tiny-llama", device=device),
+    pool = EnginePool(lambda name: WarmBase("tiny-llama"), max_engines=1, idle_seconds=30.0,
                       clock=lambda: now[0])
     for name in ("base-a", "base-b", "base-a"):
         model, _ = pool.adapter(name, adapter)
@@ -1023,7 +1022,7 @@ def serve_on_two_bases(root: Path, tokens: dict, max_engines: int) -> tuple[Eras
     """acme's a1 on the fleet's base and globex's b1 moved to a second base name (the same
     tiny-llama weights, loaded by the pool's loader), two single-row batches each, served
     with room for ``max_engines`` bases."""
-    from eraser_dist.llm.models import load_base
+    from eraser_dist.llm.warm import WarmBase
 
     service = EraseService(root)
     with service.registry.transaction() as db:
@@ -1033,7 +1032,7 @@ def serve_on_two_bases(root: Path, tokens: dict, max_engines: int) -> tuple[Eras
             service.submit(tokens[tenant], adapter, {"kind": "remove", "ids": [f"{adapter}-{i}"]})
     worker = service.worker(replace(SETTINGS, max_batch_requests=1, max_engines=max_engines),
                             ERASE)
-    worker.models.load = lambda name, device: load_base("tiny-llama", device=device)
+    worker.engines.start = lambda name: WarmBase("tiny-llama")
     assert worker.serve(drain=True) == 4
     return service, worker
 
@@ -1059,10 +1058,10 @@ def test_two_bases_run_side_by_side_and_each_adapter_stays_in_order(template, tm
         overlaps = [(x["id"], y["id"]) for x in batches["a1"] for y in batches["b1"]
                     if x["started"] < y["finished"] and y["started"] < x["finished"]]
         if engines == 2:
-            assert overlaps and worker.models.base_loads == 2
+            assert overlaps and worker.engines.base_loads == 2
         else:  # a1, b1, a1, b1 in turn, each batch loading its base
-            assert overlaps == [] and worker.models.base_loads == 4
-        assert worker.models.held() == []
+            assert overlaps == [] and worker.engines.base_loads == 4
+        assert worker.engines.held() == []
     for adapter, tenant in (("a1", "acme"), ("b1", "globex")):
         side_by_side = weights(runs[2][0].registry.adapter(tenant, adapter).path)
         in_turn = weights(runs[1][0].registry.adapter(tenant, adapter).path)

@@ -115,16 +115,18 @@ def cmd_serve(ns: argparse.Namespace) -> None:
     with ExitStack() as stack:
         if ns.log_json or not ns.quiet:
             stack.enter_context(service_logs(ns.log_json))
-        if distributed is not None and (ns.replicas or address):
+        if distributed is not None:
             from actors.driver import join_cluster
 
-            join_cluster(distributed)  # before any actor: a local cluster sized for the ranks
+            # before any actor: a local cluster sized for every engine's ranks
+            join_cluster(distributed, settings.max_engines)
         on_published = None
         if ns.replicas:
             from actors.cluster import connect
             from actors.replica import ReplicaFleet
 
-            connect(None, 0, 0.0, 0.0)  # this process's cluster, or a local one
+            if distributed is None:
+                connect(None, 0, 0.0, 0.0)  # a local cluster for the replicas alone
             on_published = ReplicaFleet.start(service.registry, ns.replicas)
         worker = service.worker(settings, args, distributed, on_published,
                                 progress=not (ns.quiet or ns.log_json))

@@ -9,7 +9,7 @@ with another layout detaches the old layers (peft's ``unload``) and attaches its
 
 Anything that loads adapters for :mod:`eraser_dist.api` takes an :class:`AdapterSource`:
 :class:`ColdLoads` (a fresh base each time) or a pool of warm bases
-(:class:`eraser_dist.service.engines.EnginePool`).
+(:class:`eraser_dist.service.engines.EnginePool` of :class:`WarmBase`).
 """
 
 from __future__ import annotations
@@ -67,13 +67,21 @@ def lora_layout(adapter_dir: str | os.PathLike) -> dict[str, Any]:
 
 class WarmBase:
     """One base, loaded once (by ``load``, :func:`load_base` by default), with the layout
-    of the last adapter asked for attached."""
+    of the last adapter asked for attached: the one-process engine of
+    :class:`~eraser_dist.service.engines.EnginePool`."""
+
+    base_loads = 1  # loaded once, when made
 
     def __init__(self, name: str, device: str = "cpu",
                  load: Callable[..., Base] = load_base):
-        self.base = load(name, device=device)
+        self.base: Base | None = load(name, device=device)
         self.model: LoraCausalLM | None = None
         self.layout: dict[str, Any] | None = None
+
+    def close(self) -> None:
+        """Drop the base and its adapter layers: their memory goes as soon as no caller
+        holds the model either."""
+        self.base = self.model = self.layout = None
 
     def adapter(self, adapter_dir: str | os.PathLike) -> tuple[LoraCausalLM, AdapterMeta]:
         """``adapter_dir`` on this base, as :func:`load_adapter` would load it cold."""

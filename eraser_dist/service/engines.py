@@ -1,15 +1,18 @@
-"""The warm engines of ``eraser serve``: one base held per base model, across batches.
+"""The warm engines of ``eraser serve``: one engine per base model, held across batches.
 
-A batch worker asks :class:`EnginePool` for an adapter on its base; the pool keeps a
-:class:`~eraser_dist.llm.warm.WarmBase` per base, so the base is loaded once and the
-adapters of all tenants on it are switched in by their LoRA weights. The erase, the index
-build and the certificate's losses of a batch all use that one model.
+A batch worker asks :class:`EnginePool` for the engine of its adapter's base. An engine is
+what holds a base: a :class:`~eraser_dist.llm.warm.WarmBase` in this process, or, with
+``--workers``, an :class:`actors.driver.WarmGroups` (an aggregator and its G×K worker
+groups, each rank holding its ZeRO-3 partition). The pool starts an engine at its base's
+first batch and keeps it, so the base is loaded once and the adapters of all tenants on it
+are switched in by their LoRA weights. The erase, the index build and the certificate's
+losses of a batch all use that one engine.
 
-- ``max_engines`` bounds the bases held, and the batches run side by side (one per base):
-  a batch on another base first releases the idle base used longest ago.
-- ``idle_seconds``: a base unused that long is released (:meth:`EnginePool.release_idle`,
-  called by the worker between batches), so an idle service gives its memory back; the
-  worker releases them all when its serve returns.
+- ``max_engines`` bounds the engines held, and the batches run side by side (one per
+  base): a batch on another base first releases the idle engine used longest ago.
+- ``idle_seconds``: an engine unused that long is released (:meth:`EnginePool.release_idle`,
+  called by the worker between batches), so an idle service gives its memory (or its
+  cluster's CPUs and GPUs) back; the worker releases them all when its serve returns.
 """
 
 from __future__ import annotations
@@ -20,45 +23,57 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Generic, Protocol, TypeVar
 
 from ..errors import EraserError
 from ..llm.adapters import AdapterMeta
-from ..llm.models import Base, LoraCausalLM, load_base
-from ..llm.warm import WarmBase
+from ..llm.models import LoraCausalLM
 
 log = logging.getLogger(__name__)
 
 
-class EnginePool:
-    """Warm bases by name (an :class:`~eraser_dist.llm.warm.AdapterSource`), safe to share
-    between the serve's batch threads. ``base_loads`` counts the bases loaded, ``releases``
-    those released. ``load`` and ``clock`` are :func:`load_base` and :func:`time.monotonic`
-    unless a test sets them.
+class Engine(Protocol):
+    """What holds one base warm. ``base_loads``: the times it loaded the base (a
+    :class:`~eraser_dist.llm.warm.WarmBase` once; worker groups at every start);
+    ``close`` gives its memory, or its cluster resources, back."""
 
-    A batch holds its base (:meth:`hold`) while it runs: a held base is never released,
+    base_loads: int
+
+    def close(self) -> None: ...
+
+
+E = TypeVar("E", bound=Engine)
+
+
+class EnginePool(Generic[E]):
+    """Engines by base name, started by ``start(base)``, safe to share between the serve's
+    batch threads. ``base_loads`` counts the bases loaded by every engine it ever held,
+    ``releases`` the engines released. ``clock`` is :func:`time.monotonic` unless a test
+    sets it.
+
+    A batch holds its base (:meth:`hold`) while it runs: a held engine is never released,
     neither for the budget nor as idle. The worker runs at most one batch per base at a
-    time, so a base's model is used by one thread at a time; the pool's lock guards only
-    its own tables, and a base loads outside it, while other batches go on."""
+    time, so an engine is used by one thread at a time; the pool's lock guards only its own
+    tables, and an engine starts outside it, while other batches go on."""
 
-    def __init__(self, max_engines: int = 1, idle_seconds: float = 600.0,
-                 device: str = "cpu", load: Callable[..., Base] = load_base,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, start: Callable[[str], E], max_engines: int = 1,
+                 idle_seconds: float = 600.0, clock: Callable[[], float] = time.monotonic):
+        self.start = start
         self.max_engines = max_engines
         self.idle_seconds = idle_seconds
-        self.device = device
-        self.load = load
         self.clock = clock
-        self.engines: dict[str, WarmBase] = {}
+        self.engines: dict[str, E] = {}
         self.used: dict[str, float] = {}
         self.holds: dict[str, int] = {}
-        self.loading = 0
-        self.base_loads = 0
+        self.starting = 0
+        self.released_loads = 0  # base loads of the engines already released
         self.releases = 0
         self.lock = threading.Lock()
 
     @contextmanager
     def hold(self, base: str) -> Iterator[None]:
-        """Keep ``base`` from being released while the block runs (a batch on it)."""
+        """Keep ``base``'s engine from being released while the block runs (a batch on
+        it)."""
         with self.lock:
             self.holds[base] = self.holds.get(base, 0) + 1
         try:
@@ -69,44 +84,56 @@ class EnginePool:
                 if not self.holds[base]:
                     del self.holds[base]
 
-    def adapter(self, base: str, adapter_dir: str | os.PathLike
-                ) -> tuple[LoraCausalLM, AdapterMeta]:
-        """``adapter_dir`` on the warm ``base``, loading the base first if none is held."""
+    def engine(self, base: str) -> E:
+        """The engine of ``base``, started first if none is held."""
         with self.lock:
             engine = self.engines.get(base)
             if engine is None:
-                while len(self.engines) + self.loading >= self.max_engines:
+                while len(self.engines) + self.starting >= self.max_engines:
                     free = [b for b in self.engines if b not in self.holds]
                     if not free:
                         raise EraserError(f"no room for base {base}: all {self.max_engines} "
                                           "engines are held by running batches")
                     self.release(min(free, key=self.used.__getitem__), "the budget")
-                self.loading += 1
-        loading = engine is None
-        if loading:
+                self.starting += 1
+        starting = engine is None
+        if starting:
             try:
-                engine = WarmBase(base, self.device, self.load)
+                engine = self.start(base)
             finally:
                 with self.lock:
-                    self.loading -= 1
+                    self.starting -= 1
         with self.lock:
-            if loading:
+            if starting:
                 self.engines[base] = engine
-                self.base_loads += 1
-                log.info("base %s loaded (%d held)", base, len(self.engines))
+                log.info("engine of base %s started (%d held)", base, len(self.engines))
             self.used[base] = self.clock()
-        return engine.adapter(adapter_dir)
+        return engine
+
+    def adapter(self, base: str, adapter_dir: str | os.PathLike
+                ) -> tuple[LoraCausalLM, AdapterMeta]:
+        """``adapter_dir`` on the warm ``base``: a pool of
+        :class:`~eraser_dist.llm.warm.WarmBase` is an
+        :class:`~eraser_dist.llm.warm.AdapterSource` for :mod:`eraser_dist.api`."""
+        return self.engine(base).adapter(adapter_dir)
+
+    @property
+    def base_loads(self) -> int:
+        with self.lock:
+            return self.released_loads + sum(e.base_loads for e in self.engines.values())
 
     def release(self, base: str, why: str) -> None:
-        """Drop the warm ``base`` (its memory goes with the last reference); the caller
-        holds the lock."""
-        del self.engines[base], self.used[base]
+        """Close ``base``'s engine and drop it; the caller holds the lock."""
+        engine = self.engines.pop(base)
+        del self.used[base]
+        engine.close()
+        self.released_loads += engine.base_loads
         self.releases += 1
-        log.info("base %s released (%s)", base, why)
+        log.info("engine of base %s released (%s)", base, why)
 
     def release_idle(self) -> list[str]:
-        """Release every base unused for ``idle_seconds`` and not held; returns their
-        names."""
+        """Release every engine unused for ``idle_seconds`` and not held; returns their
+        bases."""
         with self.lock:
             now = self.clock()
             idle = [b for b, used in self.used.items()

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ from ..errors import EraserError
 from ..faults import FaultPlan, check_all
 from ..llm.adapters import adapter_version, read_meta
 from ..llm.curvature_index import IndexCache, check_index
+from ..llm.warm import WarmBase
 from ..report import EraseReport
 from .batching import RoundRobin, plan_batch
 from .certificate import (
@@ -95,15 +96,16 @@ class BatchWorker:
         self.batches_here = 0
         self.index_builds = 0  # curvature indexes built by this worker
         self.turns = RoundRobin()
-        # the warm engine: bases held in this process, or worker groups kept up on Ray
-        self.models: EnginePool | None = None
-        self.groups: WarmGroups | None = None
+        # the warm engines, one per base: held in this process, or worker groups on Ray
+        self.engines: EnginePool[WarmBase] | EnginePool[WarmGroups]
         if distributed is None:
-            self.models = EnginePool(self.settings.max_engines, self.settings.idle_seconds)
+            self.engines = EnginePool(WarmBase, self.settings.max_engines,
+                                      self.settings.idle_seconds)
         else:
             from actors.driver import WarmGroups
 
-            self.groups = WarmGroups(distributed)
+            self.engines = EnginePool(lambda base: WarmGroups(distributed),
+                                      self.settings.max_engines, self.settings.idle_seconds)
         self.indexes = IndexCache()  # the adapters' curvature indexes, read once each
         self.stats = ServeStats()
         self.started = time.time()
@@ -130,14 +132,18 @@ class BatchWorker:
         returns the number of batches committed. The engines are given back on return, and
         the serve's state and counters are recorded in the registry as they change.
 
-        In one process, batches on different bases run side by side, up to
-        ``max_engines`` at a time (a thread each; Ctrl-C then waits for the running ones).
-        Batches on one base take turns on its engine, and one adapter's batches run
-        strictly one after another. With ``--workers`` the worker groups are the one
-        engine: one batch at a time.
+        Batches on different bases run side by side, up to ``max_engines`` at a time (a
+        thread each; Ctrl-C then waits for the running ones), each on its base's engine: in
+        this process, or its own worker groups with ``--workers``. Batches on one base take
+        turns on its engine, and one adapter's batches run strictly one after another.
         """
-        slots = self.settings.max_engines if self.models is not None else 1
+        slots = self.settings.max_engines
         with self.exclusive():
+            if self.distributed is not None:
+                from actors.driver import join_cluster
+
+                # room for every engine's ranks, or a one-line refusal before any batch
+                join_cluster(self.distributed, slots)
             self.started = time.time()
             self.recover()
             self.record_state("serving")
@@ -148,10 +154,7 @@ class BatchWorker:
                     return self._schedule(threads, slots, drain, should_stop)
             finally:
                 # give the memory, and the cluster's CPUs and GPUs, back
-                if self.groups is not None:
-                    self.groups.stop()
-                else:
-                    self.models.release_all("the serve stopped")
+                self.engines.release_all("the serve stopped")
                 self.indexes.clear()
                 self.record_state("stopped")
 
@@ -208,16 +211,13 @@ class BatchWorker:
     def release_idle(self) -> None:
         """Release the engines and indexes unused for ``settings.idle_seconds``."""
         self.indexes.release_idle(self.settings.idle_seconds)
-        if self.models is not None:
-            self.models.release_idle()
-        else:
-            self.groups.release_idle(self.settings.idle_seconds)
+        self.engines.release_idle()
 
     def record_state(self, state: str) -> None:
         """Record the serve's state and counters in the registry when they changed (an idle
         serve polling the queue writes nothing)."""
         with self._lock:
-            counters = self.stats.counters(self.base_loads, self.engines_held())
+            counters = self.stats.counters(self.base_loads, self.engines.held())
         if (state, counters) != self._recorded:
             self.registry.record_serve(state, self.started, counters)
             self._recorded = (state, counters)
@@ -226,13 +226,14 @@ class BatchWorker:
     def base_loads(self) -> int:
         """Bases this worker loaded: into this process, or as worker-group starts (each
         loads its shards on every rank)."""
-        return self.models.base_loads if self.models is not None else self.groups.starts
+        return self.engines.base_loads
 
-    def engines_held(self) -> list[str]:
-        """The bases held warm: in this process, or by the worker groups."""
-        if self.models is not None:
-            return self.models.held()
-        return [] if self.groups.key is None else [self.groups.key[0]]
+    def _engine_for(self, base: str) -> dict[str, Any]:
+        """The keyword that puts an :mod:`eraser_dist.api` call on ``base``'s warm engine:
+        ``models`` (the pool of warm bases) in one process, ``groups`` with ``--workers``."""
+        if self.distributed is None:
+            return {"models": self.engines}
+        return {"groups": self.engines.engine(base)}
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -333,9 +334,9 @@ class BatchWorker:
             log.warning("%s/%s v%d exists but is not registered: redoing its batch", tenant,
                         name, adapter.version + 1)
             self._remove_outputs(row)
-        held = self.models.hold(adapter.base) if self.models is not None else nullcontext()
         try:
-            with held:  # the base stays loaded for the batch's erase and certificates
+            # the base's engine stays up for the batch's erase and certificates
+            with self.engines.hold(adapter.base):
                 outcome = self._run_batch(batch_id, plan.batch, adapter, data, examples, out)
         except Exception as err:  # noqa: BLE001 (nothing is committed: fail this batch only)
             self._remove_outputs(row)
@@ -392,8 +393,8 @@ class BatchWorker:
         erase_start = time.perf_counter()
         report = api.erase(adapter.base, adapter.path, data.path, [e.request for e in batch],
                            out, self.erase_args, progress=self.progress,
-                           distributed=self.distributed, index=index, models=self.models,
-                           groups=self.groups, indexes=self.indexes)
+                           distributed=self.distributed, index=index, indexes=self.indexes,
+                           **self._engine_for(adapter.base))
         self._fault("adapter_published")
         edited = apply_requests([e.request for e in batch], examples)
         new_data = DatasetVersion(tenant, data.name, data.version + 1,
@@ -475,8 +476,8 @@ class BatchWorker:
                                IndexArguments(self.settings.index_rank,
                                               self.settings.index_rebuild_growth),
                                overwrite=True, progress=self.progress,
-                               distributed=self.distributed, models=self.models,
-                               groups=self.groups)
+                               distributed=self.distributed,
+                               **self._engine_for(adapter.base))
         with self._lock:
             self.index_builds += 1
         log.info("curvature index of %s/%s v%d: %d pairs, %d HVPs, %.1fs", adapter.tenant,
@@ -603,12 +604,13 @@ class BatchWorker:
 
     def _losses(self, version: AdapterVersion, rows: list) -> torch.Tensor:
         """L_i of an adapter version on each row [n], on the warm engine."""
-        if self.models is not None:
-            model, _ = self.models.adapter(version.base, version.path)
+        if self.distributed is None:
+            model, _ = self.engines.adapter(version.base, version.path)
             return loss_values(model, rows, self.settings.eval_batch_size)
         spec = WorkerSpec(version.base, str(Path(version.path).resolve()),
                           self.distributed.base_dtype)
-        return self.groups.losses(spec, rows, self.settings.eval_batch_size)
+        return self.engines.engine(version.base).losses(spec, rows,
+                                                        self.settings.eval_batch_size)
 
     def _holdout_sample(self, data: DatasetVersion) -> list:
         if data.holdout is None:
