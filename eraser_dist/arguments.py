@@ -353,6 +353,10 @@ class ServiceArguments(Options):
                               minimum=1)
     idle_seconds: float = option(600.0, "release a held base (or stop its worker groups) "
                                  "after this many seconds without a batch", above=0)
+    heartbeat_seconds: float = option(10.0, "seconds between the serve's heartbeats in the "
+                                      "registry; a serve not heard from for 3 of them "
+                                      "reads as 'lost' in /v1/status, /metrics and `eraser "
+                                      "queue --summary`", above=0)
     api_replicas: int = option(1, "with --workers and --http: Ray Serve replicas of the HTTP "
                                "API (actors/api.py)", minimum=1)
 

@@ -570,7 +570,7 @@ def test_sigkill_of_the_serve_command_at_an_arbitrary_moment(fleet, reference_st
     submit_small_load(service, tokens)
     argv = [sys.executable, "-m", "eraser_dist.cli", "serve", "--drain", "--quiet", "--root",
             str(service.root), "--max-batch-requests", "3", "--hvp", "exact", "--damping", "0.1",
-            "--tol", "1e-6", "--max-iter", "30"]
+            "--tol", "1e-6", "--max-iter", "30", "--heartbeat-seconds", "0.2"]
     child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not service.registry.query("SELECT 1 FROM batches WHERE state = 'committed'"):
@@ -578,7 +578,12 @@ def test_sigkill_of_the_serve_command_at_an_arbitrary_moment(fleet, reference_st
         time.sleep(0.05)
     os.kill(child.pid, signal.SIGKILL)
     child.wait(timeout=60)
+    # the killed serve's row still says 'serving'; three missed beats later it reads as lost
+    assert service.registry.serve_state()["pid"] == child.pid
+    time.sleep(3 * 0.2 + 0.1)
+    assert service.registry.serve_state()["state"] == "lost"
     subprocess.run(argv, check=True, timeout=300)
+    assert service.registry.serve_state()["state"] == "stopped"
     state = final_state(service)
     assert state["requests"] == {"done": 10}
     for adapter in ("a1", "b1"):
@@ -1134,6 +1139,65 @@ def test_metrics_and_status_match_the_journal_after_a_run(fleet, capsys):
     code, out, _ = run_cli(capsys, "queue", "--summary", "--root", str(service.root),
                            "--operator-token", operator)
     assert code == 0 and json.loads(out) == overview
+
+
+def test_the_serve_beats_through_a_long_batch_and_reads_as_serving(fleet, monkeypatch):
+    """--heartbeat-seconds 0.05 and a batch whose certificates take 0.5 s (ten beats, and
+    nothing else recorded since the batch began): the registry still reads 'serving' then,
+    and its last beat is recent. Without the heartbeat it would read 'lost' there."""
+    import time
+
+    service, tokens = fleet
+    service.submit(tokens["acme"], "a1", {"kind": "remove", "ids": ["a1-3"]})
+    worker = service.worker(replace(SETTINGS, heartbeat_seconds=0.05), ERASE)
+    seen = []
+    certify = worker._certify
+
+    def slow_certify(*args):
+        time.sleep(0.5)
+        seen.append((service.registry.serve_state(), time.time()))
+        return certify(*args)
+
+    monkeypatch.setattr(worker, "_certify", slow_certify)
+    assert worker.serve(drain=True) == 1
+    [(during, when)] = seen
+    assert during["state"] == "serving" and during["batches"] == 0
+    assert when - during["updated"] <= 3 * 0.05
+    assert service.registry.serve_state()["state"] == "stopped"
+
+
+def test_ctrl_c_in_serve_says_what_stays_and_the_next_serve_redoes_the_cut_batch(
+        fleet, capsys, monkeypatch):
+    """Ctrl-C during the second batch's certificates: the command exits 130 and says the
+    first batch stays published; the second is left 'running', and the next serve rolls it
+    back and redoes it."""
+    from eraser_dist.service.worker import BatchWorker
+
+    service, tokens = fleet
+    for request in requests_for("a1", 2, seed=4):
+        service.submit(tokens["acme"], "a1", request)
+    certify, calls = BatchWorker._certify, []
+
+    def certify_then_ctrl_c(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return certify(self, *args)
+
+    monkeypatch.setattr(BatchWorker, "_certify", certify_then_ctrl_c)
+    code, _, err = run_cli(capsys, "serve", "--drain", "--quiet", "--root", str(service.root),
+                           "--damping", "0.1", "--max-iter", "30", "--max-batch-requests", "1")
+    assert code == 130 and err.strip() == (
+        "eraser: interrupted; 1 batch(es) committed and published stay; a batch that was "
+        "running is rolled back and redone by the next serve")
+    states = [b["state"] for b in service.registry.query("SELECT state FROM batches ORDER BY id")]
+    assert states == ["committed", "running"]
+    assert service.registry.serve_state()["state"] == "stopped"
+    monkeypatch.setattr(BatchWorker, "_certify", certify)
+    worker = service.worker(replace(SETTINGS, max_batch_requests=1), ERASE)
+    assert worker.serve(drain=True) == 1
+    states = [b["state"] for b in service.registry.query("SELECT state FROM batches ORDER BY id")]
+    assert states == ["committed", "rolled_back", "committed"]
 
 
 def test_serve_log_json_ends_with_the_drained_summary(fleet, capsys):

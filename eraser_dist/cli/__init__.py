@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import warnings
 
-from ..errors import EraserError
+from ..errors import EraserError, Interrupted
 from . import engine, experiments, service
 from .common import EraserArgumentParser
 
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     except EraserError as err:
         print(f"eraser: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("eraser: interrupted; nothing was published", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        outcome = err.outcome if isinstance(err, Interrupted) else "nothing was published"
+        print(f"eraser: interrupted; {outcome}", file=sys.stderr)
         return 130
     return 0

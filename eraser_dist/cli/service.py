@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ..arguments import ServiceArguments
-from ..errors import EraserError
+from ..errors import EraserError, Interrupted
 from .common import print_json
 from .engine import engine_options, solver_options
 from .options import add_options, options_from
@@ -134,7 +134,12 @@ def cmd_serve(ns: argparse.Namespace) -> None:
             url = _start_http(stack, service, address, distributed is not None,
                               settings.api_replicas)
             say(ns, f"HTTP API on {url}/v1/openapi.json", {"event": "http_started", "url": url})
-        committed = worker.serve(drain=ns.drain)
+        try:
+            committed = worker.serve(drain=ns.drain)
+        except KeyboardInterrupt:
+            raise Interrupted(f"{worker.stats.batches} batch(es) committed and published "
+                              "stay; a batch that was running is rolled back and redone by "
+                              "the next serve") from None
         say(ns, f"{committed} batch(es) committed",
             worker.stats.summary(worker.base_loads))
 

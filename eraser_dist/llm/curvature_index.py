@@ -190,6 +190,17 @@ def load_index(path: str | os.PathLike) -> CurvatureIndex:
     return CurvatureIndex(meta, curvature, tensors["theta"])
 
 
+@dataclass(frozen=True)
+class _HeldIndex:
+    """An index in :class:`IndexCache`, with the (inode, size, mtime) of its two files as
+    read, and when it was last asked for."""
+
+    tensors_key: tuple[int, ...]
+    meta_key: tuple[int, ...]
+    index: CurvatureIndex
+    used: float
+
+
 class IndexCache:
     """Curvature indexes held in memory across erases (the service's warm engine), by
     folder. :meth:`load` reads an index's tensors once and hands back the same tensors
@@ -200,8 +211,7 @@ class IndexCache:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
-        self.held: dict[Path, tuple[tuple[int, ...], tuple[int, ...], CurvatureIndex]] = {}
-        self.used: dict[Path, float] = {}
+        self.held: dict[Path, _HeldIndex] = {}
         self.tensor_reads = 0
         self.lock = threading.Lock()
 
@@ -211,28 +221,26 @@ class IndexCache:
         with self.lock:  # the serve's batch threads share the cache
             tensors_key, meta_key = _file_key(path / INDEX_TENSORS), _file_key(path / INDEX_META)
             held = self.held.get(path)
-            if held is None or held[0] != tensors_key:
+            if held is None or held.tensors_key != tensors_key:
                 index = load_index(path)
                 self.tensor_reads += 1
-            elif held[1] != meta_key:
-                index = replace(held[2], meta=read_index_meta(path))
+            elif held.meta_key != meta_key:
+                index = replace(held.index, meta=read_index_meta(path))
             else:
-                index = held[2]
-            self.held[path] = (tensors_key, meta_key, index)
-            self.used[path] = self.clock()
+                index = held.index
+            self.held[path] = _HeldIndex(tensors_key, meta_key, index, self.clock())
             return index
 
     def release_idle(self, seconds: float) -> None:
         """Forget the indexes unused for ``seconds``."""
         with self.lock:
             now = self.clock()
-            for path in [p for p, used in self.used.items() if now - used >= seconds]:
-                del self.held[path], self.used[path]
+            for path in [p for p, held in self.held.items() if now - held.used >= seconds]:
+                del self.held[path]
 
     def clear(self) -> None:
         with self.lock:
             self.held.clear()
-            self.used.clear()
 
 
 def _file_key(path: Path) -> tuple[int, ...]:

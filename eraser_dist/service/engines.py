@@ -143,8 +143,11 @@ class EnginePool(Generic[E]):
         return idle
 
     def release_all(self, why: str) -> None:
+        """Release every engine not held: after a Ctrl-C, batches still running in other
+        threads keep theirs (closing worker groups under one would fail its requests), and
+        the process's exit takes them."""
         with self.lock:
-            for base in list(self.engines):
+            for base in [b for b in self.engines if b not in self.holds]:
                 self.release(base, why)
 
     def held(self) -> list[str]:

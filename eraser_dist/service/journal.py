@@ -111,9 +111,15 @@ class Journal:
                                     "body_sha256": row["body_sha256"]}
         return found
 
-    def pending(self) -> list[JournalEntry]:
+    def pending(self, tenant: str | None = None, adapter: str | None = None
+                ) -> list[JournalEntry]:
+        """The pending requests in journal order: all, or those of ``tenant``'s
+        ``adapter``."""
+        where, args = "state = 'pending'", ()
+        if tenant is not None:
+            where, args = f"{where} AND tenant = ? AND adapter = ?", (tenant, adapter)
         rows = self.registry.query("SELECT seq, id, tenant, adapter, body FROM requests "
-                                   "WHERE state = 'pending' ORDER BY seq")
+                                   f"WHERE {where} ORDER BY seq", args)
         return [JournalEntry(r["seq"], r["id"], r["tenant"], r["adapter"],
                              parse_request(json.loads(r["body"]))) for r in rows]
 

@@ -86,7 +86,7 @@ class ServiceCollector(Collector):
         if serve is None:  # no serve has run on this root
             return
         yield GaugeMetricFamily("eraser_serve_running", "1 while a serve process works on "
-                                "this root (as it last recorded)",
+                                "this root (its record says so and its heartbeat is recent)",
                                 value=int(serve["state"] == "serving"))
         yield CounterMetricFamily("eraser_batches", "batches committed by the serve",
                                   value=serve["batches"])

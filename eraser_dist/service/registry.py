@@ -87,6 +87,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_adapter_per_dataset ON adapters (tenant, d
 """
 
 
+# a serve whose record is older than this many heartbeats reads as lost
+LOST_AFTER_BEATS = 3
+
+
 def check_name(kind: str, name: Any) -> str:
     """A tenant, dataset or adapter name: 1–64 of [A-Za-z0-9_.-], starting alphanumeric."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
@@ -212,23 +216,40 @@ class Registry:
     def record_serve(self, state: str, started: float, stats: dict[str, Any]) -> None:
         """The serve process's own state ('serving', 'stopped') and counters, so that any
         process reads them: ``eraser queue --summary``, ``/metrics`` and ``/v1/status`` of
-        an API served elsewhere (Ray Serve replicas). One row: one serve per data root."""
+        an API served elsewhere (Ray Serve replicas). One row: one serve per data root.
+        ``stats["heartbeat_seconds"]`` says how often the serve beats (:meth:`beat`)."""
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO serve_state (id, state, pid, host, started, "
                        "updated, stats) VALUES (1, ?, ?, ?, ?, ?, ?)",
                        (state, os.getpid(), socket.gethostname(), started, time.time(),
                         dumps(stats)))
 
+    def beat(self) -> None:
+        """Mark this process's 'serving' record as heard from now (its ``updated`` time);
+        nothing if another process's record replaced it."""
+        with self.transaction() as db:
+            db.execute("UPDATE serve_state SET updated = ? WHERE id = 1 AND state = 'serving' "
+                       "AND pid = ? AND host = ?",
+                       (time.time(), os.getpid(), socket.gethostname()))
+
     def serve_state(self) -> dict[str, Any] | None:
         """What :meth:`record_serve` last wrote (None if no serve ever ran on this root):
-        state, pid, host, started, updated and the counters. A serve killed outright leaves
-        its last 'serving' row until the next serve starts; ``updated`` tells its age."""
+        state, pid, host, started, updated (when it was last heard from) and the counters.
+        A 'serving' record not heard from for ``LOST_AFTER_BEATS`` heartbeats reads as
+        'lost': its serve was killed outright (or hangs), and the next serve rolls back its
+        running batches. (A record from before heartbeats has none and never reads as lost.)
+        """
         rows = self.query("SELECT * FROM serve_state")
         if not rows:
             return None
         row = dict(rows[0])
-        return {**{k: row[k] for k in ("state", "pid", "host", "started", "updated")},
-                **json.loads(row["stats"])}
+        stats = json.loads(row["stats"])
+        state, beats = row["state"], stats.get("heartbeat_seconds")
+        if (state == "serving" and beats is not None
+                and time.time() - row["updated"] > LOST_AFTER_BEATS * beats):
+            state = "lost"
+        return {"state": state, **{k: row[k] for k in ("pid", "host", "started", "updated")},
+                **stats}
 
     def audit_log(self, tenant: str | None = None) -> list[dict[str, Any]]:
         rows = self.query("SELECT * FROM audit ORDER BY id") if tenant is None else self.query(

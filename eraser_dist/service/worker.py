@@ -133,7 +133,7 @@ class BatchWorker:
         the serve's state and counters are recorded in the registry as they change.
 
         Batches on different bases run side by side, up to ``max_engines`` at a time (a
-        thread each; Ctrl-C then waits for the running ones), each on its base's engine: in
+        thread each; Ctrl-C then lets the running ones end), each on its base's engine: in
         this process, or its own worker groups with ``--workers``. Batches on one base take
         turns on its engine, and one adapter's batches run strictly one after another.
         """
@@ -147,12 +147,18 @@ class BatchWorker:
             self.started = time.time()
             self.recover()
             self.record_state("serving")
+            stop_beating = threading.Event()
+            heart = threading.Thread(target=self._beat, args=(stop_beating,), daemon=True,
+                                     name="eraser-heartbeat")
+            heart.start()
             try:
                 if slots == 1:  # in this thread: Ctrl-C stops the batch itself
                     return self._schedule(_InThisThread(), 1, drain, should_stop)
                 with ThreadPoolExecutor(slots, thread_name_prefix="eraser-batch") as threads:
                     return self._schedule(threads, slots, drain, should_stop)
             finally:
+                stop_beating.set()
+                heart.join()
                 # give the memory, and the cluster's CPUs and GPUs, back
                 self.engines.release_all("the serve stopped")
                 self.indexes.clear()
@@ -172,7 +178,12 @@ class BatchWorker:
                     break
                 running[threads.submit(self.run_target, *target[:2])] = target
             if running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                try:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                except KeyboardInterrupt:  # batch threads: Python cannot stop them
+                    log.warning("stopping once the %d running batch(es) end; kill the process "
+                                "to stop at once (the next serve redoes them)", len(running))
+                    raise
                 for future in done:
                     del running[future]
                     outcome = future.result()
@@ -213,11 +224,22 @@ class BatchWorker:
         self.indexes.release_idle(self.settings.idle_seconds)
         self.engines.release_idle()
 
+    def _beat(self, stop: threading.Event) -> None:
+        """Every ``heartbeat_seconds`` until ``stop``: tell the registry this serve lives,
+        also through a batch of many minutes. A failed beat is logged and the next one
+        tried (the registry may be busy); the batches go on."""
+        while not stop.wait(self.settings.heartbeat_seconds):
+            try:
+                self.registry.beat()
+            except Exception as err:  # noqa: BLE001 (a missed beat must not stop the serve)
+                log.warning("heartbeat not recorded: %s", err)
+
     def record_state(self, state: str) -> None:
         """Record the serve's state and counters in the registry when they changed (an idle
-        serve polling the queue writes nothing)."""
+        serve polling the queue writes nothing but its heartbeat)."""
         with self._lock:
-            counters = self.stats.counters(self.base_loads, self.engines.held())
+            counters = {**self.stats.counters(self.base_loads, self.engines.held()),
+                        "heartbeat_seconds": self.settings.heartbeat_seconds}
         if (state, counters) != self._recorded:
             self.registry.record_serve(state, self.started, counters)
             self._recorded = (state, counters)
@@ -305,7 +327,7 @@ class BatchWorker:
         failed) fails its own requests with that reason, and the worker goes on with the
         other adapters: one tenant's damaged file never stops another tenant's work.
         """
-        waiting = [e for e in self.journal.pending() if (e.tenant, e.adapter) == (tenant, name)]
+        waiting = self.journal.pending(tenant, name)
         try:
             adapter, data, examples = self._verified_inputs(tenant, name)
         except Exception as err:  # noqa: BLE001 (any damage stops this adapter only)
