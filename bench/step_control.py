@@ -21,6 +21,13 @@ the control set, as :func:`~eraser_dist.core.influence.solved_step` then
 - ``stages4``: the edit in 4 stages along f_t, each solved from the same index (path
   following; its own 4 solves);
 - ``stages4+line_search``: both.
+- ``path``: 4 stages of at most 4 CG iterations each, every stage started and
+  preconditioned by the same index (path following at about the plain solve's product
+  budget; its own solves);
+
+Beside retraining from scratch it fine-tunes once more from Θ̂ on the edited set with the
+training's own budget (``continued``: a minimiser of f_new reached from Θ̂, where a step
+control can aim at best), and gives its recovery as it gives the controls'.
 
 Per control: the mean loss on the edited rows (new versions of edited rows; the removed rows
 for a removal) and on kept rows, the recovery (m − Θ̂)/(retrain − Θ̂) of the edited rows'
@@ -46,6 +53,7 @@ import torch
 from eraser_dist.arguments import EraseArguments, TrainArguments
 from eraser_dist.core.backend import InProcessBackend
 from eraser_dist.core.influence import (
+    chosen_control,
     control_step,
     fit_curvature,
     newton_step,
@@ -54,6 +62,7 @@ from eraser_dist.core.influence import (
 from eraser_dist.experiments.runner import (
     PRESETS,
     ExperimentPreset,
+    Trainings,
     build_task_set,
     experiment_inputs,
     measured_rows,
@@ -83,6 +92,7 @@ CONTROLS = {
     "newton": {"step_control": "newton", "newton_steps": 2},
     "stages4": {"stages": 4, "step_control": "none"},
     "stages4+line_search": {"stages": 4, "step_control": "line_search"},
+    "path": {"step_control": "path"},
 }
 
 
@@ -91,6 +101,10 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
     inputs = experiment_inputs(work, name, preset)
     rows, request, edited = inputs.rows, inputs.request, inputs.edited
     retrain_seconds = inputs.retrain_seconds
+    # f_new minimised from Θ̂ by the training itself: the training's epochs and rate
+    continued, _ = Trainings(work / "trainings", replace(
+        preset, warm_epochs=preset.training.epochs, warm_lr=None), False)(
+            work / name / "edited.parquet", init=inputs.corrupted)
     model, meta = load_adapter(load_base(preset.base), inputs.corrupted)
     backend = InProcessBackend(model)
     theta0 = model.get_flat().double()
@@ -107,6 +121,8 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
     losses["corrupted"] = row_losses(model, affected, kept, preset.eval_batch_size)
     model.set_flat(adapter_vector(model, inputs.retrained).double())
     losses["retrain"] = row_losses(model, affected, kept, preset.eval_batch_size)
+    model.set_flat(adapter_vector(model, continued).double())
+    losses["continued"] = row_losses(model, affected, kept, preset.eval_batch_size)
     model.set_flat(theta0)  # b and H at Θ̂, not at the retrained adapter just measured
 
     def quiet(status: dict) -> None:
@@ -121,7 +137,7 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
         args = replace(preset.erase, **CONTROLS[label])
         model.set_flat(theta0)
         start = time.perf_counter()
-        if args.stages > 1:  # a path: its own solves
+        if args.stages > 1 or chosen_control(args, edited) == "path":  # its own solves
             result = newton_step(backend, edited, meta.weight_decay, args, progress=False,
                                  index=fitted.curvature)
             seconds = time.perf_counter() - start

@@ -274,7 +274,7 @@ def erase_report(batch: Sequence[EraseRequest], edited: EditedObjective, args: E
         negative_curvature=result.negative_curvature, truncated=result.truncated,
         on_negative_curvature=args.on_negative_curvature, step=args.step,
         preconditioner="curvature_index" if index is not None else args.preconditioner,
-        gradient=args.gradient, stages=args.stages,
+        gradient=args.gradient, stages=len(result.stages) or 1,
         tol=args.tol, hessian_rows=result.hessian_rows, rhs_norm=result.rhs_norm,
         delta_norm=float(result.delta.norm()), adapter_norm=float(theta.norm()),
         seconds=seconds, rhs_seconds=result.rhs_seconds, solve_seconds=result.solve_seconds,

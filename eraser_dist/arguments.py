@@ -25,7 +25,7 @@ DOUBLE_BACKWARD_HVPS = ("exact", "ggn_exact")  # not on a ZeRO-3-partitioned bas
 CurvatureData = Literal["original", "edited"]
 NegativeCurvaturePolicy = Literal["ggn", "truncate", "fail"]
 StepKind = Literal["cg", "least_residual"]
-StepControlKind = Literal["auto", "none", "line_search", "damping", "newton"]
+StepControlKind = Literal["auto", "none", "line_search", "damping", "newton", "path"]
 PreconditionerKind = Literal["none", "fisher_diagonal"]
 RhsGradient = Literal["changed_rows", "all_rows"]
 Backend = Literal["auto", "gloo", "nccl"]
@@ -225,8 +225,10 @@ class EraseArguments(Options):
         "none for removals alone), none (the Newton step), line_search (the edited "
         "objective on a grid of step lengths along ΔΘ, forward passes only), damping (the "
         "edited objective at each of --damping-factors, each step re-solved in the solve's "
-        "own Krylov span: forward passes only; least-residual steps) or newton (up to "
-        "--newton-steps Newton steps on the edited objective, the first step's matrix kept)")
+        "own Krylov span: forward passes only; least-residual steps), newton (up to "
+        "--newton-steps Newton steps on the edited objective, the first step's matrix kept) "
+        "or path (the request in --path-stages stages along the path to the edited "
+        "objective, sharing --max-iter's CG iterations)")
     step_alphas: tuple[float, ...] = option(
         (0.25, 0.5, 0.75, 1.0, 1.25), "the line search's step lengths α (then up to 3 "
         "parabolic refinements around the best)", above=0)
@@ -239,6 +241,9 @@ class EraseArguments(Options):
                                    minimum=0)
     newton_steps: int = option(2, "Newton steps in all with --step-control newton",
                                minimum=1)
+    path_stages: int = option(4, "with --step-control path: the stages the request is cut "
+                              "into, each from where the last ended, with --max-iter's CG "
+                              "iterations shared among them", minimum=2)
 
     def check(self) -> None:
         if self.stages > 1 and self.gradient != "changed_rows":
@@ -248,6 +253,12 @@ class EraseArguments(Options):
             raise EraserError("--step-alphas is empty; give at least one step length α > 0")
         if not self.damping_factors:
             raise EraserError("--damping-factors is empty; give at least one factor > 0")
+        if self.step_control == "path" and self.stages > 1:
+            raise EraserError("--step-control path makes its own stages (--path-stages); "
+                              "leave --stages at 1")
+        if self.step_control == "path" and self.gradient != "changed_rows":
+            raise EraserError("--step-control path needs --gradient changed_rows (a stage's "
+                              "b would need ∇f_t where the last stage ended)")
         if self.step_control == "damping" and self.stages > 1:
             # the search re-solves in one solve's Krylov span; a path of stages has several
             raise EraserError("--step-control damping needs --stages 1")

@@ -222,8 +222,45 @@ def solved_step(backend: CurvatureBackend, edited: EditedObjective, weight_decay
     """:func:`newton_step` before its step control: the solve (or the path of stages), with
     the span kept when ``args.step_control`` is ``damping``. Comparing controls on one solve
     (bench/step_control.py) calls it once and :func:`control_step` per control."""
+    if chosen_control(args, edited) == "path":
+        return path_step(backend, edited, weight_decay, args, report, checkpoints, index)
     if args.stages == 1:
         return _one_step(backend, edited, weight_decay, args, report, checkpoints, 1, index)
+    return _stages(backend, edited, weight_decay, args, report, checkpoints, index)
+
+
+def path_step(backend: CurvatureBackend, edited: EditedObjective, weight_decay: float,
+              args: EraseArguments, report: StatusCallback,
+              checkpoints: Checkpoints | None = None,
+              index: LowRankCurvature | None = None) -> InfluenceResult:
+    """The ``path`` step control: the request in ``args.path_stages`` K stages along f_t
+    (§1.7), each stage's CG at most ⌈``args.max_iter``/K⌉ iterations, so that the path
+    costs about the one solve's products (and K right-hand sides over the changed rows,
+    and each stage's first step, one product). Every stage starts from, and is
+    preconditioned by, the same curvature ``index``, built at Θ̂; without one, by the Fisher
+    diagonal computed once at Θ̂ (an index of rank 0) rather than once per stage (with
+    ``preconditioner`` ``none``, plain CG from zero at every stage). Each
+    stage's b is taken where the last stage ended, so the curvature of the rows the request
+    adds is re-read on the way, where one step takes it at Θ̂ alone."""
+    stages = args.path_stages
+    if index is None and args.preconditioner == "fisher_diagonal":
+        rows, weights = hessian_subset(edited, args.curvature, args.hessian_samples, args.seed)
+        backend.use_hessian_rows(rows, weights)
+        report({"phase": "computing the preconditioner"})
+        scaling = fisher_scaling(backend.fisher_diagonal, 1.0 / float(weights.sum()),
+                                 erase_damping(args, weight_decay))
+        index = LowRankCurvature(scaling, scaling.new_zeros(0),
+                                 scaling.new_zeros(0, scaling.numel()))
+    result = _stages(backend, edited, weight_decay, replace(
+        args, stages=stages, max_iter=-(-args.max_iter // stages), step_control="none"),
+        report, checkpoints, index)
+    return replace(result, control=StepControlFigures("path", 1.0, stages, [], [], 0.0))
+
+
+def _stages(backend: CurvatureBackend, edited: EditedObjective, weight_decay: float,
+            args: EraseArguments, report: StatusCallback, checkpoints: Checkpoints | None,
+            index: LowRankCurvature | None) -> InfluenceResult:
+    """``args.stages`` steps, each for 1/K of the edit from where the last ended."""
     theta = backend.theta()
     steps: list[InfluenceResult] = []
     try:
@@ -249,7 +286,7 @@ def control_step(backend: CurvatureBackend, edited: EditedObjective, weight_deca
     chord Newton steps (:func:`edited_gradient` and the erase's own solve, from the
     ``index`` if any); ``auto`` is resolved by :func:`chosen_control`."""
     kind = chosen_control(args, edited)
-    if kind == "none":
+    if kind in ("none", "path"):  # a path's stages were its solve (path_step)
         return result
     theta, start = backend.theta(), time.perf_counter()
     try:

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from ..errors import EraserError
@@ -45,6 +46,14 @@ class Engine(Protocol):
 E = TypeVar("E", bound=Engine)
 
 
+@dataclass
+class _HeldEngine(Generic[E]):
+    """An engine in :class:`EnginePool`, and when a batch last asked for it."""
+
+    engine: E
+    used: float
+
+
 class EnginePool(Generic[E]):
     """Engines by base name, started by ``start(base)``, safe to share between the serve's
     batch threads. ``base_loads`` counts the bases loaded by every engine it ever held,
@@ -62,8 +71,7 @@ class EnginePool(Generic[E]):
         self.max_engines = max_engines
         self.idle_seconds = idle_seconds
         self.clock = clock
-        self.engines: dict[str, E] = {}
-        self.used: dict[str, float] = {}
+        self.engines: dict[str, _HeldEngine[E]] = {}
         self.holds: dict[str, int] = {}
         self.starting = 0
         self.released_loads = 0  # base loads of the engines already released
@@ -87,27 +95,25 @@ class EnginePool(Generic[E]):
     def engine(self, base: str) -> E:
         """The engine of ``base``, started first if none is held."""
         with self.lock:
-            engine = self.engines.get(base)
-            if engine is None:
-                while len(self.engines) + self.starting >= self.max_engines:
-                    free = [b for b in self.engines if b not in self.holds]
-                    if not free:
-                        raise EraserError(f"no room for base {base}: all {self.max_engines} "
-                                          "engines are held by running batches")
-                    self.release(min(free, key=self.used.__getitem__), "the budget")
-                self.starting += 1
-        starting = engine is None
-        if starting:
-            try:
-                engine = self.start(base)
-            finally:
-                with self.lock:
-                    self.starting -= 1
+            held = self.engines.get(base)
+            if held is not None:
+                held.used = self.clock()
+                return held.engine
+            while len(self.engines) + self.starting >= self.max_engines:
+                free = [b for b in self.engines if b not in self.holds]
+                if not free:
+                    raise EraserError(f"no room for base {base}: all {self.max_engines} "
+                                      "engines are held by running batches")
+                self.release(min(free, key=lambda b: self.engines[b].used), "the budget")
+            self.starting += 1
+        try:
+            engine = self.start(base)
+        finally:
+            with self.lock:
+                self.starting -= 1
         with self.lock:
-            if starting:
-                self.engines[base] = engine
-                log.info("engine of base %s started (%d held)", base, len(self.engines))
-            self.used[base] = self.clock()
+            self.engines[base] = _HeldEngine(engine, self.clock())
+            log.info("engine of base %s started (%d held)", base, len(self.engines))
         return engine
 
     def adapter(self, base: str, adapter_dir: str | os.PathLike
@@ -120,12 +126,12 @@ class EnginePool(Generic[E]):
     @property
     def base_loads(self) -> int:
         with self.lock:
-            return self.released_loads + sum(e.base_loads for e in self.engines.values())
+            return self.released_loads + sum(
+                held.engine.base_loads for held in self.engines.values())
 
     def release(self, base: str, why: str) -> None:
         """Close ``base``'s engine and drop it; the caller holds the lock."""
-        engine = self.engines.pop(base)
-        del self.used[base]
+        engine = self.engines.pop(base).engine
         engine.close()
         self.released_loads += engine.base_loads
         self.releases += 1
@@ -136,8 +142,8 @@ class EnginePool(Generic[E]):
         bases."""
         with self.lock:
             now = self.clock()
-            idle = [b for b, used in self.used.items()
-                    if now - used >= self.idle_seconds and b not in self.holds]
+            idle = [b for b, held in self.engines.items()
+                    if now - held.used >= self.idle_seconds and b not in self.holds]
             for base in idle:
                 self.release(base, f"idle {self.idle_seconds:g} s")
         return idle

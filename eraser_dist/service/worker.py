@@ -147,18 +147,13 @@ class BatchWorker:
             self.started = time.time()
             self.recover()
             self.record_state("serving")
-            stop_beating = threading.Event()
-            heart = threading.Thread(target=self._beat, args=(stop_beating,), daemon=True,
-                                     name="eraser-heartbeat")
-            heart.start()
             try:
-                if slots == 1:  # in this thread: Ctrl-C stops the batch itself
-                    return self._schedule(_InThisThread(), 1, drain, should_stop)
-                with ThreadPoolExecutor(slots, thread_name_prefix="eraser-batch") as threads:
-                    return self._schedule(threads, slots, drain, should_stop)
+                with self._beating():
+                    if slots == 1:  # in this thread: Ctrl-C stops the batch itself
+                        return self._schedule(_InThisThread(), 1, drain, should_stop)
+                    with ThreadPoolExecutor(slots, thread_name_prefix="eraser-batch") as threads:
+                        return self._schedule(threads, slots, drain, should_stop)
             finally:
-                stop_beating.set()
-                heart.join()
                 # give the memory, and the cluster's CPUs and GPUs, back
                 self.engines.release_all("the serve stopped")
                 self.indexes.clear()
@@ -224,15 +219,27 @@ class BatchWorker:
         self.indexes.release_idle(self.settings.idle_seconds)
         self.engines.release_idle()
 
-    def _beat(self, stop: threading.Event) -> None:
-        """Every ``heartbeat_seconds`` until ``stop``: tell the registry this serve lives,
-        also through a batch of many minutes. A failed beat is logged and the next one
-        tried (the registry may be busy); the batches go on."""
-        while not stop.wait(self.settings.heartbeat_seconds):
-            try:
-                self.registry.beat()
-            except Exception as err:  # noqa: BLE001 (a missed beat must not stop the serve)
-                log.warning("heartbeat not recorded: %s", err)
+    @contextmanager
+    def _beating(self) -> Iterator[None]:
+        """While the block runs, a thread tells the registry every ``heartbeat_seconds``
+        that this serve lives, also through a batch of many minutes. A failed beat is logged
+        and the next one tried (the registry may be busy); the batches go on."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.settings.heartbeat_seconds):
+                try:
+                    self.registry.beat()
+                except Exception as err:  # noqa: BLE001 (a missed beat must not stop the serve)
+                    log.warning("heartbeat not recorded: %s", err)
+
+        heart = threading.Thread(target=beat, daemon=True, name="eraser-heartbeat")
+        heart.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            heart.join()
 
     def record_state(self, state: str) -> None:
         """Record the serve's state and counters in the registry when they changed (an idle
