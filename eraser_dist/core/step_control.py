@@ -29,11 +29,12 @@ from ..errors import EraserError
 
 @dataclass
 class StepControlFigures:
-    """What a step control did: ``kind`` (line_search, damping or newton), the step length
-    ``alpha`` chosen (1 for damping and newton), the Newton ``steps`` taken (1 unless
-    newton), every ``evaluations`` [α, φ(α)] of the line search or [damping, φ] of the
-    damping search (the chosen damping is the erase's own), the gradient norm before each
-    Newton step (``gradient_norms``), and the ``seconds`` it added."""
+    """What a step control did: ``kind`` (line_search, damping, newton or path), the step
+    length ``alpha`` chosen (1 for damping, newton and path), the Newton ``steps`` taken (1
+    for line_search and damping; a path's stages), every ``evaluations`` [α, φ(α)] of the
+    line search or [damping, φ] of the damping search (the chosen damping is the erase's
+    own), the gradient norm before each Newton step (``gradient_norms``), and the
+    ``seconds`` it added (0 for a path, whose stages are the solve)."""
 
     kind: str
     alpha: float
