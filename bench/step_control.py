@@ -24,6 +24,11 @@ the control set, as :func:`~eraser_dist.core.influence.solved_step` then
 - ``path``: 4 stages of at most 4 CG iterations each, every stage started and
   preconditioned by the same index (path following at about the plain solve's product
   budget; its own solves);
+- ``path2``: the same in 2 stages of at most 8 iterations each (half the right-hand sides
+  over the changed rows);
+- ``path+line_search``: ``path``, then the line search along its whole step (not an
+  option of ``eraser erase``: the candidate for a default that also lands on the tests'
+  one-parameter logistic, where the path alone overshoots).
 
 Beside retraining from scratch it fine-tunes once more from Θ̂ on the edited set with the
 training's own budget (``continued``: a minimiser of f_new reached from Θ̂, where a step
@@ -93,6 +98,8 @@ CONTROLS = {
     "stages4": {"stages": 4, "step_control": "none"},
     "stages4+line_search": {"stages": 4, "step_control": "line_search"},
     "path": {"step_control": "path"},
+    "path2": {"step_control": "path", "path_stages": 2},
+    "path+line_search": {"step_control": "path"},  # then the line search, in run()
 }
 
 
@@ -140,6 +147,10 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
         if args.stages > 1 or chosen_control(args, edited) == "path":  # its own solves
             result = newton_step(backend, edited, meta.weight_decay, args, progress=False,
                                  index=fitted.curvature)
+            if label == "path+line_search":
+                result = control_step(backend, edited, meta.weight_decay,
+                                      replace(args, step_control="line_search"), result,
+                                      quiet, fitted.curvature)
             seconds = time.perf_counter() - start
         else:
             result = control_step(backend, edited, meta.weight_decay, args, solved, quiet,
