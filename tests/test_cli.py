@@ -283,6 +283,38 @@ def test_erase_in_stages_reports_each_stage(work, tmp_path, capsys):
     assert two["delta_norm"] != pytest.approx(one["delta_norm"], rel=1e-3)
 
 
+@pytest.mark.parametrize("control", ["auto", "path"])
+def test_erase_text_says_what_the_step_control_did(control, work, tmp_path, capsys):
+    """The default on a correction is the line search: the line gives its α. A path's
+    stages stop at their share of --max-iter, so its line names the path and its worst
+    stage's residual instead of calling the erase unconverged."""
+    request = write_request(tmp_path, REQUESTS["correct_response"])
+    out = tmp_path / control
+    # --max-iter 4: one iteration a stage on the path, which leaves each stage unconverged
+    captured = run_ok(capsys, erase_argv("tiny-llama", work.adapter, work.data, request, out,
+                                         "--hvp", "ggn", "--step-control", control,
+                                         "--max-iter", "16" if control == "auto" else "4",
+                                         "--quiet"))
+    report = json.loads((out / "erase_report.json").read_text())
+    step = report["step_control"]
+    if control == "auto":
+        assert step["kind"] == "line_search"
+        assert captured.out.startswith("correct_response of 2 of 16 rows: CG converged in "
+                                       f"{report['cg_iterations']} iterations")
+        assert (f"; step length α = {step['alpha']:.3g} from {len(step['evaluations'])} "
+                "evaluations, ‖ΔΘ‖") in captured.out
+    else:
+        assert (step["kind"], step["steps"], len(report["stage_steps"])) == ("path", 4, 4)
+        worst = max(s["relative_residual"] for s in report["stage_steps"])
+        assert report["relative_residual"] == worst and not report["cg_converged"]
+        assert report["cg_iterations"] == 4
+        assert captured.out.startswith(
+            f"correct_response of 2 of 16 rows: path of 4 stages, CG {report['cg_iterations']}"
+            f" iterations in all (each stage stops at its share of --max-iter, not at --tol), "
+            f"worst stage's relative residual {worst:.2e}, ‖ΔΘ‖")
+        assert "converged" not in captured.out
+
+
 def test_eval_json_matches_api(work, capsys):
     captured = run_ok(capsys, ["eval", "--base", "tiny-llama", "--adapter", str(work.adapter),
                                "--data", str(work.data), "--json", "--quiet"])

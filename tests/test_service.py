@@ -623,8 +623,16 @@ def test_batches_start_from_the_adapters_curvature_index(fleet, rebuild_growth, 
     current, data = original.path, service.registry.dataset("acme", "a1-data", 1).path
     for position, request in enumerate(requests):
         out = service.root.parent / f"no-index-{builds}-{position}"
-        api.erase("tiny-llama", current, data, parse_request(request), out, erase,
-                  progress=False)
+        cold = api.erase("tiny-llama", current, data, parse_request(request), out, erase,
+                         progress=False)
+        # the certificate says what the step control did: none on the removal, the line
+        # search's α on the correction, as the cold erase's report has it
+        control = service.certificate(tokens["acme"], ids[position])["solver"]["step_control"]
+        assert (control is None) == (cold.step_control is None) == (position == 0)
+        if control is not None:
+            assert control["kind"] == cold.step_control.kind == "line_search"
+            assert control["alpha"] == pytest.approx(cold.step_control.alpha, rel=1e-3)
+            assert len(control["evaluations"]) == len(cold.step_control.evaluations)
         from eraser_dist.core.requests import apply_request
 
         edited = apply_request(parse_request(request), read_examples(data))

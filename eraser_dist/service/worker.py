@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -616,6 +617,10 @@ class BatchWorker:
                     "own_delta_method": "least-residual in the batch's Krylov space"
                     if len(batch) > 1 else "own solve",
                     "seconds": report.seconds,
+                    # how far along ΔΘ the erase went (None: the step as solved); a path's
+                    # stages stop at their share of the iterations, so its "converged" is false
+                    "step_control": None if report.step_control is None
+                    else asdict(report.step_control),
                     # where CG started: zero, or a curvature index's step (and its residual)
                     "start": "zero" if report.index is None else {
                         "curvature_index_of_version": report.index.adapter_version,
