@@ -64,7 +64,7 @@ def run(work: Path, name: str, preset: ExperimentPreset, seeds: list[int]) -> di
                  "reference": {**reference, "seconds": inputs.retrain_seconds,
                                "kept_change": reference["kept_loss"] - start["kept_loss"]}}
     for seed in seeds:
-        adapter, seconds = train(Path(work / name / "edited.parquet"), seed=seed)
+        adapter, seconds = train(work / name / "edited.parquet", seed=seed)
         figures = losses(adapter)
         out[f"seed{seed}"] = {
             **figures, "seconds": seconds,
