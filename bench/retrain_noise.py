@@ -25,23 +25,18 @@ Prints one JSON object per experiment as it finishes; ``--out`` writes them all.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
-import torch
-from step_control import PRESET
+from step_control import PRESET, for_each_experiment, task_options
 
 from eraser_dist.experiments.runner import (
     ExperimentPreset,
     Trainings,
-    build_task_set,
     experiment_inputs,
     measured_rows,
     recovery,
     row_losses,
 )
-from eraser_dist.experiments.tasksets import read_task_set
 from eraser_dist.llm.adapters import adapter_vector, load_adapter
 from eraser_dist.llm.models import load_base
 
@@ -75,29 +70,15 @@ def run(work: Path, name: str, preset: ExperimentPreset, seeds: list[int]) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=sorted(PRESET), default="facts")
-    parser.add_argument("--work", default="runs/step-control",
-                        help="task set, fine-tunings (cached by their inputs) and edited sets")
-    parser.add_argument("--experiments", nargs="+",
-                        help="default: every experiment of the task set")
+    parser = task_options(__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2],
                         help="training seeds of the other retrainings (the reference is the "
                         "preset's own, 0)")
-    parser.add_argument("--out")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    work, preset = Path(args.work), PRESET[args.task]
-    if preset.training.seed in args.seeds:
-        parser.error(f"--seeds must not include the reference's seed {preset.training.seed}")
-    if not (work / "task" / "manifest.json").is_file():
-        build_task_set(preset.task, work / "task")
-    results = {}
-    for name in args.experiments or read_task_set(work / "task").experiments:
-        results[name] = run(work, name, preset, args.seeds)
-        print(json.dumps(results[name], indent=1), flush=True)
-        if args.out:  # after each experiment: a crash keeps the finished ones
-            Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    if PRESET[args.task].training.seed in args.seeds:
+        parser.error(f"--seeds must not include the reference's seed "
+                     f"{PRESET[args.task].training.seed}")
+    for_each_experiment(args, lambda work, name, preset: run(work, name, preset, args.seeds))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -180,30 +181,46 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def task_options(description: str) -> argparse.ArgumentParser:
+    """The options every task-set bench shares: ``--task``, ``--work``, ``--experiments``,
+    ``--out``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--task", choices=sorted(PRESET), default="facts")
     parser.add_argument("--work", default="runs/step-control",
                         help="task set, fine-tunings (cached by their inputs) and edited sets")
     parser.add_argument("--experiments", nargs="+",
                         help="default: every experiment of the task set")
-    parser.add_argument("--rank", type=int, default=8, help="Lanczos steps of the index")
-    parser.add_argument("--controls", nargs="+", choices=list(CONTROLS), default=list(CONTROLS),
-                        help="the controls to run (none first: the others' cost is set "
-                        "against it)")
     parser.add_argument("--out")
-    args = parser.parse_args()
+    return parser
+
+
+def for_each_experiment(args: argparse.Namespace,
+                        run_one: Callable[[Path, str, ExperimentPreset], dict]) -> None:
+    """``run_one(work, name, preset)`` for each of ``args.experiments`` (default: all of the
+    task set, built under ``args.work`` first if missing); prints each result as JSON and
+    rewrites ``args.out`` after each, so that a crash keeps the finished ones."""
     torch.set_num_threads(2)
     work, preset = Path(args.work), PRESET[args.task]
     if not (work / "task" / "manifest.json").is_file():
         build_task_set(preset.task, work / "task")
     results = {}
     for name in args.experiments or read_task_set(work / "task").experiments:
-        results[name] = run(work, name, preset, args.rank, ["none"] + [
-            c for c in args.controls if c != "none"])
+        results[name] = run_one(work, name, preset)
         print(json.dumps(results[name], indent=1), flush=True)
-        if args.out:  # after each experiment: a crash keeps the finished ones
+        if args.out:
             Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+
+
+def main() -> None:
+    parser = task_options(__doc__.splitlines()[0])
+    parser.add_argument("--rank", type=int, default=8, help="Lanczos steps of the index")
+    parser.add_argument("--controls", nargs="+", choices=list(CONTROLS), default=list(CONTROLS),
+                        help="the controls to run (none first: the others' cost is set "
+                        "against it)")
+    args = parser.parse_args()
+    controls = ["none"] + [c for c in args.controls if c != "none"]
+    for_each_experiment(args, lambda work, name, preset: run(work, name, preset, args.rank,
+                                                             controls))
 
 
 if __name__ == "__main__":
