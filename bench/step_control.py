@@ -29,10 +29,6 @@ the control set, as :func:`~eraser_dist.core.influence.solved_step` then
 - ``path+line_search``: ``path``, then the line search along its whole step (not an
   option of ``eraser erase``: the candidate for a default that also lands on the tests'
   one-parameter logistic, where the path alone overshoots).
-- ``path_corrected``: ``path`` with ``--path-correction stages`` (each stage's b also holds
-  how far the changed rows' gradient bent over the last stage: Euler-Newton);
-- ``path_corrected+end``: ``--path-correction end``, those 4 stages then one more Newton
-  step on f_new (5 solves of at most 4 iterations).
 
 Beside retraining from scratch it fine-tunes once more from Θ̂ on the edited set with the
 training's own budget (``continued``: a minimiser of f_new reached from Θ̂, where a step
@@ -105,8 +101,6 @@ CONTROLS = {
     "path": {"step_control": "path"},
     "path2": {"step_control": "path", "path_stages": 2},
     "path+line_search": {"step_control": "path"},  # then the line search, in run()
-    "path_corrected": {"step_control": "path", "path_correction": "stages"},
-    "path_corrected+end": {"step_control": "path", "path_correction": "end"},
 }
 
 

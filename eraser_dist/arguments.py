@@ -28,7 +28,6 @@ StepKind = Literal["cg", "least_residual"]
 StepControlKind = Literal["auto", "none", "line_search", "damping", "newton", "path"]
 PreconditionerKind = Literal["none", "fisher_diagonal"]
 RhsGradient = Literal["changed_rows", "all_rows"]
-PathCorrection = Literal["none", "stages", "end"]
 Backend = Literal["auto", "gloo", "nccl"]
 BaseDtype = Literal["float32", "bfloat16", "float64"]
 
@@ -245,12 +244,6 @@ class EraseArguments(Options):
     path_stages: int = option(4, "with --step-control path: the stages the request is cut "
                               "into, each from where the last ended, with --max-iter's CG "
                               "iterations shared among them", minimum=2)
-    path_correction: PathCorrection = option(
-        "none", "with --step-control path: none (each stage's b is its share of the edit "
-        "alone, as if the last stage had landed on its optimum), stages (each stage's b "
-        "also holds how far the changed rows' gradient bent away from the last stage's "
-        "linear model: Euler-Newton path following) or end (stages, then one more Newton "
-        "step on the edited objective itself, a solve more)")
 
     def check(self) -> None:
         if self.stages > 1 and self.gradient != "changed_rows":

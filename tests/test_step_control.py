@@ -62,18 +62,16 @@ QUADRATIC_REQUESTS = [{"kind": "remove", "ids": ["q3", "q11"]},
 
 
 @pytest.mark.parametrize("request_json", QUADRATIC_REQUESTS, ids=lambda r: r["kind"])
-@pytest.mark.parametrize("control", ["line_search", "damping", "newton", "path",
-                                     "path:stages", "path:end"])
+@pytest.mark.parametrize("control", ["line_search", "damping", "newton", "path"])
 def test_on_a_quadratic_loss_the_line_search_keeps_alpha_1_and_newton_stops_after_one_step(
         request_json, control):
     rows = regression_rows(20, 5)
     model = QuadraticModel(5)
     model.set_flat(ridge_solution(model, rows, WEIGHT_DECAY))
     edited = apply_request(parse_request(request_json), rows)
-    control, _, correction = control.partition(":")
     args = EraseArguments(hvp="exact", curvature="edited", tol=1e-12, max_iter=50,
                           hessian_samples=None, step_control=control, newton_steps=3,
-                          line_search_rows=100, path_correction=correction or "none")
+                          line_search_rows=100)
     result = newton_step(model, edited, WEIGHT_DECAY, args, progress=False)
     retrained = ridge_solution(model, edited.rows_after, WEIGHT_DECAY)
     assert float((model.get_flat() + result.delta - retrained).norm()
@@ -86,11 +84,7 @@ def test_on_a_quadratic_loss_the_line_search_keeps_alpha_1_and_newton_stops_afte
         assert tried[:5] == pytest.approx([WEIGHT_DECAY * f for f in (8, 4, 2, 1, 0.5)])
         assert result.span_rhs is None and result.cg.directions is None  # not kept after
     elif control == "path":  # with the edited curvature every stage lands on f_t's optimum
-        stages = 5 if correction == "end" else 4  # the end's Newton step has nothing left
-        assert (result.control.kind, result.control.steps, len(result.stages)) == (
-            "path", stages, stages)
-        if correction == "end":
-            assert result.stages[-1].rhs_norm <= 1e-9 * result.stages[0].rhs_norm
+        assert (result.control.kind, result.control.steps, len(result.stages)) == ("path", 4, 4)
     else:
         assert result.control.steps == 1
         assert result.control.gradient_norms[-1] <= 1e-9 * result.control.gradient_norms[0]
@@ -296,52 +290,6 @@ def test_the_path_follows_the_logistic_loss_in_closed_form():
     result = newton_step(model, edited, LOGISTIC_DECAY, args, progress=False)
     assert float(result.delta) == pytest.approx(theta - theta_hat, rel=1e-9)
     assert float(result.delta) / (optimum - theta_hat) == pytest.approx(1.818, abs=1e-3)
-
-
-@pytest.mark.parametrize("correction", ["stages", "end"])
-def test_the_corrected_path_takes_newton_steps_on_each_f_t_in_closed_form(correction):
-    """With ``--path-correction`` each stage is a Newton step on f_{t_k} itself from where
-    the last ended, b = −f_{t_k}'(θ) = −((1 − t)σ(θ) − tσ(−θ) + λθ): the changed row is
-    all of the loss, so its bend is all the correction needs. Four stages land at 0.875 of
-    the way to the minimiser, short, as Newton from the saturated side of a logistic does;
-    one more Newton step on f_new (``end``) lands at 0.975, within the issue's 5%, where
-    the plain path ends at 1.82 (above)."""
-    model, edited, theta_hat, optimum = _logistic_case()
-    sigma = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
-    theta = theta_hat
-    for t in [0.25, 0.5, 0.75, 1.0] + ([1.0] if correction == "end" else []):
-        gradient = (1 - t) * sigma(theta) - t * sigma(-theta) + LOGISTIC_DECAY * theta
-        theta -= gradient / (sigma(theta) * sigma(-theta) + LOGISTIC_DECAY)
-    args = EraseArguments(hvp="exact", tol=1e-12, max_iter=40, hessian_samples=None,
-                          step_control="path", path_stages=4, path_correction=correction)
-    result = newton_step(model, edited, LOGISTIC_DECAY, args, progress=False)
-    assert float(model.get_flat()) == theta_hat
-    assert float(result.delta) == pytest.approx(theta - theta_hat, rel=1e-9)
-    landed = float(result.delta) / (optimum - theta_hat)
-    assert landed == pytest.approx(0.875 if correction == "stages" else 0.975, abs=1e-3)
-
-
-def test_on_a_quadratic_batch_the_corrected_path_gives_each_request_the_plain_paths_part():
-    """Where the changed rows' loss is quadratic their gradient does not bend, so the
-    correction is zero and every stage's b, per request, is the plain path's. Each
-    request's gradients at f_t's weights must stay with it: summed into one request's
-    term, or set against another's, they move the parts."""
-    from eraser_dist.core.requests import apply_requests
-
-    rows = regression_rows(20, 5)
-    model = QuadraticModel(5)
-    model.set_flat(ridge_solution(model, rows, WEIGHT_DECAY))
-    edited = apply_requests([parse_request(r) for r in QUADRATIC_REQUESTS], rows)
-    parts = {}
-    for correction in ("none", "stages"):
-        args = EraseArguments(hvp="exact", curvature="edited", tol=1e-12, max_iter=60,
-                              hessian_samples=None, step_control="path",
-                              path_correction=correction)
-        parts[correction] = newton_step(model, edited, WEIGHT_DECAY, args,
-                                        progress=False).parts
-    assert parts["stages"].shape == (2, 5)
-    assert torch.allclose(parts["stages"], parts["none"], rtol=1e-8, atol=1e-10)
-    assert float(parts["none"][0].norm()) > 10 * 1e-8 * float(parts["none"].norm())
 
 
 def test_chord_newton_as_a_pure_function_converges_on_a_smooth_1d_problem():

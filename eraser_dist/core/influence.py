@@ -251,95 +251,10 @@ def path_step(backend: CurvatureBackend, edited: EditedObjective, weight_decay: 
                                  erase_damping(args, weight_decay))
         index = LowRankCurvature(scaling, scaling.new_zeros(0),
                                  scaling.new_zeros(0, scaling.numel()))
-    if args.path_correction == "none":
-        result = _stages(backend, edited, weight_decay, replace(
-            args, stages=stages, max_iter=-(-args.max_iter // stages), step_control="none"),
-            report, checkpoints, index)
-    else:
-        ends = [k / stages for k in range(1, stages + 1)] + (
-            [1.0] if args.path_correction == "end" else [])
-        result = _corrected_path(backend, edited, weight_decay, ends, replace(
-            args, max_iter=-(-args.max_iter // len(ends)), step_control="none"),
-            report, checkpoints, index)
-    return replace(result, control=StepControlFigures("path", 1.0, len(result.stages), [],
-                                                      [], 0.0))
-
-
-def _corrected_path(backend: CurvatureBackend, edited: EditedObjective, weight_decay: float,
-                    ends: list[float], args: EraseArguments, report: StatusCallback,
-                    checkpoints: Checkpoints | None,
-                    index: LowRankCurvature | None) -> InfluenceResult:
-    """Euler-Newton path following: stage k is a Newton step on f_{t_k} (``ends`` t_1 … t_m,
-    increasing to 1; a repeated 1 is one more Newton step on f_new) from Θ_{k−1}, where
-    the last stage ended. Its b is −∇f_{t_k}(Θ_{k−1}) as far as it can be had without a
-    pass over the kept rows:
-
-        W_k b_k = (G_{k−1} + C_{k−1}δ_{k−1}) − G_k − (W_k − W_{k−1}) λ Θ_{k−1},
-
-    with G_k = Σ_changed w_i(t_k) ∇L_i(Θ_{k−1}), the changed rows at f_{t_k}'s weights (one
-    gradient pass over them, as the plain path's b), C_{k−1}δ_{k−1} their curvature times
-    the last step (one product over them, at Θ_{k−2}), and G_0 = Σ w_i(0) ∇L_i(Θ̂). The
-    kept rows enter through the solves alone: each stage's matrix is their linear model, so
-    what the previous stage's linear model predicted of the changed rows' gradient
-    (G_{k−1} + C_{k−1}δ_{k−1}) and what it is (G_k at t_{k−1}, plus the edit's share)
-    differ by how far their loss bent, which the plain path drops (it assumes each stage
-    lands on f_t's optimum). At k = 1 this is the plain path's b; where the changed rows'
-    loss is quadratic, every stage's b is too. Per request of a batch: its own rows' terms
-    (a product per request and stage)."""
-    theta = backend.theta()
-    parts = edited.request_parts()
-    start = dict(zip(edited.rows_before, edited.weights_before.tolist(), strict=True))
-    removed = edited.removed_weights()
-    kind = hvp_kind(args, backend)
-
-    def changed_terms(t: float) -> list[tuple[list, torch.Tensor]]:
-        """Per request, its changed rows at f_t's weights w_i(0) + t·Δw_i (zeros left out)."""
-        terms = []
-        for rows, changes in parts:
-            weights = torch.tensor([start.get(row, 0.0) for row in rows],
-                                   dtype=torch.float64) + t * changes.double()
-            keep = weights.nonzero().flatten().tolist()
-            terms.append(([rows[i] for i in keep], weights[keep]))
-        return terms
-
-    steps: list[InfluenceResult] = []
-    point, reached, predicted = theta, 0.0, None
-    try:
-        for stage, t in enumerate(ends, 1):
-            where = {"stage": stage, "stages": len(ends)}
-            report({"phase": "computing b", **where})
-            clock = time.perf_counter()
-            terms = changed_terms(t)
-            if predicted is None:  # G_0 and G_1, both at Θ̂
-                sums = backend.gradient_sums(changed_terms(0.0) + terms, args.batch_size)
-                predicted, gradients = sums[:len(parts)], sums[len(parts):]
-            else:
-                gradients = backend.gradient_sums(terms, args.batch_size)
-            weight = edited.weight_before + t * (edited.weight_after - edited.weight_before)
-            parts_rhs = rhs_from_gradients(predicted - gradients, point, (t - reached) * removed,
-                                           weight, weight_decay)
-            rhs_seconds = time.perf_counter() - clock
-            # H on f_{t_k}'s rows: stage k's (a stage after the K-th is one more at t = 1)
-            rows, weights = hessian_subset(
-                edited.stage(min(stage, args.path_stages), args.path_stages), args.curvature,
-                args.hessian_samples, args.seed)
-            backend.use_hessian_rows(rows, weights)
-            steps.append(solve_system(backend, parts_rhs, weight_decay, args,
-                                      1.0 / float(weights.sum()), len(rows), report,
-                                      checkpoints, where, index, rhs_seconds))
-            if stage < len(ends):
-                products = []
-                for term in terms:
-                    backend.use_hessian_rows(*term)
-                    products.append(backend.hvp(kind, steps[-1].delta, args.batch_size,
-                                                args.fd_step) if term[0] else
-                                    torch.zeros_like(point))
-                predicted = gradients + torch.stack(products)
-                point, reached = point + steps[-1].delta, t
-                backend.set_theta(point)
-    finally:
-        backend.set_theta(theta)
-    return combine_stages(steps)
+    result = _stages(backend, edited, weight_decay, replace(
+        args, stages=stages, max_iter=-(-args.max_iter // stages), step_control="none"),
+        report, checkpoints, index)
+    return replace(result, control=StepControlFigures("path", 1.0, stages, [], [], 0.0))
 
 
 def _stages(backend: CurvatureBackend, edited: EditedObjective, weight_decay: float,
