@@ -75,9 +75,9 @@ def main() -> None:
                         help="training seeds of the other retrainings (the reference is the "
                         "preset's own, 0)")
     args = parser.parse_args()
-    if PRESET[args.task].training.seed in args.seeds:
-        parser.error(f"--seeds must not include the reference's seed "
-                     f"{PRESET[args.task].training.seed}")
+    reference_seed = PRESET[args.task].training.seed
+    if reference_seed in args.seeds:
+        parser.error(f"--seeds must not include the reference's seed {reference_seed}")
     for_each_experiment(args, lambda work, name, preset: run(work, name, preset, args.seeds))
 
 
