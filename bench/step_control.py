@@ -34,6 +34,14 @@ Beside retraining from scratch it fine-tunes once more from Θ̂ on the edited s
 training's own budget (``continued``: a minimiser of f_new reached from Θ̂, where a step
 control can aim at best), and gives its recovery as it gives the controls'.
 
+With ``--proximal`` it also minimises, from Θ̂, the proximal Bregman response objective P
+(``proximal``: :func:`~eraser_dist.core.reference.proximal_response`, by L-BFGS), the
+objective whose minimiser the erase's one step estimates (its Newton step, with the exact
+Gauss-Newton matrix on all rows and the erase's damping, less the changed rows' own
+curvature), and gives its recovery too: the controls' distance from it is the step's error,
+its distance from retraining the target's. It keeps the training set's output gradients
+([n, R, V]), so it is for the facts task.
+
 Per control: the mean loss on the edited rows (new versions of edited rows; the removed rows
 for a removal) and on kept rows, the recovery (m − Θ̂)/(retrain − Θ̂) of the edited rows'
 loss, the kept rows' loss change beside retraining's, and the seconds: b and the solve, and
@@ -61,10 +69,12 @@ from eraser_dist.core.backend import InProcessBackend
 from eraser_dist.core.influence import (
     chosen_control,
     control_step,
+    erase_damping,
     fit_curvature,
     newton_step,
     solved_step,
 )
+from eraser_dist.core.reference import proximal_response
 from eraser_dist.experiments.runner import (
     PRESETS,
     ExperimentPreset,
@@ -105,7 +115,7 @@ CONTROLS = {
 
 
 def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
-        controls: list[str]) -> dict:
+        controls: list[str], proximal_iterations: int = 0) -> dict:
     inputs = experiment_inputs(work, name, preset)
     rows, request, edited = inputs.rows, inputs.request, inputs.edited
     retrain_seconds = inputs.retrain_seconds
@@ -132,6 +142,16 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
     model.set_flat(adapter_vector(model, continued).double())
     losses["continued"] = row_losses(model, affected, kept, preset.eval_batch_size)
     model.set_flat(theta0)  # b and H at Θ̂, not at the retrained adapter just measured
+    if proximal_iterations:
+        found = proximal_response(model, edited, meta.weight_decay,
+                                  erase_damping(preset.erase, meta.weight_decay),
+                                  preset.erase.batch_size, max_iter=proximal_iterations)
+        model.set_flat(theta0 + found.delta)
+        losses["proximal"] = row_losses(model, affected, kept, preset.eval_batch_size)
+        out["proximal"] = {"seconds": found.seconds, "evaluations": found.evaluations,
+                           "gradient_ratio": found.gradient_ratio,
+                           "delta_norm": float(found.delta.norm())}
+        model.set_flat(theta0)
 
     def quiet(status: dict) -> None:
         pass
@@ -217,10 +237,13 @@ def main() -> None:
     parser.add_argument("--controls", nargs="+", choices=list(CONTROLS), default=list(CONTROLS),
                         help="the controls to run (none first: the others' cost is set "
                         "against it)")
+    parser.add_argument("--proximal", type=int, default=0, metavar="ITERATIONS",
+                        help="also minimise the proximal Bregman response objective, with "
+                        "up to this many L-BFGS iterations in each of its two phases (0: not)")
     args = parser.parse_args()
     controls = ["none"] + [c for c in args.controls if c != "none"]
     for_each_experiment(args, lambda work, name, preset: run(work, name, preset, args.rank,
-                                                             controls))
+                                                             controls, args.proximal))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,24 @@
 """Slow, exact reference computations for small models, to check the engine against.
 
 Explicit Hessians by ``torch.func`` on the flattened LoRA vector (independent of the HVP
-back-ends) and Newton refinement of a fit to the float32-smooth limit of the model. Only
-feasible for a few thousand trainable parameters; tests and benchmarks use them.
+back-ends) and Newton refinement of a fit to the float32-smooth limit of the model, only
+feasible for a few thousand trainable parameters; and the proximal Bregman response, the
+objective whose minimiser an influence step estimates, minimised by L-BFGS (any size whose
+training set's outputs fit in memory twice). Tests and benchmarks use them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from ..data import Example
 from ..llm.models import LoraCausalLM
-from .objective import gradient_sum
+from .objective import LossModel, batches, gradient_sum
+from .requests import EditedObjective
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -95,3 +100,134 @@ def newton_polish(model, rows, weights, weight_decay, steps: int = 4) -> float:
         inverse = torch.where(keep, 1.0 / eigenvalues, torch.zeros_like(eigenvalues))
         model.set_flat(model.get_flat().double() - vectors @ (inverse * (vectors.T @ g)))
     return float(objective_gradient(model, rows, weights, weight_decay).norm())
+
+
+@dataclass
+class ProximalResponse:
+    """The proximal Bregman response found from Θ̂: ``delta`` Θ − Θ̂ [d] float64,
+    ``gradient_ratio`` ‖∇P‖/‖∇P(Θ̂)‖ where L-BFGS stopped (‖∇P(Θ̂)‖ = ‖b‖),
+    ``evaluations`` of P and its gradient, and ``seconds``."""
+
+    delta: torch.Tensor
+    gradient_ratio: float
+    evaluations: int
+    seconds: float
+
+
+def proximal_objective(
+    model: LossModel,
+    edited: EditedObjective,
+    weight_decay: float,
+    damping: float,
+    batch_size: int,
+) -> Callable[[], torch.Tensor]:
+    """P, the proximal Bregman response objective (PBRF) of the request around Θ̂ (the
+    model's Θ when called), as a closure: it returns P(Θ) up to a constant at the model's
+    Θ and leaves ∇P in the parameters' ``grad`` (an L-BFGS closure).
+
+        P(Θ) = (1/W) Σ_i w_i D_i(Θ) + (δ/2)‖Θ − Θ̂‖²
+               + (1/W') [Σ_changed Δw_j L_j(Θ) − (W − W') λ Θ̂ᵀΘ],
+        D_i(Θ) = L_i(z_i(Θ)) − L_i(ẑ_i) − ∇_z L_i(ẑ_i)ᵀ(z_i(Θ) − ẑ_i),   ẑ_i = z_i(Θ̂),
+
+    over D's rows and weights w_i (W = Σ w_i, W' = Σ w'_i after the request), δ the
+    erase's damping and λ the objective's weight decay. D_i is row i's loss with its
+    first-order term in the outputs taken off (for cross-entropy, KL(p̂_i ‖ p_i)), so D's
+    fit counts only as far as Θ moves its outputs, while the changed rows count with
+    their whole loss.
+
+    Why this: P's gradient at Θ̂ is −b, the erase's changed-rows b, whether Θ̂ minimises f
+    or not, and its Hessian there is f's Gauss-Newton matrix over W, plus δ, plus the
+    changed rows' own (1/W') Σ Δw_j ∇²L_j. So the erase's step (``hvp`` ``ggn_exact`` on
+    all rows, damping δ) is P's Newton step short of that last term. Bae et al. (2022, "If
+    influence functions are the answer, then what is the question?") show that influence
+    estimates approximate this minimiser rather than retraining; measuring both tells how
+    much of an erase's distance from retraining is the step's and how much the target's.
+
+    Keeps ∇_z L_i(ẑ_i) for every row of D ([n, R, V] for an LLM): a reference for small
+    training sets.
+    """
+    anchors = [p.detach().clone() for p in model.params]
+    total, total_after = edited.weight_before, edited.weight_after
+    tilt = (total - total_after) * weight_decay / total_after
+    fitted = []  # per batch of D: the batch, its weights over W, and ∇_z L(ẑ)
+    for chunk, w in batches(edited.rows_before, edited.weights_before, batch_size):
+        batch = model.collate(chunk)
+        with torch.no_grad():
+            z_hat = model.outputs(batch)
+        z_hat.requires_grad_(True)
+        slope = torch.autograd.grad(model.losses(z_hat, batch).sum(), z_hat)[0]
+        fitted.append((batch, w.to(slope.dtype) / total, slope))
+
+    def closure() -> torch.Tensor:
+        for p in model.params:
+            p.grad = None
+        value = sum(0.5 * damping * ((p - a) ** 2).sum() - tilt * (a * p).sum()
+                    for p, a in zip(model.params, anchors, strict=True))
+        value.backward()
+        value = value.detach()
+        for batch, w, slope in fitted:  # D_i less its constant L_i(ẑ_i) − ∇L_i(ẑ_i)ᵀẑ_i
+            z = model.outputs(batch)
+            part = (w * (model.losses(z, batch) - (slope * z).reshape(len(w), -1).sum(1))).sum()
+            part.backward()
+            value = value + part.detach()
+        for chunk, dw in batches(edited.changed_rows, edited.weight_changes, batch_size):
+            part = model.loss_sum(model.collate(chunk), dw) / total_after
+            part.backward()
+            value = value + part.detach()
+        return value
+
+    return closure
+
+
+def proximal_response(
+    model: LossModel,
+    edited: EditedObjective,
+    weight_decay: float,
+    damping: float,
+    batch_size: int,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+) -> ProximalResponse:
+    """argmin P near Θ̂ (:func:`proximal_objective`; Θ̂ is the model's Θ on entry, where it
+    is left), by L-BFGS from Θ̂ until ‖∇P‖ ≤ ``tol``·‖∇P(Θ̂)‖ or ``max_iter`` iterations.
+
+    First with a strong-Wolfe line search, which keeps the iterates safe where P is not
+    convex (a removal's −L_j), then, where that stalls, with unit quasi-Newton steps that
+    read the gradient only: the line search compares values of P, and a model that computes
+    in float32 (RMSNorm and softmax in a float64 Llama too) has P only to about 1e-7 of its
+    loss, which near the minimiser is more than P still falls. The second phase is kept
+    only if it lowers ‖∇P‖.
+    """
+    start = time.perf_counter()
+    theta_hat = model.get_flat()
+    objective = proximal_objective(model, edited, weight_decay, damping, batch_size)
+    evaluations = 0
+
+    def closure() -> torch.Tensor:
+        nonlocal evaluations
+        evaluations += 1
+        return objective()
+
+    def gradient() -> torch.Tensor:
+        closure()
+        return model.flatten([p.grad for p in model.params]).detach().double()
+
+    start_gradient = gradient()
+    first = max(float(start_gradient.norm()), 1e-300)
+    best, ratio = theta_hat, 1.0
+    for line_search in ("strong_wolfe", None):
+        optimizer = torch.optim.LBFGS(  # its own stop is on ‖∇P‖∞
+            model.params, lr=1.0, max_iter=max_iter,
+            tolerance_grad=tol * float(start_gradient.abs().max()), tolerance_change=0.0,
+            history_size=20, line_search_fn=line_search)
+        optimizer.step(closure)
+        reached = float(gradient().norm()) / first
+        if reached < ratio:
+            best, ratio = model.get_flat(), reached
+        if ratio <= tol:
+            break
+    delta = best.double() - theta_hat.double()
+    model.set_flat(theta_hat)
+    for p in model.params:
+        p.grad = None
+    return ProximalResponse(delta, ratio, evaluations, time.perf_counter() - start)
