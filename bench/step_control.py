@@ -239,7 +239,7 @@ def main() -> None:
                         "against it)")
     parser.add_argument("--proximal", type=int, default=0, metavar="ITERATIONS",
                         help="also minimise the proximal Bregman response objective, with "
-                        "up to this many L-BFGS iterations in each of its two phases (0: not)")
+                        "up to this many L-BFGS iterations (0: not)")
     args = parser.parse_args()
     controls = ["none"] + [c for c in args.controls if c != "none"]
     for_each_experiment(args, lambda work, name, preset: run(work, name, preset, args.rank,

@@ -189,14 +189,14 @@ def proximal_response(
     tol: float = 1e-6,
 ) -> ProximalResponse:
     """argmin P near Θ̂ (:func:`proximal_objective`; Θ̂ is the model's Θ on entry, where it
-    is left), by L-BFGS from Θ̂ until ‖∇P‖ ≤ ``tol``·‖∇P(Θ̂)‖ or ``max_iter`` iterations.
+    is left), by L-BFGS from Θ̂ until ‖∇P‖∞ ≤ ``tol``·‖∇P(Θ̂)‖∞ or ``max_iter`` iterations.
 
-    First with a strong-Wolfe line search, which keeps the iterates safe where P is not
-    convex (a removal's −L_j), then, where that stalls, with unit quasi-Newton steps that
-    read the gradient only: the line search compares values of P, and a model that computes
-    in float32 (RMSNorm and softmax in a float64 Llama too) has P only to about 1e-7 of its
-    loss, which near the minimiser is more than P still falls. The second phase is kept
-    only if it lowers ‖∇P‖.
+    With a strong-Wolfe line search, which keeps the iterates safe where P is not convex (a
+    removal's −L_j). Where that search stalls before ``max_iter``, L-BFGS goes on with unit
+    quasi-Newton steps that read the gradient only, kept if they lower ‖∇P‖: the line
+    search compares values of P, and a model that computes in float32 (RMSNorm and softmax
+    in a float64 Llama too) has P only to about 1e-7 of its loss, which near the minimiser
+    is more than P still falls.
     """
     start = time.perf_counter()
     theta_hat = model.get_flat()
@@ -214,19 +214,26 @@ def proximal_response(
 
     start_gradient = gradient()
     first = max(float(start_gradient.norm()), 1e-300)
-    best, ratio = theta_hat, 1.0
-    for line_search in ("strong_wolfe", None):
-        optimizer = torch.optim.LBFGS(  # its own stop is on ‖∇P‖∞
-            model.params, lr=1.0, max_iter=max_iter,
-            tolerance_grad=tol * float(start_gradient.abs().max()), tolerance_change=0.0,
-            history_size=20, line_search_fn=line_search)
+    stop = tol * float(start_gradient.abs().max())
+
+    def lbfgs(line_search: str | None) -> tuple[int, float]:
+        """(iterations run, ‖∇P‖/‖∇P(Θ̂)‖ where they ended)."""
+        optimizer = torch.optim.LBFGS(
+            model.params, lr=1.0, max_iter=max_iter, tolerance_grad=stop,
+            tolerance_change=0.0, history_size=20, line_search_fn=line_search)
         optimizer.step(closure)
-        reached = float(gradient().norm()) / first
-        if reached < ratio:
-            best, ratio = model.get_flat(), reached
-        if ratio <= tol:
-            break
-    delta = best.double() - theta_hat.double()
+        return (optimizer.state[model.params[0]]["n_iter"],
+                float(gradient().norm()) / first)
+
+    iterations, ratio = lbfgs("strong_wolfe")
+    if iterations < max_iter and ratio > tol:
+        searched = model.get_flat()
+        _, polished = lbfgs(None)
+        if polished < ratio:
+            ratio = polished
+        else:
+            model.set_flat(searched)
+    delta = model.get_flat().double() - theta_hat.double()
     model.set_flat(theta_hat)
     for p in model.params:
         p.grad = None
