@@ -74,7 +74,7 @@ from eraser_dist.core.influence import (
     newton_step,
     solved_step,
 )
-from eraser_dist.core.reference import proximal_response
+from eraser_dist.core.reference import proximal_objective, proximal_response
 from eraser_dist.experiments.runner import (
     PRESETS,
     ExperimentPreset,
@@ -142,17 +142,6 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
     model.set_flat(adapter_vector(model, continued).double())
     losses["continued"] = row_losses(model, affected, kept, preset.eval_batch_size)
     model.set_flat(theta0)  # b and H at Θ̂, not at the retrained adapter just measured
-    if proximal_iterations:
-        found = proximal_response(model, edited, meta.weight_decay,
-                                  erase_damping(preset.erase, meta.weight_decay),
-                                  preset.erase.batch_size, max_iter=proximal_iterations)
-        model.set_flat(theta0 + found.delta)
-        losses["proximal"] = row_losses(model, affected, kept, preset.eval_batch_size)
-        out["proximal"] = {"seconds": found.seconds, "evaluations": found.evaluations,
-                           "gradient_ratio": found.gradient_ratio,
-                           "delta_norm": float(found.delta.norm())}
-        model.set_flat(theta0)
-
     def quiet(status: dict) -> None:
         pass
 
@@ -161,6 +150,7 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
                          replace(preset.erase, step_control="damping"), quiet,
                          index=fitted.curvature)
     solve_seconds = time.perf_counter() - start
+    steps = {}
     for label in controls:
         args = replace(preset.erase, **CONTROLS[label])
         model.set_flat(theta0)
@@ -177,6 +167,7 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
             result = control_step(backend, edited, meta.weight_decay, args, solved, quiet,
                                   fitted.curvature)
             seconds = solve_seconds + time.perf_counter() - start
+        steps[label] = result.delta
         model.set_flat(theta0 + result.delta)
         losses[label] = row_losses(model, affected, kept, preset.eval_batch_size)
         control = result.control
@@ -187,6 +178,9 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
                       "delta_norm": float(result.delta.norm()), "damping": result.damping,
                       "control": None if control is None else vars(control)}
     model.set_flat(theta0)
+    if proximal_iterations:
+        proximal(model, edited, meta.weight_decay, preset, proximal_iterations, steps, out,
+                 lambda: row_losses(model, affected, kept, preset.eval_batch_size), losses)
     base = out["none"]["seconds"]
     for label, figures in losses.items():
         entry = out.setdefault(label, {})
@@ -199,6 +193,33 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
             entry["extra_cost"] = entry["seconds"] / base - 1
             entry["times_retrain"] = entry["seconds"] / retrain_seconds
     return out
+
+
+def proximal(model, edited, weight_decay: float, preset: ExperimentPreset, iterations: int,
+             steps: dict, out: dict, measure: Callable[[], dict], losses: dict) -> None:
+    """The proximal Bregman response from Θ̂ (the model's Θ, where it is left) as the
+    reference ``proximal``, and each control's decrease of its objective P
+    (``proximal_decrease``, P(Θ̂) − P(Θ̂ + ΔΘ)) beside the minimiser's."""
+    theta0 = model.get_flat()
+    damping = erase_damping(preset.erase, weight_decay)
+    found = proximal_response(model, edited, weight_decay, damping, preset.erase.batch_size,
+                              max_iter=iterations)
+    model.set_flat(theta0 + found.delta)
+    losses["proximal"] = measure()
+    out["proximal"] = {"seconds": found.seconds, "evaluations": found.evaluations,
+                       "gradient_ratio": found.gradient_ratio,
+                       "delta_norm": float(found.delta.norm()),
+                       "proximal_decrease": found.decrease}
+    model.set_flat(theta0)
+    objective = proximal_objective(model, edited, weight_decay, damping,
+                                   preset.erase.batch_size)
+    at_start = float(objective())
+    for label, delta in steps.items():
+        model.set_flat(theta0 + delta)
+        out[label]["proximal_decrease"] = at_start - float(objective())
+    model.set_flat(theta0)
+    for p in model.params:
+        p.grad = None
 
 
 def task_options(description: str) -> argparse.ArgumentParser:

@@ -42,6 +42,8 @@ def test_on_a_quadratic_loss_the_proximal_response_is_its_closed_form(request_js
     assert torch.allclose(found.delta, expected, rtol=1e-7, atol=1e-10)
     assert found.gradient_ratio <= 1e-8
     assert torch.equal(model.get_flat(), theta_hat)  # Θ̂ is left as it was
+    # a quadratic falls by ½ bᵀΔ to its minimiser
+    assert found.decrease == pytest.approx(0.5 * float(b @ expected), rel=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -105,10 +105,11 @@ def newton_polish(model, rows, weights, weight_decay, steps: int = 4) -> float:
 @dataclass
 class ProximalResponse:
     """The proximal Bregman response found from Θ̂: ``delta`` Θ − Θ̂ [d] float64,
-    ``gradient_ratio`` ‖∇P‖/‖∇P(Θ̂)‖ where L-BFGS stopped (‖∇P(Θ̂)‖ = ‖b‖),
-    ``evaluations`` of P and its gradient, and ``seconds``."""
+    ``decrease`` P(Θ̂) − P(Θ̂ + delta), ``gradient_ratio`` ‖∇P‖/‖∇P(Θ̂)‖ where L-BFGS
+    stopped (‖∇P(Θ̂)‖ = ‖b‖), ``evaluations`` of P and its gradient, and ``seconds``."""
 
     delta: torch.Tensor
+    decrease: float
     gradient_ratio: float
     evaluations: int
     seconds: float
@@ -212,7 +213,8 @@ def proximal_response(
         closure()
         return model.flatten([p.grad for p in model.params]).detach().double()
 
-    start_gradient = gradient()
+    start_value = float(objective())
+    start_gradient = model.flatten([p.grad for p in model.params]).detach().double()
     first = max(float(start_gradient.norm()), 1e-300)
     stop = tol * float(start_gradient.abs().max())
 
@@ -233,8 +235,9 @@ def proximal_response(
             ratio = polished
         else:
             model.set_flat(searched)
+    decrease = start_value - float(closure())
     delta = model.get_flat().double() - theta_hat.double()
     model.set_flat(theta_hat)
     for p in model.params:
         p.grad = None
-    return ProximalResponse(delta, ratio, evaluations, time.perf_counter() - start)
+    return ProximalResponse(delta, decrease, ratio, evaluations, time.perf_counter() - start)
