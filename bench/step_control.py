@@ -142,6 +142,7 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
     model.set_flat(adapter_vector(model, continued).double())
     losses["continued"] = row_losses(model, affected, kept, preset.eval_batch_size)
     model.set_flat(theta0)  # b and H at Θ̂, not at the retrained adapter just measured
+
     def quiet(status: dict) -> None:
         pass
 
