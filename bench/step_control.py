@@ -202,9 +202,10 @@ def proximal(model, edited, weight_decay: float, preset: ExperimentPreset, itera
     reference ``proximal``, and each control's decrease of its objective P
     (``proximal_decrease``, P(Θ̂) − P(Θ̂ + ΔΘ)) beside the minimiser's."""
     theta0 = model.get_flat()
-    damping = erase_damping(preset.erase, weight_decay)
-    found = proximal_response(model, edited, weight_decay, damping, preset.erase.batch_size,
-                              max_iter=iterations)
+    objective = proximal_objective(model, edited, weight_decay,
+                                   erase_damping(preset.erase, weight_decay),
+                                   preset.erase.batch_size)
+    found = proximal_response(model, objective, max_iter=iterations)
     model.set_flat(theta0 + found.delta)
     losses["proximal"] = measure()
     out["proximal"] = {"seconds": found.seconds, "evaluations": found.evaluations,
@@ -212,8 +213,6 @@ def proximal(model, edited, weight_decay: float, preset: ExperimentPreset, itera
                        "delta_norm": float(found.delta.norm()),
                        "proximal_decrease": found.decrease}
     model.set_flat(theta0)
-    objective = proximal_objective(model, edited, weight_decay, damping,
-                                   preset.erase.batch_size)
     at_start = float(objective())
     for label, delta in steps.items():
         model.set_flat(theta0 + delta)

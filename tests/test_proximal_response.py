@@ -29,8 +29,8 @@ def test_on_a_quadratic_loss_the_proximal_response_is_its_closed_form(request_js
     theta_hat = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)
     model.set_flat(theta_hat)
     edited = apply_request(parse_request(request_json), rows)
-    found = proximal_response(model, edited, WEIGHT_DECAY, DAMPING, batch_size=8,
-                              max_iter=200, tol=1e-12)
+    objective = proximal_objective(model, edited, WEIGHT_DECAY, DAMPING, batch_size=8)
+    found = proximal_response(model, objective, max_iter=200, tol=1e-12)
     x_before = model.collate(edited.rows_before)[0]
     x_changed = model.collate(edited.changed_rows)[0]
     hessian = (x_before.T @ (edited.weights_before[:, None] * x_before) / edited.weight_before
@@ -87,7 +87,8 @@ def test_at_an_eps_edit_the_proximal_response_is_the_gauss_newton_erase_step(lor
     steps = {}
     for eps in (1e-3, 1e-2):
         edited = down_weighted(rows, REQUESTS[1], eps)
-        found = proximal_response(model, edited, WEIGHT_DECAY, DAMPING, batch_size=8, tol=1e-8)
+        objective = proximal_objective(model, edited, WEIGHT_DECAY, DAMPING, batch_size=8)
+        found = proximal_response(model, objective, tol=1e-8)
         assert found.gradient_ratio <= 1e-6
         assert torch.equal(model.get_flat(), theta_hat)
         args = EraseArguments(hvp="ggn_exact", hessian_samples=None, damping=DAMPING,

@@ -182,15 +182,13 @@ def proximal_objective(
 
 def proximal_response(
     model: LossModel,
-    edited: EditedObjective,
-    weight_decay: float,
-    damping: float,
-    batch_size: int,
+    objective: Callable[[], torch.Tensor],
     max_iter: int = 100,
     tol: float = 1e-6,
 ) -> ProximalResponse:
-    """argmin P near Θ̂ (:func:`proximal_objective`; Θ̂ is the model's Θ on entry, where it
-    is left), by L-BFGS from Θ̂ until ‖∇P‖∞ ≤ ``tol``·‖∇P(Θ̂)‖∞ or ``max_iter`` iterations.
+    """argmin P near Θ̂ (``objective``, built at Θ̂ by :func:`proximal_objective`; Θ̂ is the
+    model's Θ on entry, where it is left), by L-BFGS from Θ̂ until ‖∇P‖∞ ≤
+    ``tol``·‖∇P(Θ̂)‖∞ or ``max_iter`` iterations.
 
     With a strong-Wolfe line search, which keeps the iterates safe where P is not convex (a
     removal's −L_j). Where that search stalls before ``max_iter``, L-BFGS goes on with unit
@@ -201,7 +199,6 @@ def proximal_response(
     """
     start = time.perf_counter()
     theta_hat = model.get_flat()
-    objective = proximal_objective(model, edited, weight_decay, damping, batch_size)
     evaluations = 0
 
     def closure() -> torch.Tensor:
@@ -210,34 +207,34 @@ def proximal_response(
         return objective()
 
     def gradient() -> torch.Tensor:
-        closure()
+        """∇P where ``closure`` last ran."""
         return model.flatten([p.grad for p in model.params]).detach().double()
 
-    start_value = float(objective())
-    start_gradient = model.flatten([p.grad for p in model.params]).detach().double()
+    start_value = float(closure())
+    start_gradient = gradient()
     first = max(float(start_gradient.norm()), 1e-300)
     stop = tol * float(start_gradient.abs().max())
 
-    def lbfgs(line_search: str | None) -> tuple[int, float]:
-        """(iterations run, ‖∇P‖/‖∇P(Θ̂)‖ where they ended)."""
+    def lbfgs(line_search: str | None) -> tuple[int, float, float]:
+        """(iterations run, P and ‖∇P‖/‖∇P(Θ̂)‖ where they ended)."""
         optimizer = torch.optim.LBFGS(
             model.params, lr=1.0, max_iter=max_iter, tolerance_grad=stop,
             tolerance_change=0.0, history_size=20, line_search_fn=line_search)
         optimizer.step(closure)
-        return (optimizer.state[model.params[0]]["n_iter"],
-                float(gradient().norm()) / first)
+        value = float(closure())
+        return optimizer.state[model.params[0]]["n_iter"], value, float(gradient().norm()) / first
 
-    iterations, ratio = lbfgs("strong_wolfe")
+    iterations, value, ratio = lbfgs("strong_wolfe")
     if iterations < max_iter and ratio > tol:
         searched = model.get_flat()
-        _, polished = lbfgs(None)
+        _, polished_value, polished = lbfgs(None)
         if polished < ratio:
-            ratio = polished
+            value, ratio = polished_value, polished
         else:
             model.set_flat(searched)
-    decrease = start_value - float(closure())
     delta = model.get_flat().double() - theta_hat.double()
     model.set_flat(theta_hat)
     for p in model.params:
         p.grad = None
-    return ProximalResponse(delta, decrease, ratio, evaluations, time.perf_counter() - start)
+    return ProximalResponse(delta, start_value - value, ratio, evaluations,
+                            time.perf_counter() - start)
