@@ -28,7 +28,12 @@ the control set, as :func:`~eraser_dist.core.influence.solved_step` then
   over the changed rows);
 - ``path+line_search``: ``path``, then the line search along its whole step (not an
   option of ``eraser erase``: the candidate for a default that also lands on the tests'
-  one-parameter logistic, where the path alone overshoots).
+  one-parameter logistic, where the path alone overshoots);
+- ``edited``: the Newton step on f_new's own curvature (``--curvature edited``: the
+  Gauss-Newton matrix over the edited set's rows, so a removed row's own curvature no longer
+  shortens its step), its own solve from the same index (built on D's rows, so only a
+  start and preconditioner there);
+- ``edited+auto``: the same, then the default control.
 
 Beside retraining from scratch it fine-tunes once more from Θ̂ on the edited set with the
 training's own budget (``continued``: a minimiser of f_new reached from Θ̂, where a step
@@ -111,6 +116,8 @@ CONTROLS = {
     "path": {"step_control": "path"},
     "path2": {"step_control": "path", "path_stages": 2},
     "path+line_search": {"step_control": "path"},  # then the line search, in run()
+    "edited": {"curvature": "edited", "step_control": "none"},
+    "edited+auto": {"curvature": "edited", "step_control": "auto"},
 }
 
 
@@ -156,7 +163,8 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
         args = replace(preset.erase, **CONTROLS[label])
         model.set_flat(theta0)
         start = time.perf_counter()
-        if args.stages > 1 or chosen_control(args, edited) == "path":  # its own solves
+        if (args.stages > 1 or chosen_control(args, edited) == "path"
+                or args.curvature != preset.erase.curvature):  # its own solves
             result = newton_step(backend, edited, meta.weight_decay, args, progress=False,
                                  index=fitted.curvature)
             if label == "path+line_search":
