@@ -93,10 +93,11 @@ def first_crossing(curve: list[tuple[float, float]], at) -> float | None:
         if (r_lo - 1) * (r_hi - 1) <= 0:
             while hi - lo > 1e-3:
                 mid = (lo + hi) / 2
-                if (at(mid) - 1) * (r_lo - 1) <= 0:
+                r_mid = at(mid)
+                if (r_mid - 1) * (r_lo - 1) <= 0:
                     hi = mid
                 else:
-                    lo, r_lo = mid, at(mid)
+                    lo, r_lo = mid, r_mid
             return (lo + hi) / 2
     return None
 
