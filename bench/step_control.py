@@ -33,7 +33,10 @@ the control set, as :func:`~eraser_dist.core.influence.solved_step` then
   Gauss-Newton matrix over the edited set's rows, so a removed row's own curvature no longer
   shortens its step), its own solve from the same index (built on D's rows, so only a
   start and preconditioner there);
-- ``edited+auto``: the same, then the default control.
+- ``edited+auto``: the same, then the default control;
+- ``converged`` and ``edited+converged``: ``none`` and ``edited`` with up to 48 CG
+  iterations instead of 16 (their own solves, to ``--tol``): whether the iteration budget
+  shapes the step.
 
 Beside retraining from scratch it fine-tunes once more from Θ̂ on the edited set with the
 training's own budget (``continued``: a minimiser of f_new reached from Θ̂, where a step
@@ -118,6 +121,8 @@ CONTROLS = {
     "path+line_search": {"step_control": "path"},  # then the line search, in run()
     "edited": {"curvature": "edited", "step_control": "none"},
     "edited+auto": {"curvature": "edited", "step_control": "auto"},
+    "converged": {"step_control": "none", "max_iter": 48},
+    "edited+converged": {"curvature": "edited", "step_control": "none", "max_iter": 48},
 }
 
 
@@ -163,8 +168,9 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
         args = replace(preset.erase, **CONTROLS[label])
         model.set_flat(theta0)
         start = time.perf_counter()
-        if (args.stages > 1 or chosen_control(args, edited) == "path"
-                or args.curvature != preset.erase.curvature):  # its own solves
+        if (args.stages > 1 or chosen_control(args, edited) == "path"  # its own solves
+                or args.curvature != preset.erase.curvature
+                or args.max_iter != preset.erase.max_iter):
             result = newton_step(backend, edited, meta.weight_decay, args, progress=False,
                                  index=fitted.curvature)
             if label == "path+line_search":
