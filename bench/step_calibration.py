@@ -167,7 +167,7 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int, held_out: in
                 "recovery": recovery(losses["edited_loss"], start["edited_loss"],
                                      reference["edited_loss"]),
                 "kept_change": losses["kept_loss"] - start["kept_loss"],
-                "retrain_kept_change": reference["kept_loss"] - start["kept_loss"]})
+                "retrain_kept_change": out["requests"][target]["retrain_kept_change"]})
     model.set_flat(theta0)
     out["transfer"] = transfer
     return out

@@ -124,6 +124,9 @@ CONTROLS = {
     "converged": {"step_control": "none", "max_iter": 48},
     "edited+converged": {"curvature": "edited", "step_control": "none", "max_iter": 48},
 }
+# what control_step reads after the shared solve; a control that sets anything else (stages,
+# curvature, max_iter) changes the solve itself and gets its own
+STEP_SETTINGS = {"step_control", "newton_steps"}
 
 
 def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
@@ -168,9 +171,8 @@ def run(work: Path, name: str, preset: ExperimentPreset, rank: int,
         args = replace(preset.erase, **CONTROLS[label])
         model.set_flat(theta0)
         start = time.perf_counter()
-        if (args.stages > 1 or chosen_control(args, edited) == "path"  # its own solves
-                or args.curvature != preset.erase.curvature
-                or args.max_iter != preset.erase.max_iter):
+        if (chosen_control(args, edited) == "path"  # its own solves
+                or CONTROLS[label].keys() - STEP_SETTINGS):
             result = newton_step(backend, edited, meta.weight_decay, args, progress=False,
                                  index=fitted.curvature)
             if label == "path+line_search":
